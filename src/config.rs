@@ -1,0 +1,394 @@
+//! The configuration file (`Config`, as users write it) and its validated form (`Settings`,
+//! as the hot path wants it: patterns parsed, addresses resolved).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::matching::{Keyring, Pattern};
+
+pub const DEFAULT_OPT_OUT_ANNOTATION: &str = "pullsecret-injector.io/inject";
+/// Two 3 MiB objects (object and oldObject) plus the review envelope, as controller-runtime.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: String,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default = "default_opt_out_annotation")]
+    pub opt_out_annotation: String,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub secrets: Vec<SecretConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// How often the files are re-read; mounted Secrets change by a symlink swap that
+    /// file-change notifications on the path do not see.
+    #[serde(default = "default_reload_interval_seconds")]
+    pub reload_interval_seconds: u64,
+}
+
+/// Protective limits for the TLS listener; defaults are documented in the README.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub tls_handshake_timeout_seconds: u64,
+    pub header_read_timeout_seconds: u64,
+    pub body_read_timeout_seconds: u64,
+    pub idle_timeout_seconds: u64,
+    pub shutdown_timeout_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_connections: 4096,
+            tls_handshake_timeout_seconds: 10,
+            header_read_timeout_seconds: 10,
+            body_read_timeout_seconds: 30,
+            idle_timeout_seconds: 90,
+            shutdown_timeout_seconds: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretConfig {
+    pub name: String,
+    #[serde(default)]
+    pub registries: Vec<String>,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8443".to_string()
+}
+fn default_metrics_listen() -> String {
+    "0.0.0.0:8080".to_string()
+}
+fn default_opt_out_annotation() -> String {
+    DEFAULT_OPT_OUT_ANNOTATION.to_string()
+}
+fn default_reload_interval_seconds() -> u64 {
+    2
+}
+
+/// One problem in the configuration, at a field path such as `secrets[1].registries[0]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config is not valid:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Invalid(Vec<FieldError>),
+}
+
+/// A configured secret, ready for the hot path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretSpec {
+    pub name: String,
+    pub patterns: Vec<Pattern>,
+}
+
+/// The validated configuration, shared read-only.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    pub opt_out_annotation: String,
+    pub limits: Limits,
+    pub secrets: Vec<SecretSpec>,
+    pub keyring: Keyring,
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks everything that can be checked without touching the file system.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let mut errors = Vec::new();
+        let mut error = |path: String, reason: String| errors.push(FieldError { path, reason });
+
+        let listen = parse_addr(&self.listen).map_err(|r| error("listen".into(), r));
+        let metrics_listen =
+            parse_addr(&self.metrics_listen).map_err(|r| error("metricsListen".into(), r));
+        if self.opt_out_annotation.is_empty() {
+            error("optOutAnnotation".into(), "must not be empty".into());
+        }
+        if self.limits.max_body_bytes == 0 {
+            error(
+                "limits.maxBodyBytes".into(),
+                "must be greater than 0".into(),
+            );
+        }
+        if self.limits.max_connections == 0 {
+            error(
+                "limits.maxConnections".into(),
+                "must be greater than 0".into(),
+            );
+        }
+        if let Some(tls) = &self.tls
+            && tls.reload_interval_seconds == 0
+        {
+            error(
+                "tls.reloadIntervalSeconds".into(),
+                "must be at least 1".into(),
+            );
+        }
+
+        let mut secrets = Vec::with_capacity(self.secrets.len());
+        for (i, secret) in self.secrets.iter().enumerate() {
+            if let Err(reason) = check_dns1123_subdomain(&secret.name) {
+                error(format!("secrets[{i}].name"), reason);
+            } else if let Some(first) = self.secrets[..i].iter().position(|s| s.name == secret.name)
+            {
+                error(
+                    format!("secrets[{i}].name"),
+                    format!("duplicate name {:?}, also at secrets[{first}]", secret.name),
+                );
+            }
+            if secret.registries.is_empty() {
+                error(
+                    format!("secrets[{i}].registries"),
+                    "must list at least one registry pattern".into(),
+                );
+            }
+            let mut patterns = Vec::with_capacity(secret.registries.len());
+            for (j, raw) in secret.registries.iter().enumerate() {
+                match Pattern::parse(raw) {
+                    Ok(pattern) => patterns.push(pattern),
+                    Err(e) => error(
+                        format!("secrets[{i}].registries[{j}]"),
+                        format!("{raw:?}: {e}"),
+                    ),
+                }
+            }
+            secrets.push(SecretSpec {
+                name: secret.name.clone(),
+                patterns,
+            });
+        }
+
+        match (listen, metrics_listen) {
+            (Ok(listen), Ok(metrics_listen)) if errors.is_empty() => {
+                let keyring = Keyring::new(
+                    secrets
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(i, s)| s.patterns.iter().cloned().map(move |p| (i, p))),
+                );
+                Ok(Settings {
+                    listen,
+                    metrics_listen,
+                    tls: self.tls,
+                    opt_out_annotation: self.opt_out_annotation,
+                    limits: self.limits,
+                    secrets,
+                    keyring,
+                })
+            }
+            _ => Err(ConfigError::Invalid(errors)),
+        }
+    }
+}
+
+impl Settings {
+    /// What `serve` needs beyond a valid config: certificate files that exist.
+    pub fn check_serving_files(&self) -> Result<&TlsConfig, ConfigError> {
+        let Some(tls) = &self.tls else {
+            return Err(ConfigError::Invalid(vec![FieldError {
+                path: "tls".into(),
+                reason: "serve needs tls.certFile and tls.keyFile".into(),
+            }]));
+        };
+        let missing: Vec<FieldError> = [
+            ("tls.certFile", &tls.cert_file),
+            ("tls.keyFile", &tls.key_file),
+        ]
+        .into_iter()
+        .filter(|(_, path)| !path.is_file())
+        .map(|(field, path)| FieldError {
+            path: field.into(),
+            reason: format!("file {} does not exist", path.display()),
+        })
+        .collect();
+        if missing.is_empty() {
+            Ok(tls)
+        } else {
+            Err(ConfigError::Invalid(missing))
+        }
+    }
+
+    pub fn reload_interval(&self) -> Duration {
+        Duration::from_secs(self.tls.as_ref().map_or(2, |t| t.reload_interval_seconds))
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an IP:port address (for example 0.0.0.0:8443)"))
+}
+
+/// Kubernetes' IsDNS1123Subdomain, which Secret names must satisfy.
+fn check_dns1123_subdomain(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > 253 {
+        return Err(format!("{name:?} is longer than 253 characters"));
+    }
+    let label_ok = |label: &str| {
+        let b = label.as_bytes();
+        let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        !b.is_empty()
+            && b.first().is_some_and(edge)
+            && b.last().is_some_and(edge)
+            && b.iter().all(|c| edge(c) || *c == b'-')
+    };
+    if name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid Secret name (lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(yaml: &str) -> Result<Settings, ConfigError> {
+        Config::from_yaml(yaml)
+            .map_err(|m| ConfigError::Parse {
+                path: "test".into(),
+                message: m,
+            })?
+            .validate()
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let s = settings("secrets: [{name: a, registries: [ghcr.io]}]").unwrap();
+        assert_eq!(s.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(s.metrics_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.opt_out_annotation, DEFAULT_OPT_OUT_ANNOTATION);
+        assert_eq!(s.limits.max_body_bytes, 7 * 1024 * 1024);
+        assert_eq!(s.keyring.len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_yaml("secrets: []\nlisten: 0.0.0.0:1\nlisen: x\n").unwrap_err();
+        assert!(err.contains("lisen"), "{err}");
+        let err = Config::from_yaml("secrets: [{name: a, registry: [x]}]").unwrap_err();
+        assert!(err.contains("registry"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let err = settings(
+            r#"
+listen: "not an address"
+secrets:
+  - name: Bad_Name
+    registries: ["ghcr .io"]
+  - name: ok
+    registries: []
+  - name: ok
+    registries: ["reg[istry"]
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "listen: \"not an address\" is not an IP:port address",
+            "secrets[0].name: \"Bad_Name\" is not a valid Secret name",
+            "secrets[0].registries[0]: \"ghcr .io\"",
+            "secrets[1].registries: must list at least one registry pattern",
+            "secrets[2].name: duplicate name \"ok\", also at secrets[1]",
+            "secrets[2].registries[0]: \"reg[istry\"",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn empty_secret_name_is_refused() {
+        let err = settings("secrets: [{name: '', registries: [x.io]}]").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("secrets[0].name: must not be empty")
+        );
+    }
+
+    #[test]
+    fn serving_needs_existing_cert_files() {
+        let s = settings("tls: {certFile: /nonexistent/tls.crt, keyFile: /nonexistent/tls.key}")
+            .unwrap();
+        let err = s.check_serving_files().unwrap_err().to_string();
+        assert!(
+            err.contains("tls.certFile: file /nonexistent/tls.crt does not exist"),
+            "{err}"
+        );
+        assert!(
+            err.contains("tls.keyFile: file /nonexistent/tls.key does not exist"),
+            "{err}"
+        );
+        let none = settings("secrets: []").unwrap();
+        assert!(
+            none.check_serving_files()
+                .unwrap_err()
+                .to_string()
+                .contains("tls:")
+        );
+    }
+}

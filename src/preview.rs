@@ -1,0 +1,144 @@
+//! `mutate`: the webhook's decision applied offline to Pods, AdmissionReviews and workloads
+//! with pod templates, so a person can see what would happen before deploying.
+
+use json_patch::Patch;
+use k8s_openapi::api::core::v1::PodSpec;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::admission::{self, Outcome};
+use crate::config::Settings;
+
+#[derive(Debug, Error)]
+pub enum PreviewError {
+    #[error("input is not valid YAML or JSON: {0}")]
+    Parse(String),
+    #[error("document {index}{what}: {reason}")]
+    Document {
+        index: usize,
+        what: String,
+        reason: String,
+    },
+}
+
+/// One input document and what the webhook makes of it.
+#[derive(Debug)]
+pub struct Previewed {
+    /// The document as the webhook leaves it (for an AdmissionReview: the response review).
+    pub document: Value,
+    /// The JSON patch that turns the input into `document` (empty when nothing changes).
+    pub patch: Patch,
+}
+
+/// Where the pod spec and its annotations live in each kind that has one.
+fn pod_spec_path(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "Pod" => &["spec"],
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => &["spec", "template", "spec"],
+        "CronJob" => &["spec", "jobTemplate", "spec", "template", "spec"],
+        _ => return None,
+    })
+}
+
+/// Parses one or many YAML or JSON documents (JSON is YAML) and previews each.
+pub fn preview_text(settings: &Settings, text: &str) -> Result<Vec<Previewed>, PreviewError> {
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| PreviewError::Parse(e.to_string()))?;
+    documents
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .enumerate()
+        .map(|(i, d)| preview_document(settings, i + 1, d))
+        .collect()
+}
+
+pub fn preview_document(
+    settings: &Settings,
+    index: usize,
+    document: Value,
+) -> Result<Previewed, PreviewError> {
+    let kind = document
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let name = document
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let what = match (kind.as_str(), name) {
+        ("", _) => String::new(),
+        (kind, "") => format!(" ({kind})"),
+        (kind, name) => format!(" ({kind} {name})"),
+    };
+    let fail = |reason: String| PreviewError::Document {
+        index,
+        what: what.clone(),
+        reason,
+    };
+    if kind.is_empty() {
+        return Err(fail(
+            "kind: missing; expected a Pod, an AdmissionReview or a workload with a pod template"
+                .into(),
+        ));
+    }
+    if kind == "AdmissionReview" {
+        let body = serde_json::to_vec(&document).map_err(|e| fail(e.to_string()))?;
+        let reviewed = admission::review(settings, &body).map_err(|e| fail(e.to_string()))?;
+        let patch = match reviewed.outcome {
+            Outcome::Patched(p) => p.patch,
+            _ => Patch(Vec::new()),
+        };
+        let document = serde_json::to_value(&reviewed.response).map_err(|e| fail(e.to_string()))?;
+        return Ok(Previewed { document, patch });
+    }
+    let Some(spec_path) = pod_spec_path(&kind) else {
+        // Services, ConfigMaps and the like pass through a multi-document file untouched.
+        return Ok(Previewed {
+            document,
+            patch: Patch(Vec::new()),
+        });
+    };
+    let spec_pointer: String = spec_path.iter().map(|t| format!("/{t}")).collect();
+    let field = spec_path.join(".");
+    let spec_value = document
+        .pointer(&spec_pointer)
+        .ok_or_else(|| fail(format!("{field}: missing")))?;
+    let spec: PodSpec =
+        serde_json::from_value(spec_value.clone()).map_err(|e| fail(format!("{field}: {e}")))?;
+    let metadata_pointer =
+        spec_pointer.trim_end_matches("/spec").to_string() + "/metadata/annotations";
+    let annotations = match document.pointer(&metadata_pointer) {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(serde_json::from_value(value.clone()).map_err(|e| {
+            fail(format!(
+                "{}: {e}",
+                metadata_pointer.trim_start_matches('/').replace('/', ".")
+            ))
+        })?),
+    };
+    if admission::skip_reason(settings, annotations.as_ref()).is_some() {
+        return Ok(Previewed {
+            document,
+            patch: Patch(Vec::new()),
+        });
+    }
+    let Some(patch) = admission::patch_for_spec(settings, spec_path, &spec) else {
+        return Ok(Previewed {
+            document,
+            patch: Patch(Vec::new()),
+        });
+    };
+    let mut document = document;
+    json_patch::patch(&mut document, &patch.patch)
+        .map_err(|e| fail(format!("applying the patch: {e}")))?;
+    Ok(Previewed {
+        document,
+        patch: patch.patch,
+    })
+}

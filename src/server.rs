@@ -1,0 +1,346 @@
+//! The webhook listener: tokio-rustls accept loop, hyper connections, the axum router,
+//! request limits and the drain on shutdown.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
+use serde_json::json;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::admission;
+use crate::config::{Limits, Settings};
+use crate::metrics::Metrics;
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("accepting connections failed: {0}")]
+    Accept(io::Error),
+    #[error("metrics listener failed: {0}")]
+    Admin(io::Error),
+}
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
+    /// Ready once the certificate is loaded and the listener bound; false while draining.
+    pub ready: Arc<AtomicBool>,
+    pub draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(settings: Arc<Settings>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            settings,
+            metrics,
+            ready: Arc::new(AtomicBool::new(false)),
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// The webhook's routes, usable without a socket (tests drive it with `oneshot`).
+pub fn router(state: AppState) -> Router {
+    let panic_metrics = Arc::clone(&state.metrics);
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(
+            move |_: Box<dyn std::any::Any + Send>| {
+                panic_metrics.bad_request("panic");
+                tracing::error!("handler panicked; answered 500");
+                error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "internal error while handling the request".to_string(),
+                )
+            },
+        ))
+        .with_state(state)
+}
+
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) && !state.draining.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn not_found(State(state): State<AppState>, uri: axum::http::Uri) -> Response {
+    state.metrics.bad_request("not_found");
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {}; the webhook path is /mutate", uri.path()),
+    )
+}
+
+async fn method_not_allowed(State(state): State<AppState>, method: axum::http::Method) -> Response {
+    state.metrics.bad_request("method_not_allowed");
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("method {method} is not allowed here; /mutate takes POST"),
+    )
+}
+
+fn error_response(status: StatusCode, reason: &str, message: String) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": message, "reason": reason })),
+    )
+        .into_response()
+}
+
+async fn mutate(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let mut response = mutate_inner(&state, &headers, body).await;
+    if state.draining.load(Ordering::Relaxed) {
+        // The apiserver keeps pooled connections to a terminating pod unless told to close.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+async fn mutate_inner(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
+    let limits = &state.settings.limits;
+    let refuse = |status: StatusCode, reason: &'static str, message: String| {
+        state.metrics.bad_request(reason);
+        tracing::warn!(status = status.as_u16(), reason, %message, "request refused");
+        error_response(status, reason, message)
+    };
+    if !is_json(headers) {
+        let got = headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_else(|| "none".into());
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type is {got:?}; an AdmissionReview must be sent as application/json"),
+        );
+    }
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = announced
+        && length > limits.max_body_bytes as u64
+    {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "body of {length} bytes is over the limit of {} bytes",
+                limits.max_body_bytes
+            ),
+        );
+    }
+    let read = tokio::time::timeout(
+        Duration::from_secs(limits.body_read_timeout_seconds),
+        axum::body::to_bytes(body, limits.max_body_bytes),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) if is_length_limit(&e) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("body is over the limit of {} bytes", limits.max_body_bytes),
+            );
+        }
+        Ok(Err(e)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "body_read_error",
+                format!("reading the body failed: {e}"),
+            );
+        }
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_read_timeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    limits.body_read_timeout_seconds
+                ),
+            );
+        }
+    };
+
+    let started = Instant::now();
+    match admission::review(&state.settings, &bytes) {
+        Ok(reviewed) => {
+            let elapsed = started.elapsed();
+            state
+                .metrics
+                .admission(reviewed.operation, reviewed.outcome.result_label(), elapsed);
+            for name in reviewed.outcome.injected() {
+                state.metrics.injected(name);
+            }
+            tracing::info!(
+                uid = %reviewed.uid,
+                namespace = %reviewed.namespace,
+                pod = %reviewed.name,
+                operation = reviewed.operation,
+                dry_run = reviewed.dry_run,
+                result = reviewed.outcome.result_label(),
+                injected = %reviewed.outcome.injected().join(","),
+                duration_us = elapsed.as_micros() as u64,
+                "admission reviewed"
+            );
+            axum::Json(reviewed.response).into_response()
+        }
+        Err(error) => refuse(StatusCode::BAD_REQUEST, error.reason(), error.to_string()),
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Accepts TLS connections until `shutdown` fires, then drains in-flight requests for at
+/// most `limits.shutdown_timeout_seconds`.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let limits: Limits = state.settings.limits.clone();
+    let acceptor = TlsAcceptor::from(tls);
+    let app = router(state.clone());
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let handshake_timeout = Duration::from_secs(limits.tls_handshake_timeout_seconds);
+    let header_timeout = Duration::from_secs(limits.header_read_timeout_seconds);
+    state.ready.store(true, Ordering::Relaxed);
+
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_transient_accept_error(&e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(e) => return Err(ServeError::Accept(e)),
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let metrics = Arc::clone(&state.metrics);
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    metrics.tls_handshake_failed();
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics.tls_handshake_failed();
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            metrics.connection_opened();
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(256);
+            let service = TowerToHyperService::new(app);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+            metrics.connection_closed();
+        });
+    }
+
+    drop(listener);
+    state.draining.store(true, Ordering::Relaxed);
+    let drain = Duration::from_secs(limits.shutdown_timeout_seconds);
+    tracing::info!(connections = graceful.count(), "draining connections");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_s = drain.as_secs(),
+            "drain timed out; closing remaining connections"
+        );
+    }
+    Ok(())
+}
+
+/// Running out of file descriptors or a reset before accept must not stop the server.
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    ) || e
+        .raw_os_error()
+        .is_some_and(|code| code == 24 || code == 23)
+}

@@ -1,0 +1,230 @@
+//! The serving certificate: loaded from PEM files, swapped atomically when the files change.
+//!
+//! Mounted Secrets change by swapping a `..data` symlink, which notifications on the file
+//! path miss, so the files' contents are polled and compared instead.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("{path} is not a PEM certificate chain: {reason}")]
+    BadCertificate { path: PathBuf, reason: String },
+    #[error("{path} is not a PEM private key: {reason}")]
+    BadKey { path: PathBuf, reason: String },
+    #[error("private key {key} does not match certificate {cert}: {reason}")]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The crypto provider for every TLS stack in the process: ring.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate and key pair read from disk, with the bytes they came from.
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+}
+
+/// Serves whatever certificate was loaded last.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|k| Arc::clone(&k))
+    }
+}
+
+impl CertResolver {
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|k| Arc::clone(&k))
+    }
+
+    fn swap(&self, key: Arc<CertifiedKey>) {
+        if let Ok(mut current) = self.current.write() {
+            *current = key;
+        }
+    }
+}
+
+/// The files to serve from, and the resolver that serves their latest good contents.
+pub struct CertificateFiles {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    resolver: Arc<CertResolver>,
+    last: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl CertificateFiles {
+    /// Loads the pair once; a failure here is fatal at start-up.
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, TlsError> {
+        let provider = provider();
+        let loaded = load_pair(cert_file, key_file, &provider)?;
+        Ok(Self {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            resolver: Arc::new(CertResolver {
+                current: RwLock::new(loaded.key),
+            }),
+            last: std::sync::Mutex::new((loaded.cert_pem, loaded.key_pem)),
+            provider,
+        })
+    }
+
+    pub fn resolver(&self) -> Arc<CertResolver> {
+        Arc::clone(&self.resolver)
+    }
+
+    /// rustls server config offering HTTP/2 and HTTP/1.1 (the apiserver asks for HTTP/1.1).
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(self.resolver());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// Re-reads the files; swaps in the new pair when it changed and is valid.
+    /// Returns `Ok(true)` when a new pair was installed.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let cert_pem = read(&self.cert_file)?;
+        let key_pem = read(&self.key_file)?;
+        {
+            let last = self.last.lock().map_err(|_| TlsError::NoCertificate {
+                path: self.cert_file.clone(),
+            })?;
+            if last.0 == cert_pem && last.1 == key_pem {
+                return Ok(false);
+            }
+        }
+        let key = certified_key(
+            &cert_pem,
+            &key_pem,
+            &self.cert_file,
+            &self.key_file,
+            &self.provider,
+        );
+        // Remember the bytes even when they are broken, so a bad pair is reported once.
+        if let Ok(mut last) = self.last.lock() {
+            *last = (cert_pem, key_pem);
+        }
+        self.resolver.swap(key?);
+        Ok(true)
+    }
+
+    /// Polls the files until `stop` fires, counting reloads in `metrics`.
+    pub async fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let this = Arc::clone(&self);
+            let result = tokio::task::spawn_blocking(move || this.reload()).await;
+            match result {
+                Ok(Ok(true)) => {
+                    metrics.certificate_reloaded(true);
+                    tracing::info!(cert = %self.cert_file.display(), "serving certificate reloaded");
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => {
+                    metrics.certificate_reloaded(false);
+                    tracing::error!(%error, "new certificate not loaded; still serving the previous one");
+                }
+                Err(error) => tracing::error!(%error, "certificate reload task failed"),
+            }
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn load_pair(
+    cert_file: &Path,
+    key_file: &Path,
+    provider: &CryptoProvider,
+) -> Result<Loaded, TlsError> {
+    let cert_pem = read(cert_file)?;
+    let key_pem = read(key_file)?;
+    let key = certified_key(&cert_pem, &key_pem, cert_file, key_file, provider)?;
+    Ok(Loaded {
+        key,
+        cert_pem,
+        key_pem,
+    })
+}
+
+fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_file: &Path,
+    key_file: &Path,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadCertificate {
+            path: cert_file.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert_file.to_path_buf(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::BadKey {
+        path: key_file.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let certified =
+        CertifiedKey::from_der(chain, key, provider).map_err(|e| TlsError::Mismatch {
+            cert: cert_file.to_path_buf(),
+            key: key_file.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    Ok(Arc::new(certified))
+}

@@ -1,0 +1,829 @@
+//! A real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager)
+//! for end-to-end tests, started once per test binary and shared by its tests.
+//!
+//! The binaries come from `make controlplane` (`tests/controlplane/build.sh`),
+//! which builds pinned versions into `<repo>/.cache/controlplane/bin`.
+//!
+//! ```ignore
+//! #[tokio::test]
+//! async fn my_test() {
+//!     let cp = controlplane::shared();
+//!     let _logs = cp.logs_on_failure(); // prints the servers' log tails if the test panics
+//!     let client = cp.client();         // a fresh client for this test's runtime
+//!     let ns = controlplane::namespace(&client, "my-test", &[]).await;
+//!     // ...
+//! }
+//! ```
+//!
+//! Lifecycle: every server runs under a small `sh` wrapper whose stdin is a pipe
+//! held open by the test process. When the test process exits for any reason
+//! (tests passed, a test panicked, SIGKILL), the pipe closes and the wrapper
+//! terminates its server by pid (SIGTERM, then SIGKILL after 2 s). The etcd
+//! wrapper also removes the temporary state directory (certificates, etcd data).
+//! Logs stay in `<repo>/target/controlplane-logs/<test-binary>-<pid>/`.
+#![allow(dead_code)]
+
+use std::fmt::Display;
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// How long each start-up phase (etcd, kube-apiserver `/readyz`, the first
+/// ServiceAccount from kube-controller-manager) may take.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Grace period between SIGTERM and SIGKILL when the test process goes away.
+const STOP_GRACE_TENTHS: u32 = 20;
+const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+const BINARIES: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
+
+/// Runs `"$@"` and stops it when stdin (a pipe held by the test process) closes.
+/// If `CONTROLPLANE_REMOVE_ON_EXIT` is set, that path is removed once the
+/// server is gone.
+const WRAPPER: &str = r#"
+exec 3<&0 0</dev/null
+"$@" 3<&- &
+child=$!
+echo "[controlplane] started $1 as pid $child (wrapper pid $$)"
+(
+    read -r _ <&3 || :
+    kill -TERM "$child" 2>/dev/null
+    i=0
+    while kill -0 "$child" 2>/dev/null; do
+        if [ "$i" -ge "$GRACE_TENTHS" ]; then kill -KILL "$child" 2>/dev/null; break; fi
+        sleep 0.1
+        i=$((i + 1))
+    done
+    if [ -n "$CONTROLPLANE_REMOVE_ON_EXIT" ]; then rm -rf -- "$CONTROLPLANE_REMOVE_ON_EXIT"; fi
+) &
+exec 3<&-
+wait "$child"
+status=$?
+echo "[controlplane] $1 (pid $child) exited with status $status"
+exit "$status"
+"#;
+
+/// The shared control plane of this test binary.
+pub struct ControlPlane {
+    url: String,
+    ca_pem: String,
+    kubeconfig: PathBuf,
+    config: kube::Config,
+    state_dir: PathBuf,
+    log_dir: PathBuf,
+    bin_dir: PathBuf,
+    procs: Mutex<Vec<Proc>>,
+    /// Failed first attempts (port clash), kept so that their wrappers, like
+    /// the others, only see EOF at process exit: the etcd wrapper then removes
+    /// the state directory, which the running servers use.
+    retired: Vec<Proc>,
+}
+
+/// One server under its wrapper. Dropping it closes the wrapper's stdin,
+/// which stops the server.
+struct Proc {
+    name: &'static str,
+    wrapper: Child,
+    log: PathBuf,
+}
+
+/// Starts the control plane on first use (blocking, up to a few minutes on a
+/// cold machine) and returns it. Panics, in every test that calls it, if it
+/// could not be started; the message includes the servers' log tails.
+pub fn shared() -> &'static ControlPlane {
+    static CP: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+    let started = CP.get_or_init(|| {
+        // Own thread: the start-up uses a private tokio runtime, which cannot
+        // be entered from within the calling test's runtime.
+        std::thread::spawn(start)
+            .join()
+            .unwrap_or_else(|panic| Err(panic_message(&panic)))
+    });
+    match started {
+        Ok(cp) => cp,
+        Err(e) => panic!("test control plane did not start: {e}"),
+    }
+}
+
+/// `<repo>/.cache/controlplane/bin`.
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/controlplane/bin")
+}
+
+/// Path of a binary built by `make controlplane` (`etcd`, `kube-apiserver`,
+/// `kube-controller-manager`, `helm`). Panics with instructions if missing.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    if !path.is_file() {
+        panic!(
+            "{} not found: the end-to-end tests need the pinned control plane binaries; \
+             build them once with `make controlplane` (runs tests/controlplane/build.sh, needs Go)",
+            path.display()
+        );
+    }
+    path
+}
+
+impl ControlPlane {
+    /// A new client with admin (system:masters) credentials, bound to the
+    /// calling test's tokio runtime. Must be called inside a runtime.
+    pub fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.config.clone())
+            .expect("building kube client for the test control plane")
+    }
+
+    /// The admin client configuration.
+    pub fn config(&self) -> kube::Config {
+        self.config.clone()
+    }
+
+    /// A kubeconfig file with admin credentials (for `KUBECONFIG=...`).
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn apiserver_url(&self) -> &str {
+        &self.url
+    }
+
+    /// PEM of the CA that signed the apiserver's serving certificate and the
+    /// admin client certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Directory with `etcd.log`, `kube-apiserver.log`, `kube-controller-manager.log`.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// Path of `helm` (or another binary) from the same pinned build.
+    pub fn binary(&self, name: &str) -> PathBuf {
+        let _ = &self.bin_dir;
+        binary(name)
+    }
+
+    /// The last `lines` lines of each server's log, with headers.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        tails(&procs, lines)
+    }
+
+    /// A guard that prints the servers' log tails to stderr (shown by the test
+    /// harness with the failing test's output) if it is dropped during a panic.
+    pub fn logs_on_failure(&self) -> LogsOnFailure<'_> {
+        LogsOnFailure {
+            cp: self,
+            lines: 40,
+        }
+    }
+
+    /// Fails if a server has exited.
+    pub fn check_running(&self) -> Result<(), String> {
+        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        check_running(&mut procs)
+    }
+}
+
+/// See [`ControlPlane::logs_on_failure`].
+pub struct LogsOnFailure<'a> {
+    cp: &'a ControlPlane,
+    lines: usize,
+}
+
+impl LogsOnFailure<'_> {
+    pub fn lines(mut self, lines: usize) -> Self {
+        self.lines = lines;
+        self
+    }
+}
+
+impl Drop for LogsOnFailure<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "==== control plane logs (full logs in {}) ====\n{}",
+                self.cp.log_dir.display(),
+                self.cp.log_tails(self.lines)
+            );
+        }
+    }
+}
+
+/// Creates a namespace named `<prefix>-<random>` with the given labels, waits
+/// until its `default` ServiceAccount exists (so pods can be admitted at once)
+/// and returns its name.
+pub async fn namespace(client: &kube::Client, prefix: &str, labels: &[(&str, &str)]) -> String {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{prefix}-")),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    let created = Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {prefix}-*: {e}"));
+    let name = created.metadata.name.expect("created namespace has a name");
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), &name);
+    eventually(
+        &format!("ServiceAccount {name}/default"),
+        Duration::from_secs(30),
+        || async {
+            match sas.get_opt("default").await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err("not found yet".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    name
+}
+
+/// Polls `check` every 200 ms until it returns `Ok`, and panics after
+/// `timeout` with `what` and the last error.
+pub async fn eventually<T, E, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last error: {e}")
+            }
+            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Start-up
+// ---------------------------------------------------------------------------
+
+fn start() -> Result<ControlPlane, String> {
+    let started_at = Instant::now();
+    let bin_dir = bin_dir();
+    for name in BINARIES {
+        binary(name);
+    }
+    let log_dir = prepare_log_dir()?;
+    // Removed by the etcd wrapper once the test process has exited; until etcd
+    // is started, the TempDir guard removes it on error.
+    let state = tempfile::Builder::new()
+        .prefix("pullsecret-controlplane-")
+        .tempdir()
+        .map_err(|e| format!("creating temporary directory: {e}"))?;
+    let dir = state.path().to_path_buf();
+    let pki = Pki::generate(&dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let mut procs = Vec::new();
+    let mut retired = Vec::new();
+
+    // etcd
+    let state_dir = state.keep();
+    let mut etcd_port = 0;
+    for attempt in 1..=2 {
+        let [client_port, peer_port] = free_ports();
+        let data = state_dir.join(format!("etcd-data-{attempt}"));
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let args = vec![
+            "--name=test".to_string(),
+            format!("--data-dir={}", data.display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=test={peer_url}"),
+            "--initial-cluster-state=new".to_string(),
+            "--unsafe-no-fsync".to_string(),
+            "--log-level=warn".to_string(),
+        ];
+        spawn(
+            &mut procs,
+            "etcd",
+            &bin_dir,
+            &log_dir,
+            &args,
+            Some(&state_dir),
+        )?;
+        match wait_until(&mut procs, "etcd to accept connections", || {
+            TcpStream::connect_timeout(
+                &SocketAddr::from(([127, 0, 0, 1], client_port)),
+                Duration::from_secs(1),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }) {
+            Ok(()) => {
+                etcd_port = client_port;
+                break;
+            }
+            Err(e) if attempt == 1 && port_clash(&procs) => retry(&mut procs, &mut retired, e),
+            Err(e) => return Err(e),
+        }
+    }
+
+    // kube-apiserver
+    let kubeconfig = log_dir.join("kubeconfig");
+    let mut started = None;
+    for attempt in 1..=2 {
+        let [port] = free_ports();
+        let url = format!("https://127.0.0.1:{port}");
+        write_kubeconfig(&kubeconfig, &url, &pki)?;
+        let p = |f: &str| pki.dir.join(f).display().to_string();
+        let args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+            format!("--secure-port={port}"),
+            "--bind-address=127.0.0.1".to_string(),
+            "--advertise-address=127.0.0.1".to_string(),
+            format!("--cert-dir={}", state_dir.join("apiserver-certs").display()),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!("--service-account-issuer={SA_ISSUER}"),
+            format!("--api-audiences={SA_ISSUER}"),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--authorization-mode=RBAC".to_string(),
+            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,MutatingAdmissionWebhook,ValidatingAdmissionWebhook".to_string(),
+            "--service-cluster-ip-range=10.0.0.0/24".to_string(),
+            "--profiling=false".to_string(),
+            "--v=1".to_string(),
+        ];
+        spawn(
+            &mut procs,
+            "kube-apiserver",
+            &bin_dir,
+            &log_dir,
+            &args,
+            None,
+        )?;
+        let config = rt.block_on(load_config(&kubeconfig))?;
+        let ready = wait_until_async(&rt, &mut procs, "kube-apiserver /readyz", || {
+            let config = config.clone();
+            async move {
+                let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+                let req = hyper::Request::get("/readyz")
+                    .body(Vec::new())
+                    .map_err(|e| e.to_string())?;
+                match tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await {
+                    Ok(Ok(body)) if body.trim() == "ok" => Ok(()),
+                    Ok(Ok(body)) => Err(body),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("request timed out".to_string()),
+                }
+            }
+        });
+        match ready {
+            Ok(()) => {
+                started = Some((url, config));
+                break;
+            }
+            Err(e) if attempt == 1 && port_clash(&procs) => retry(&mut procs, &mut retired, e),
+            Err(e) => return Err(e),
+        }
+    }
+    let (url, config) = started.expect("kube-apiserver started or returned");
+
+    // kube-controller-manager
+    for attempt in 1..=2 {
+        let [port] = free_ports();
+        let p = |f: &str| pki.dir.join(f).display().to_string();
+        let kcfg = kubeconfig.display().to_string();
+        let args = vec![
+            format!("--kubeconfig={kcfg}"),
+            format!("--authentication-kubeconfig={kcfg}"),
+            format!("--authorization-kubeconfig={kcfg}"),
+            "--bind-address=127.0.0.1".to_string(),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", state_dir.join("kcm-certs").display()),
+            "--controllers=*".to_string(),
+            format!("--service-account-private-key-file={}", p("sa.key")),
+            format!("--root-ca-file={}", p("ca.crt")),
+            format!("--cluster-signing-cert-file={}", p("ca.crt")),
+            format!("--cluster-signing-key-file={}", p("ca.key")),
+            "--use-service-account-credentials=false".to_string(),
+            "--leader-elect=false".to_string(),
+            "--profiling=false".to_string(),
+            "--v=1".to_string(),
+        ];
+        spawn(
+            &mut procs,
+            "kube-controller-manager",
+            &bin_dir,
+            &log_dir,
+            &args,
+            None,
+        )?;
+        let ready = wait_until_async(
+            &rt,
+            &mut procs,
+            "ServiceAccount default/default (kube-controller-manager)",
+            || {
+                let config = config.clone();
+                async move {
+                    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+                    let sas = Api::<ServiceAccount>::namespaced(client, "default");
+                    match tokio::time::timeout(Duration::from_secs(5), sas.get_opt("default")).await
+                    {
+                        Ok(Ok(Some(_))) => Ok(()),
+                        Ok(Ok(None)) => Err("not created yet".to_string()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("request timed out".to_string()),
+                    }
+                }
+            },
+        );
+        match ready {
+            Ok(()) => break,
+            Err(e) if attempt == 1 && port_clash(&procs) => retry(&mut procs, &mut retired, e),
+            Err(e) => return Err(e),
+        }
+    }
+
+    eprintln!(
+        "controlplane: ready in {:.1}s at {url} (logs: {})",
+        started_at.elapsed().as_secs_f64(),
+        log_dir.display()
+    );
+    Ok(ControlPlane {
+        url,
+        ca_pem: pki.ca_pem.clone(),
+        kubeconfig,
+        config,
+        state_dir,
+        log_dir,
+        bin_dir,
+        procs: Mutex::new(procs),
+        retired,
+    })
+}
+
+async fn load_config(kubeconfig: &Path) -> Result<kube::Config, String> {
+    let kc = Kubeconfig::read_from(kubeconfig)
+        .map_err(|e| format!("reading {}: {e}", kubeconfig.display()))?;
+    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| format!("loading {}: {e}", kubeconfig.display()))
+}
+
+/// Starts `bin_dir/name args...` under the wrapper, logging to `log_dir/name.log`.
+fn spawn(
+    procs: &mut Vec<Proc>,
+    name: &'static str,
+    bin_dir: &Path,
+    log_dir: &Path,
+    args: &[String],
+    remove_on_exit: Option<&Path>,
+) -> Result<(), String> {
+    let log = log_dir.join(format!("{name}.log"));
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| format!("opening {}: {e}", log.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("opening {}: {e}", log.display()))?;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(WRAPPER)
+        .arg("controlplane-wrapper")
+        .arg(bin_dir.join(name))
+        .args(args)
+        .env("GRACE_TENTHS", STOP_GRACE_TENTHS.to_string())
+        .env_remove("CONTROLPLANE_REMOVE_ON_EXIT")
+        // The apiserver calls the test's webhooks on 127.0.0.1: never via a proxy.
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .stderr(err);
+    if let Some(path) = remove_on_exit {
+        cmd.env("CONTROLPLANE_REMOVE_ON_EXIT", path);
+    }
+    let wrapper = cmd
+        .spawn()
+        .map_err(|e| format!("starting {name} via sh: {e}"))?;
+    procs.push(Proc { name, wrapper, log });
+    Ok(())
+}
+
+fn check_running(procs: &mut [Proc]) -> Result<(), String> {
+    let exited = procs.iter_mut().find_map(|p| match p.wrapper.try_wait() {
+        Ok(Some(status)) => Some(format!("{} exited ({status})", p.name)),
+        _ => None,
+    });
+    match exited {
+        Some(what) => Err(format!("{what}\n{}", tails(procs, 40))),
+        None => Ok(()),
+    }
+}
+
+/// Moves the last started server, which lost a port race, out of `procs`.
+fn retry(procs: &mut Vec<Proc>, retired: &mut Vec<Proc>, error: String) {
+    let failed = procs.pop().expect("a server was started");
+    eprintln!(
+        "controlplane: {} lost a port race, starting it again: {error}",
+        failed.name
+    );
+    retired.push(failed);
+}
+
+/// Whether the last started server exited because its port was taken.
+fn port_clash(procs: &[Proc]) -> bool {
+    procs
+        .last()
+        .and_then(|p| fs::read_to_string(&p.log).ok())
+        .is_some_and(|log| log.contains("address already in use"))
+}
+
+fn wait_until(
+    procs: &mut Vec<Proc>,
+    what: &str,
+    mut check: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let last = match check() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        check_running(procs).map_err(|e| format!("waiting for {what}: {e}"))?;
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "timed out after {START_TIMEOUT:?} waiting for {what}; last error: {last}\n{}",
+                tails(procs, 40)
+            ));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+fn wait_until_async<F, Fut>(
+    rt: &tokio::runtime::Runtime,
+    procs: &mut Vec<Proc>,
+    what: &str,
+    mut check: F,
+) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    wait_until(procs, what, || rt.block_on(check()))
+}
+
+fn tails(procs: &[Proc], lines: usize) -> String {
+    let mut seen = Vec::new();
+    let mut out = String::new();
+    for p in procs {
+        if seen.contains(&p.log) {
+            continue; // a retried server appends to the same log
+        }
+        seen.push(p.log.clone());
+        let text = fs::read_to_string(&p.log).unwrap_or_else(|e| format!("(cannot read: {e})"));
+        let all: Vec<&str> = text.lines().collect();
+        let from = all.len().saturating_sub(lines);
+        out.push_str(&format!(
+            "---- {} (last {} lines) ----\n",
+            p.log.display(),
+            all.len() - from
+        ));
+        for line in &all[from..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Distinct free ports on 127.0.0.1, released before returning.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local_addr").port())
+}
+
+/// `<repo>/target/controlplane-logs/<test-binary>-<pid>`, created empty.
+/// Old directories of the same test binary whose process is gone are pruned,
+/// keeping the newest few.
+fn prepare_log_dir() -> Result<PathBuf, String> {
+    const KEEP: usize = 4;
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let stem = exe
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("test")
+        .to_string();
+    // Cargo names test binaries `<name>-<16 hex digits>`.
+    let name = match stem.rsplit_once('-') {
+        Some((name, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+            name.to_string()
+        }
+        _ => stem,
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/controlplane-logs");
+    fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+
+    let mut old: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(&root)
+        .map_err(|e| format!("reading {}: {e}", root.display()))?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let file_name = entry.file_name().into_string().ok()?;
+            let pid = file_name
+                .strip_prefix(&name)?
+                .strip_prefix('-')?
+                .parse::<u32>()
+                .ok()?;
+            let alive = Path::new(&format!("/proc/{pid}")).exists();
+            let modified = entry.metadata().and_then(|m| m.modified()).ok()?;
+            (!alive).then(|| (modified, entry.path()))
+        })
+        .collect();
+    old.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, path) in old.iter().skip(KEEP - 1) {
+        let _ = fs::remove_dir_all(path);
+    }
+
+    let dir = root.join(format!("{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn write_kubeconfig(path: &Path, url: &str, pki: &Pki) -> Result<(), String> {
+    let p = |f: &str| pki.dir.join(f).display().to_string();
+    let text = format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: {url}
+    certificate-authority: {ca}
+users:
+- name: admin
+  user:
+    client-certificate: {cert}
+    client-key: {key}
+contexts:
+- name: test
+  context:
+    cluster: test
+    user: admin
+    namespace: default
+current-context: test
+",
+        ca = p("ca.crt"),
+        cert = p("admin.crt"),
+        key = p("admin.key"),
+    );
+    write_file(path, &text)
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), String> {
+    File::create(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic while starting the control plane".to_string())
+}
+
+// ---------------------------------------------------------------------------
+// Certificates
+// ---------------------------------------------------------------------------
+
+/// Files written to `dir`: ca.{crt,key}, apiserver.{crt,key}, admin.{crt,key}
+/// (CN=admin, O=system:masters), sa.{key,pub} (service-account token signing).
+struct Pki {
+    dir: PathBuf,
+    ca_pem: String,
+}
+
+impl Pki {
+    fn generate(dir: &Path) -> Result<Pki, String> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let err = |what: &str| {
+            let what = what.to_string();
+            move |e: rcgen::Error| format!("generating {what}: {e}")
+        };
+
+        let mut ca_params =
+            CertificateParams::new(Vec::<String>::new()).map_err(err("CA params"))?;
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "pullsecret-injector test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().map_err(err("CA key"))?;
+        let ca_key_pem = ca_key.serialize_pem();
+        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(err("CA certificate"))?;
+
+        let leaf = |sans: Vec<String>,
+                    cn: &str,
+                    org: Option<&str>,
+                    eku: ExtendedKeyUsagePurpose|
+         -> Result<(String, String), String> {
+            let mut params = CertificateParams::new(sans).map_err(err(cn))?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            if let Some(org) = org {
+                params
+                    .distinguished_name
+                    .push(DnType::OrganizationName, org);
+            }
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            params.extended_key_usages = vec![eku];
+            let key = KeyPair::generate().map_err(err(cn))?;
+            let cert = params.signed_by(&key, &ca).map_err(err(cn))?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+
+        let (server_crt, server_key) = leaf(
+            [
+                "127.0.0.1",
+                "localhost",
+                "10.0.0.1",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ]
+            .map(String::from)
+            .to_vec(),
+            "kube-apiserver",
+            None,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        let (admin_crt, admin_key) = leaf(
+            Vec::new(),
+            "admin",
+            Some("system:masters"),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+        let sa = KeyPair::generate().map_err(err("service-account key"))?;
+
+        let ca_pem = ca.pem();
+        for (file, text) in [
+            ("ca.crt", ca_pem.as_str()),
+            ("ca.key", ca_key_pem.as_str()),
+            ("apiserver.crt", server_crt.as_str()),
+            ("apiserver.key", server_key.as_str()),
+            ("admin.crt", admin_crt.as_str()),
+            ("admin.key", admin_key.as_str()),
+            ("sa.key", sa.serialize_pem().as_str()),
+            ("sa.pub", sa.public_key_pem().as_str()),
+        ] {
+            write_file(&dir.join(file), text)?;
+        }
+        Ok(Pki {
+            dir: dir.to_path_buf(),
+            ca_pem,
+        })
+    }
+}
