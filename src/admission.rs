@@ -122,6 +122,9 @@ fn review_untyped(body: &[u8], typed_error: serde_json::Error) -> Result<Reviewe
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
         return Err(ReviewError::NotJson(e));
     }
+    let types = serde_json::from_slice::<kube::core::TypeMeta>(body)
+        .map_err(|e| ReviewError::NotAdmissionReview(e.to_string()))?;
+    check_envelope(&types.api_version, &types.kind)?;
     let review = serde_json::from_slice::<AdmissionReview<DynamicObject>>(body)
         .map_err(|e| ReviewError::NotAdmissionReview(e.to_string()))?;
     check_envelope(&review.types.api_version, &review.types.kind)?;

@@ -52,7 +52,6 @@ pub struct Limits {
     pub tls_handshake_timeout_seconds: u64,
     pub header_read_timeout_seconds: u64,
     pub body_read_timeout_seconds: u64,
-    pub idle_timeout_seconds: u64,
     pub shutdown_timeout_seconds: u64,
 }
 
@@ -62,9 +61,10 @@ impl Default for Limits {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_connections: 4096,
             tls_handshake_timeout_seconds: 10,
-            header_read_timeout_seconds: 10,
+            // Idle keep-alive connections are closed after this too; the apiserver reopens
+            // them, so it is kept well above a request's own header time.
+            header_read_timeout_seconds: 30,
             body_read_timeout_seconds: 30,
-            idle_timeout_seconds: 90,
             shutdown_timeout_seconds: 20,
         }
     }

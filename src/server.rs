@@ -12,8 +12,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
@@ -60,11 +60,18 @@ impl AppState {
 
 /// The webhook's routes, usable without a socket (tests drive it with `oneshot`).
 pub fn router(state: AppState) -> Router {
-    let panic_metrics = Arc::clone(&state.metrics);
-    Router::new()
+    let routes = Router::new()
         .route("/mutate", post(mutate))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    protect(routes, &state).with_state(state)
+}
+
+/// Clear errors for unknown paths and methods, and a 500 for a handler that panics: the
+/// panic costs that one request, never the connection's other requests or the server.
+fn protect(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    let panic_metrics = Arc::clone(&state.metrics);
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(
@@ -78,7 +85,6 @@ pub fn router(state: AppState) -> Router {
                 )
             },
         ))
-        .with_state(state)
 }
 
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
@@ -115,8 +121,27 @@ fn error_response(status: StatusCode, reason: &str, message: String) -> Response
         .into_response()
 }
 
-async fn mutate(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let mut response = mutate_inner(&state, &headers, body).await;
+/// How the request reached us, for the admission log line.
+struct Transport {
+    version: axum::http::Version,
+    /// The apiserver's `?timeout=Ns`: its remaining budget for us.
+    timeout: Option<String>,
+}
+
+async fn mutate(
+    State(state): State<AppState>,
+    version: axum::http::Version,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let timeout = uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("timeout="))
+            .map(str::to_string)
+    });
+    let transport = Transport { version, timeout };
+    let mut response = mutate_inner(&state, &transport, &headers, body).await;
     if state.draining.load(Ordering::Relaxed) {
         // The apiserver keeps pooled connections to a terminating pod unless told to close.
         response
@@ -126,7 +151,12 @@ async fn mutate(State(state): State<AppState>, headers: HeaderMap, body: Body) -
     response
 }
 
-async fn mutate_inner(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
+async fn mutate_inner(
+    state: &AppState,
+    transport: &Transport,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     let limits = &state.settings.limits;
     let refuse = |status: StatusCode, reason: &'static str, message: String| {
         state.metrics.bad_request(reason);
@@ -212,6 +242,8 @@ async fn mutate_inner(state: &AppState, headers: &HeaderMap, body: Body) -> Resp
                 result = reviewed.outcome.result_label(),
                 injected = %reviewed.outcome.injected().join(","),
                 duration_us = elapsed.as_micros() as u64,
+                http_version = ?transport.version,
+                timeout = transport.timeout.as_deref().unwrap_or(""),
                 "admission reviewed"
             );
             axum::Json(reviewed.response).into_response()
@@ -297,19 +329,28 @@ pub async fn serve_tls(
                 }
             };
             metrics.connection_opened();
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .keep_alive(true);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(256);
+            // ALPN has already chosen the protocol: no sniffing, so the header timeout
+            // applies from the first byte a silent client fails to send.
+            let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(stream);
             let service = TowerToHyperService::new(app);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection).await {
+            let served = if is_h2 {
+                let mut builder = http2::Builder::new(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(256)
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_timeout(Duration::from_secs(10));
+                watcher.watch(builder.serve_connection(io, service)).await
+            } else {
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .keep_alive(true);
+                watcher.watch(builder.serve_connection(io, service)).await
+            };
+            if let Err(error) = served {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
             metrics.connection_closed();
@@ -343,4 +384,72 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
     ) || e
         .raw_os_error()
         .is_some_and(|code| code == 24 || code == 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use tower::ServiceExt;
+
+    fn state() -> AppState {
+        let settings = Config::from_yaml("secrets: []")
+            .unwrap()
+            .validate()
+            .unwrap();
+        AppState::new(Arc::new(settings), Arc::new(Metrics::new()))
+    }
+
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    /// A panic cannot be provoked through the real routes, so a route that panics stands in.
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_a_500_for_that_request_only() {
+        let state = state();
+        let routes = Router::new()
+            .route("/boom", post(boom))
+            .route("/fine", post(|| async { "fine" }));
+        let app = protect(routes, &state).with_state(state.clone());
+        let request = |path: &str| axum::http::Request::post(path).body(Body::empty()).unwrap();
+        let boom = app.clone().oneshot(request("/boom")).await.unwrap();
+        assert_eq!(boom.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(boom.into_body(), 1024).await.unwrap();
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(error["reason"], "internal_error");
+        let fine = app.oneshot(request("/fine")).await.unwrap();
+        assert_eq!(fine.status(), StatusCode::OK);
+        assert!(
+            state
+                .metrics
+                .render()
+                .contains("bad_requests_total{reason=\"panic\"} 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_listener_and_the_drain() {
+        let state = state();
+        let app = router(state.clone());
+        let get = || {
+            axum::http::Request::get("/readyz")
+                .body(Body::empty())
+                .unwrap()
+        };
+        assert_eq!(
+            app.clone().oneshot(get()).await.unwrap().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        state.ready.store(true, Ordering::Relaxed);
+        assert_eq!(
+            app.clone().oneshot(get()).await.unwrap().status(),
+            StatusCode::OK
+        );
+        state.draining.store(true, Ordering::Relaxed);
+        assert_eq!(
+            app.oneshot(get()).await.unwrap().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 }

@@ -56,13 +56,14 @@ fi
 
 export GOMODCACHE="$repo/.cache/go/mod"
 export GOCACHE="$repo/.cache/go/build"
+export GOTMPDIR="$repo/.cache/go/tmp"
 # Ignore GOFLAGS/GOTOOLCHAIN from the user's environment: the build must use
 # exactly what go.mod/go.sum pin, and never rewrite them.
-export GOFLAGS="-mod=readonly -buildvcs=false"
+export GOFLAGS="-mod=readonly -modcacherw -buildvcs=false" # -modcacherw: `rm -rf .cache` works
 export GOTOOLCHAIN=local
 export CGO_ENABLED=0
 jobs="${CONTROLPLANE_BUILD_JOBS:-2}"
-mkdir -p "$GOMODCACHE" "$GOCACHE" "$bin"
+mkdir -p "$GOMODCACHE" "$GOCACHE" "$GOTMPDIR" "$bin"
 
 # Everything that determines the output: the pinned modules, this script
 # (flags, ldflags) and the Go toolchain.
@@ -80,10 +81,10 @@ module_version() { # module_version <dir> <module path>
 
 print_versions() {
     echo "controlplane binaries in $bin:"
-    "$bin/etcd" --version | sed 's/^/  /'
-    echo "  $("$bin/kube-apiserver" --version)"
-    echo "  $("$bin/kube-controller-manager" --version)"
-    echo "  helm $("$bin/helm" version --short)"
+    echo "  etcd:                    $("$bin/etcd" --version | head -n1)"
+    echo "  kube-apiserver:          $("$bin/kube-apiserver" --version)"
+    echo "  kube-controller-manager: $("$bin/kube-controller-manager" --version)"
+    echo "  helm:                    $("$bin/helm" version --short)"
 }
 
 want="$(fingerprint)"

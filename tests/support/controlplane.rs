@@ -18,7 +18,7 @@
 //! Lifecycle: every server runs under a small `sh` wrapper whose stdin is a pipe
 //! held open by the test process. When the test process exits for any reason
 //! (tests passed, a test panicked, SIGKILL), the pipe closes and the wrapper
-//! terminates its server by pid (SIGTERM, then SIGKILL after 2 s). The etcd
+//! terminates its server by pid (SIGTERM, then SIGKILL after 1 s). The etcd
 //! wrapper also removes the temporary state directory (certificates, etcd data).
 //! Logs stay in `<repo>/target/controlplane-logs/<test-binary>-<pid>/`.
 #![allow(dead_code)]
@@ -42,7 +42,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Grace period between SIGTERM and SIGKILL when the test process goes away.
-const STOP_GRACE_TENTHS: u32 = 20;
+const STOP_GRACE_TENTHS: u32 = 10;
 const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const BINARIES: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
 
@@ -102,11 +102,14 @@ struct Proc {
 pub fn shared() -> &'static ControlPlane {
     static CP: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
     let started = CP.get_or_init(|| {
+        for name in BINARIES {
+            binary(name);
+        }
         // Own thread: the start-up uses a private tokio runtime, which cannot
         // be entered from within the calling test's runtime.
         std::thread::spawn(start)
             .join()
-            .unwrap_or_else(|panic| Err(panic_message(&panic)))
+            .unwrap_or_else(|panic| Err(panic_message(&*panic)))
     });
     match started {
         Ok(cp) => cp,
@@ -362,6 +365,9 @@ fn start() -> Result<ControlPlane, String> {
             format!("--secure-port={port}"),
             "--bind-address=127.0.0.1".to_string(),
             "--advertise-address=127.0.0.1".to_string(),
+            // The endpoints of the `kubernetes` Service may not be loopback
+            // addresses: don't maintain them (nothing in the tests uses them).
+            "--endpoint-reconciler-type=none".to_string(),
             format!("--cert-dir={}", state_dir.join("apiserver-certs").display()),
             format!("--tls-cert-file={}", p("apiserver.crt")),
             format!("--tls-private-key-file={}", p("apiserver.key")),
@@ -419,6 +425,8 @@ fn start() -> Result<ControlPlane, String> {
         let args = vec![
             format!("--kubeconfig={kcfg}"),
             format!("--authentication-kubeconfig={kcfg}"),
+            // There is no front proxy: don't look up its CA in the cluster.
+            "--authentication-skip-lookup=true".to_string(),
             format!("--authorization-kubeconfig={kcfg}"),
             "--bind-address=127.0.0.1".to_string(),
             format!("--secure-port={port}"),
@@ -568,7 +576,7 @@ fn port_clash(procs: &[Proc]) -> bool {
 }
 
 fn wait_until(
-    procs: &mut Vec<Proc>,
+    procs: &mut [Proc],
     what: &str,
     mut check: impl FnMut() -> Result<(), String>,
 ) -> Result<(), String> {
@@ -591,7 +599,7 @@ fn wait_until(
 
 fn wait_until_async<F, Fut>(
     rt: &tokio::runtime::Runtime,
-    procs: &mut Vec<Proc>,
+    procs: &mut [Proc],
     what: &str,
     mut check: F,
 ) -> Result<(), String>
@@ -670,7 +678,7 @@ fn prepare_log_dir() -> Result<PathBuf, String> {
             (!alive).then(|| (modified, entry.path()))
         })
         .collect();
-    old.sort_by(|a, b| b.0.cmp(&a.0));
+    old.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     for (_, path) in old.iter().skip(KEEP - 1) {
         let _ = fs::remove_dir_all(path);
     }

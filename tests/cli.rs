@@ -1,0 +1,232 @@
+//! The command line as a person uses it: `mutate` previews, `match` explanations, and the
+//! exit code 2 with a precise message for anything the user must fix.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pullsecret-injector");
+const EXAMPLE_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/config.yaml");
+
+fn run(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("wait")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn config_file(yaml: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(yaml.as_bytes()).unwrap();
+    f
+}
+
+#[test]
+fn mutate_previews_workloads_and_passes_other_documents_through() {
+    let out = run(
+        &[
+            "mutate",
+            "--config",
+            EXAMPLE_CONFIG,
+            "-f",
+            "examples/deployment.yaml",
+            "-o",
+            "json",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let docs: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(docs.len(), 2);
+    let deployment: k8s_openapi::api::apps::v1::Deployment =
+        serde_json::from_value(docs[0].clone()).unwrap();
+    let names: Vec<String> = deployment
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .image_pull_secrets
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["acme-ghcr"]);
+    assert_eq!(docs[1]["kind"], "Service");
+    assert!(docs[1]["spec"].get("imagePullSecrets").is_none());
+}
+
+#[test]
+fn mutate_handles_every_workload_kind_from_stdin_as_yaml() {
+    let input = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly}
+spec:
+  schedule: "0 0 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: c, image: corp/report:1}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  imagePullSecrets: [{name: mine}]
+  containers: [{name: c, image: ghcr.io/acme/app}]
+"#;
+    let out = run(&["mutate", "--config", EXAMPLE_CONFIG], input);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let yaml = text(&out.stdout);
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+    assert_eq!(
+        docs[0]
+            .pointer("/spec/jobTemplate/spec/template/spec/imagePullSecrets")
+            .unwrap(),
+        &serde_json::json!([{"name": "corp"}])
+    );
+    assert_eq!(
+        docs[1].pointer("/spec/imagePullSecrets").unwrap(),
+        &serde_json::json!([{"name": "mine"}, {"name": "acme-ghcr"}])
+    );
+}
+
+#[test]
+fn mutate_prints_the_patch_with_output_patch() {
+    let out = run(
+        &[
+            "mutate",
+            "--config",
+            EXAMPLE_CONFIG,
+            "-f",
+            "examples/admission-review.json",
+            "--output",
+            "patch",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let patch: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        patch,
+        serde_json::json!([
+            {"op": "add", "path": "/spec/imagePullSecrets/-", "value": {"name": "acme-ghcr"}},
+            {"op": "add", "path": "/spec/imagePullSecrets/-", "value": {"name": "corp"}}
+        ])
+    );
+}
+
+#[test]
+fn mutate_refuses_bad_documents_with_exit_2_naming_document_and_field() {
+    let input = "apiVersion: v1\nkind: Pod\nmetadata: {name: ok}\nspec: {containers: []}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  template:\n    spec:\n      containers: \"nope\"\n";
+    let out = run(&["mutate", "--config", EXAMPLE_CONFIG], input);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("document 2 (Deployment web): spec.template.spec:"),
+        "{err}"
+    );
+    assert!(err.contains("invalid type"), "{err}");
+    let out = run(&["mutate", "--config", EXAMPLE_CONFIG], "{not yaml: [");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("input is not valid YAML or JSON"));
+    let out = run(
+        &["mutate", "--config", EXAMPLE_CONFIG],
+        "metadata: {name: x}\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("document 1: kind: missing"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn match_explains_which_secret_matches_and_why() {
+    let out = run(
+        &[
+            "match",
+            "--config",
+            EXAMPLE_CONFIG,
+            "ghcr.io/acme/web:1",
+            "ghcr.io/acme-labs/x",
+            "myacr.azurecr.io/a",
+            "Nginx",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(report.contains("ghcr.io/acme/web:1\n  normalized: ghcr.io/acme/web\n  secret \"acme-ghcr\": pattern \"ghcr.io/acme/\""), "{report}");
+    assert!(
+        report.contains(
+            "ghcr.io/acme-labs/x\n  normalized: ghcr.io/acme-labs/x\n  no configured secret matches"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("secret \"acme-ghcr\": pattern \"*.azurecr.io\""),
+        "{report}"
+    );
+    assert!(
+        report.contains("Nginx\n  invalid image reference"),
+        "{report}"
+    );
+}
+
+#[test]
+fn serve_refuses_an_invalid_config_with_exit_2_naming_every_field() {
+    let config = config_file(
+        "listen: nowhere\nmetricsListen: 127.0.0.1:99999\ntls: {certFile: /missing/tls.crt, keyFile: /missing/tls.key}\nsecrets:\n  - {name: UPPER, registries: [ghcr.io]}\n  - {name: dup, registries: [\"a b\"]}\n  - {name: dup, registries: [x.io]}\n",
+    );
+    let out = run(&["serve", "--config", config.path().to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    for expected in [
+        "listen: \"nowhere\" is not an IP:port address",
+        "metricsListen: \"127.0.0.1:99999\" is not an IP:port address",
+        "secrets[0].name: \"UPPER\" is not a valid Secret name",
+        "secrets[1].registries[0]: \"a b\": pattern contains whitespace",
+        "secrets[2].name: duplicate name \"dup\", also at secrets[1]",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in {err}");
+    }
+}
+
+#[test]
+fn serve_refuses_missing_certificate_files_and_unknown_keys_with_exit_2() {
+    let config =
+        config_file("tls: {certFile: /missing/tls.crt, keyFile: /missing/tls.key}\nsecrets: []\n");
+    let out = run(&["serve", "--config", config.path().to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("tls.certFile: file /missing/tls.crt does not exist"));
+    let config = config_file("secrets: []\nlistne: 0.0.0.0:1\n");
+    let out = run(&["serve", "--config", config.path().to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("listne"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -1,0 +1,8 @@
+//! Shared harness code for the integration and end-to-end suites. Each test binary uses a
+//! part of it, so unused items are expected.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod controlplane;
+pub mod injector;
+pub mod pki;

@@ -1,0 +1,754 @@
+//! The webhook server as the apiserver sees it: the real binary, a real TLS stack, HTTP/1.1
+//! keep-alive, real-world AdmissionReviews in, JSON patches out that apply to a valid Pod.
+
+mod support;
+
+use std::time::Duration;
+
+use base64_free::decode_patch;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+use support::client::{Response, TlsClient};
+use support::injector::{self, Injector, Options, metric};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CONFIG: &str = r#"
+limits:
+  tlsHandshakeTimeoutSeconds: 1
+  headerReadTimeoutSeconds: 1
+secrets:
+  - name: jmalloc
+    registries: [docker.io/jmalloc]
+  - name: k8s-gcr
+    registries: [k8s.gcr.io]
+  - name: init-only
+    registries: [docker.io/library/init]
+  - name: hub-nginx
+    registries: [docker.io/library/nginx]
+  - name: quay-debug
+    registries: [quay.io/debug/]
+"#;
+
+const JSON: &str = "application/json";
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/admission/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let value: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture"))
+        .expect("fixture JSON");
+    if value.get("request").is_some() {
+        value
+    } else {
+        // The Kubewarden samples are bare AdmissionRequests: wrap them as the apiserver sends.
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": value})
+    }
+}
+
+struct Harness {
+    injector: Injector,
+    client: TlsClient,
+    ca_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+fn start() -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = injector::certificates(dir.path());
+    let injector = Injector::start(Options::new(CONFIG, dir.path()));
+    Harness {
+        injector,
+        client: TlsClient::new(&ca.cert_pem),
+        ca_pem: ca.cert_pem,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    async fn review(&self, review: &Value) -> Response {
+        self.client
+            .post(
+                self.injector.addr,
+                "/mutate?timeout=10s",
+                JSON,
+                serde_json::to_vec(review).expect("encode"),
+            )
+            .await
+    }
+
+    /// Posts the review and returns (response review, the object after our patch).
+    async fn mutate(&self, review: &Value) -> (Value, Value) {
+        let response = self.review(review).await;
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        let answer = response.json();
+        let mut object = review["request"]["object"].clone();
+        if let Some(patch) = decode_patch(&answer) {
+            json_patch::patch(&mut object, &patch)
+                .expect("our patch applies to the request object");
+        }
+        (answer, object)
+    }
+}
+
+/// The patch bytes as kube's AdmissionResponse encodes them.
+mod base64_free {
+    use serde_json::Value;
+
+    pub fn decode_patch(answer: &Value) -> Option<json_patch::Patch> {
+        let response = &answer["response"];
+        let patch = response.get("patch")?;
+        assert_eq!(
+            response["patchType"], "JSONPatch",
+            "a patch needs patchType"
+        );
+        let bytes: Vec<u8> = serde_json::from_value(patch.clone()).expect("patch bytes");
+        Some(serde_json::from_slice(&bytes).expect("patch is a JSON patch"))
+    }
+}
+
+fn pull_secret_names(object: &Value) -> Vec<String> {
+    let pod: Pod =
+        serde_json::from_value(object.clone()).expect("the patched object is a valid Pod");
+    pod.spec
+        .expect("spec")
+        .image_pull_secrets
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}
+
+#[tokio::test]
+async fn real_pod_create_gets_the_matching_secret_and_stays_a_valid_pod() {
+    let h = start();
+    let review = fixture("01_kube-rs_kube-core_admission_rs_pod_create_v1.json");
+    let (answer, pod) = h.mutate(&review).await;
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(answer["kind"], "AdmissionReview");
+    assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(
+        answer["response"]["auditAnnotations"]["injected-secrets"],
+        "jmalloc"
+    );
+    assert_eq!(pull_secret_names(&pod), ["jmalloc"]);
+    let patch = base64_free::decode_patch(&answer).expect("patch");
+    assert_eq!(
+        serde_json::to_value(&patch).unwrap(),
+        json!([{"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": "jmalloc"}]}])
+    );
+}
+
+#[tokio::test]
+async fn v1beta1_review_is_answered_in_v1beta1_and_uses_the_request_namespace() {
+    let mut h = start();
+    let review = fixture("02_connctd-sqlbee_sting_test_go_pod_create_v1beta1_replicaset.json");
+    let (answer, pod) = h.mutate(&review).await;
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1beta1");
+    assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
+    assert_eq!(pull_secret_names(&pod), ["k8s-gcr"]);
+    let line = h.injector.wait_for_log(Duration::from_secs(5), |l| {
+        l["message"] == "admission reviewed"
+    });
+    assert_eq!(line["namespace"], "default");
+    assert_eq!(
+        line["pod"],
+        review["request"]["object"]["metadata"]["generateName"]
+    );
+}
+
+#[tokio::test]
+async fn init_container_images_are_matched() {
+    let h = start();
+    let review = fixture(
+        "05_kubewarden-verify-image-signatures_pod_creation_with_init_container_admissionrequest.json",
+    );
+    let (_, pod) = h.mutate(&review).await;
+    assert_eq!(pull_secret_names(&pod), ["init-only", "hub-nginx"]);
+}
+
+#[tokio::test]
+async fn ephemeral_container_images_are_matched() {
+    let h = start();
+    let mut review = fixture("01_kube-rs_kube-core_admission_rs_pod_create_v1.json");
+    review["request"]["object"]["spec"]["ephemeralContainers"] =
+        json!([{"name": "debug", "image": "quay.io/debug/tools:latest"}]);
+    let (_, pod) = h.mutate(&review).await;
+    assert_eq!(pull_secret_names(&pod), ["jmalloc", "quay-debug"]);
+}
+
+#[tokio::test]
+async fn tag_and_digest_do_not_change_which_secret_matches() {
+    let h = start();
+    let review = fixture(
+        "06_kubewarden-verify-image-signatures_pod_creation_with_digest_admissionrequest.json",
+    );
+    let (_, pod) = h.mutate(&review).await;
+    assert_eq!(pull_secret_names(&pod), ["hub-nginx"]);
+}
+
+#[tokio::test]
+async fn existing_entries_are_kept_in_order_and_never_duplicated() {
+    let h = start();
+    let mut review = fixture("01_kube-rs_kube-core_admission_rs_pod_create_v1.json");
+    let spec = &mut review["request"]["object"]["spec"];
+    spec["imagePullSecrets"] = json!([{"name": "zzz"}, {"name": "jmalloc"}]);
+    spec["containers"][0]["image"] = json!("k8s.gcr.io/echoserver:1.4");
+    spec["initContainers"] = json!([{"name": "init", "image": "jmalloc/echo-server"}]);
+    let (answer, pod) = h.mutate(&review).await;
+    assert_eq!(pull_secret_names(&pod), ["zzz", "jmalloc", "k8s-gcr"]);
+    let patch = base64_free::decode_patch(&answer).expect("patch");
+    assert_eq!(
+        serde_json::to_value(&patch).unwrap(),
+        json!([{"op": "add", "path": "/spec/imagePullSecrets/-", "value": {"name": "k8s-gcr"}}])
+    );
+}
+
+#[tokio::test]
+async fn reinvocation_on_the_patched_pod_adds_nothing() {
+    let h = start();
+    let mut review = fixture(
+        "05_kubewarden-verify-image-signatures_pod_creation_with_init_container_admissionrequest.json",
+    );
+    let (_, patched) = h.mutate(&review).await;
+    review["request"]["object"] = patched;
+    let (answer, pod) = h.mutate(&review).await;
+    assert!(answer["response"].get("patch").is_none(), "{answer}");
+    assert!(answer["response"].get("patchType").is_none(), "{answer}");
+    assert_eq!(pull_secret_names(&pod), ["init-only", "hub-nginx"]);
+}
+
+#[tokio::test]
+async fn pods_whose_images_match_nothing_get_no_patch() {
+    let h = start();
+    let mut review =
+        fixture("04_kubewarden-trusted-repos-policy_pod_creation_admissionrequest.json");
+    review["request"]["object"]["spec"]["containers"][0]["image"] = json!("quay.io/other/app:1");
+    let (answer, _) = h.mutate(&review).await;
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"].get("patch").is_none(), "{answer}");
+    assert!(answer["response"].get("patchType").is_none(), "{answer}");
+}
+
+#[tokio::test]
+async fn only_pod_create_is_mutated() {
+    let h = start();
+    let base = fixture("01_kube-rs_kube-core_admission_rs_pod_create_v1.json");
+    let pod = base["request"]["object"].clone();
+    let mut cases = Vec::new();
+    for operation in ["UPDATE", "CONNECT"] {
+        let mut r = base.clone();
+        r["request"]["operation"] = json!(operation);
+        r["request"]["oldObject"] = pod.clone();
+        cases.push((operation.to_string(), r));
+    }
+    let mut delete = base.clone();
+    delete["request"]["operation"] = json!("DELETE");
+    delete["request"]["object"] = Value::Null;
+    delete["request"]["oldObject"] = pod.clone();
+    cases.push(("DELETE".into(), delete));
+    let mut no_object = base.clone();
+    no_object["request"]["object"] = Value::Null;
+    cases.push(("CREATE without object".into(), no_object));
+    let mut deployment = base.clone();
+    deployment["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    deployment["request"]["resource"] =
+        json!({"group": "apps", "version": "v1", "resource": "deployments"});
+    deployment["request"]["object"] = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+        "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "c", "image": "jmalloc/x"}]}}}});
+    cases.push(("a Deployment".into(), deployment));
+    for (what, review) in cases {
+        let (answer, _) = h.mutate(&review).await;
+        assert_eq!(answer["response"]["allowed"], true, "{what}: {answer}");
+        assert_eq!(
+            answer["response"]["uid"], review["request"]["uid"],
+            "{what}"
+        );
+        assert!(
+            answer["response"].get("patch").is_none(),
+            "{what}: {answer}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn opted_out_and_mirror_pods_are_left_alone() {
+    let h = start();
+    let base = fixture("01_kube-rs_kube-core_admission_rs_pod_create_v1.json");
+    for (key, value) in [
+        ("pullsecret-injector.io/inject", "false"),
+        ("kubernetes.io/config.mirror", "abc"),
+    ] {
+        let mut review = base.clone();
+        review["request"]["object"]["metadata"]["annotations"][key] = json!(value);
+        let (answer, _) = h.mutate(&review).await;
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(answer["response"].get("patch").is_none(), "{key}: {answer}");
+    }
+    let mut opted_in = base.clone();
+    opted_in["request"]["object"]["metadata"]["annotations"]["pullsecret-injector.io/inject"] =
+        json!("true");
+    let (_, pod) = h.mutate(&opted_in).await;
+    assert_eq!(pull_secret_names(&pod), ["jmalloc"]);
+}
+
+#[tokio::test]
+async fn dry_run_requests_get_the_same_patch() {
+    let h = start();
+    let mut review = fixture("01_kube-rs_kube-core_admission_rs_pod_create_v1.json");
+    let (wet, _) = h.mutate(&review).await;
+    review["request"]["dryRun"] = json!(true);
+    let (dry, _) = h.mutate(&review).await;
+    assert_eq!(wet["response"]["patch"], dry["response"]["patch"]);
+    assert!(dry["response"].get("patch").is_some());
+}
+
+#[tokio::test]
+async fn bad_bodies_get_400_naming_the_problem_and_the_server_keeps_serving() {
+    let h = start();
+    let mut conn = h.client.connect(h.injector.addr).await;
+    let no_request = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"});
+    let wrong_version =
+        json!({"apiVersion": "admission.k8s.io/v2", "kind": "AdmissionReview", "request": {}});
+    let mut bad_pod = fixture("01_kube-rs_kube-core_admission_rs_pod_create_v1.json");
+    bad_pod["request"]["object"]["spec"]["containers"] = json!("not a list");
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (
+            b"{not json".to_vec(),
+            "invalid_json",
+            "body is not valid JSON",
+        ),
+        (
+            b"{\"foo\": 1}".to_vec(),
+            "not_admission_review",
+            "body is not an AdmissionReview",
+        ),
+        (
+            serde_json::to_vec(&no_request).unwrap(),
+            "no_request",
+            "AdmissionReview has no request",
+        ),
+        (
+            serde_json::to_vec(&wrong_version).unwrap(),
+            "not_admission_review",
+            "admission.k8s.io/v2",
+        ),
+        (
+            serde_json::to_vec(&bad_pod).unwrap(),
+            "invalid_pod",
+            "request.object is not a valid Pod",
+        ),
+    ];
+    for (body, reason, message) in cases {
+        let response = conn.post("/mutate", JSON, body).await;
+        assert_eq!(response.status, 400);
+        let error = response.json();
+        assert_eq!(error["reason"], reason, "{error}");
+        assert!(
+            error["error"].as_str().unwrap().contains(message),
+            "{error}"
+        );
+    }
+    // Same connection, still serving.
+    let good = fixture("01_kube-rs_kube-core_admission_rs_pod_create_v1.json");
+    let response = conn
+        .post("/mutate", JSON, serde_json::to_vec(&good).unwrap())
+        .await;
+    assert_eq!(response.status, 200);
+    let metrics = h.injector.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "pullsecret_injector_bad_requests_total{reason=\"invalid_json\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn wrong_content_type_gets_415() {
+    let h = start();
+    let body = serde_json::to_vec(&fixture(
+        "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
+    ))
+    .unwrap();
+    let response = h
+        .client
+        .post(h.injector.addr, "/mutate", "text/plain", body.clone())
+        .await;
+    assert_eq!(response.status, 415);
+    assert!(
+        response.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("text/plain")
+    );
+    let with_charset = h
+        .client
+        .post(
+            h.injector.addr,
+            "/mutate",
+            "application/json; charset=utf-8",
+            body,
+        )
+        .await;
+    assert_eq!(with_charset.status, 200);
+}
+
+#[tokio::test]
+async fn an_announced_oversized_body_is_refused_without_being_read() {
+    let h = start();
+    let mut tls = h.client.tls(h.injector.addr).await.unwrap();
+    // 8 MiB announced, nothing sent: the answer must come from the headers alone.
+    tls.write_all(b"POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 8388608\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .expect("answered before any body byte was sent")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("over the limit of 7340032 bytes"), "{head}");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_without_content_length_gets_413() {
+    let h = start();
+    let mut tls = h.client.tls(h.injector.addr).await.unwrap();
+    tls.write_all(b"POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = vec![b' '; 1024 * 1024];
+    let mut head = String::new();
+    for _ in 0..8 {
+        let header = format!("{:x}\r\n", chunk.len());
+        if tls.write_all(header.as_bytes()).await.is_err()
+            || tls.write_all(&chunk).await.is_err()
+            || tls.write_all(b"\r\n").await.is_err()
+        {
+            break;
+        }
+    }
+    let mut buf = vec![0u8; 4096];
+    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+        head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    }
+    assert!(head.starts_with("HTTP/1.1 413"), "{head:?}");
+}
+
+#[tokio::test]
+async fn wrong_method_gets_405_and_unknown_path_404() {
+    let h = start();
+    let mut conn = h.client.connect(h.injector.addr).await;
+    let get = hyper::Request::get("/mutate")
+        .header("host", "localhost")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = conn.send(get).await;
+    assert_eq!(response.status, 405);
+    assert!(response.json()["error"].as_str().unwrap().contains("POST"));
+    let response = conn.post("/validate", JSON, "{}").await;
+    assert_eq!(response.status, 404);
+    assert!(
+        response.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("/validate")
+    );
+}
+
+#[tokio::test]
+async fn requests_share_one_keep_alive_connection() {
+    let h = start();
+    let body = serde_json::to_vec(&fixture(
+        "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
+    ))
+    .unwrap();
+    let mut conn = h.client.connect(h.injector.addr).await;
+    for _ in 0..5 {
+        let response = conn.post("/mutate?timeout=10s", JSON, body.clone()).await;
+        assert_eq!(response.status, 200);
+        assert!(
+            response
+                .headers
+                .get("connection")
+                .is_none_or(|v| v != "close")
+        );
+    }
+    assert!(conn.is_open());
+    let metrics = h.injector.metrics().await;
+    assert_eq!(
+        metric(&metrics, "pullsecret_injector_open_connections"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "pullsecret_injector_admissions_total{operation=\"CREATE\",result=\"patched\"}"
+        ),
+        5.0
+    );
+}
+
+#[tokio::test]
+async fn http1_is_what_the_apiserver_gets_and_h2_is_offered_too() {
+    let h = start();
+    let stream = h.client.tls(h.injector.addr).await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let h2 = TlsClient::with_alpn(&h.ca_pem, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+    let stream = h2.tls(h.injector.addr).await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+}
+
+#[tokio::test]
+async fn failed_handshakes_and_silent_clients_are_dropped_without_affecting_others() {
+    let h = start();
+    let addr = h.injector.addr;
+    // Garbage instead of a ClientHello.
+    let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    // A TCP client that never starts TLS, and a TLS client that never sends its headers.
+    let mut silent_tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut silent_tls = h.client.tls(addr).await.unwrap();
+
+    let body = serde_json::to_vec(&fixture(
+        "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
+    ))
+    .unwrap();
+    let response = h.client.post(addr, "/mutate", JSON, body).await;
+    assert_eq!(response.status, 200);
+
+    let closed = |n: std::io::Result<usize>| matches!(n, Ok(0) | Err(_));
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent_tcp.read(&mut buf)).await;
+    assert!(n.is_ok_and(closed), "silent TCP client was not dropped");
+    let n = tokio::time::timeout(Duration::from_secs(5), silent_tls.read(&mut buf)).await;
+    assert!(
+        n.is_ok_and(closed),
+        "TLS client without headers was not dropped"
+    );
+    let n = tokio::time::timeout(Duration::from_secs(5), garbage.read(&mut buf)).await;
+    assert!(n.is_ok(), "garbage client was not answered or dropped");
+    let metrics = h.injector.metrics().await;
+    assert!(
+        metric(&metrics, "pullsecret_injector_tls_handshake_failures_total") >= 2.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::pki::TestCa::new("rotation CA");
+    // The kubelet's layout for a mounted Secret: tls.crt -> ..data/tls.crt, ..data -> ..<ts>.
+    let install = |version: &str, pair: &support::pki::ServingPair| {
+        let versioned = dir.path().join(format!("..{version}"));
+        std::fs::create_dir(&versioned).unwrap();
+        pair.write_to(&versioned);
+        let tmp = dir.path().join("..data_tmp");
+        symlink(format!("..{version}"), &tmp).unwrap();
+        std::fs::rename(&tmp, dir.path().join("..data")).unwrap();
+    };
+    let first = ca.serving("first", &["localhost"]);
+    install("v1", &first);
+    symlink("..data/tls.crt", dir.path().join("tls.crt")).unwrap();
+    symlink("..data/tls.key", dir.path().join("tls.key")).unwrap();
+    // Long enough that the kept-alive connection below is not closed as idle meanwhile.
+    let config = CONFIG.replace(
+        "headerReadTimeoutSeconds: 1",
+        "headerReadTimeoutSeconds: 60",
+    );
+    let h = Injector::start(Options::new(&config, dir.path()));
+    let client = TlsClient::new(&ca.cert_pem);
+    let der = |pem: &str| {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    };
+    assert_eq!(
+        client.peer_certificate(h.addr).await.unwrap(),
+        der(&first.cert_pem)
+    );
+    let body = serde_json::to_vec(&fixture(
+        "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
+    ))
+    .unwrap();
+    let mut kept_alive = client.connect(h.addr).await;
+    assert_eq!(
+        kept_alive.post("/mutate", JSON, body.clone()).await.status,
+        200
+    );
+
+    let second = ca.serving("second", &["localhost"]);
+    install("v2", &second);
+    support::controlplane::eventually(
+        "the new certificate to be served",
+        Duration::from_secs(10),
+        || async {
+            match client.peer_certificate(h.addr).await {
+                Ok(served) if served == der(&second.cert_pem) => Ok(()),
+                Ok(_) => Err("still the old certificate".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    // The connection opened before the rotation keeps working.
+    assert_eq!(
+        kept_alive.post("/mutate", JSON, body.clone()).await.status,
+        200
+    );
+
+    // A key that does not belong to the certificate: refused, the good pair stays.
+    let third = ca.serving("third", &["localhost"]);
+    let broken = support::pki::ServingPair {
+        cert_pem: third.cert_pem.clone(),
+        key_pem: first.key_pem.clone(),
+    };
+    install("v3", &broken);
+    let mut waiting = h;
+    let line = waiting.wait_for_log(Duration::from_secs(10), |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("new certificate not loaded"))
+    });
+    assert!(
+        line["error"].as_str().unwrap().contains("does not match"),
+        "{line}"
+    );
+    assert_eq!(
+        client.peer_certificate(waiting.addr).await.unwrap(),
+        der(&second.cert_pem)
+    );
+    let metrics = waiting.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "pullsecret_injector_certificate_reloads_total{result=\"success\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "pullsecret_injector_certificate_reloads_total{result=\"error\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn sigterm_answers_in_flight_requests_with_connection_close_and_exits_zero() {
+    let mut h = start();
+    let body = serde_json::to_vec(&fixture(
+        "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
+    ))
+    .unwrap();
+    let mut tls = h.client.tls(h.injector.addr).await.unwrap();
+    let head = format!(
+        "POST /mutate?timeout=10s HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&body[..100]).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    h.injector.signal("TERM");
+    h.injector.wait_for_log(Duration::from_secs(5), |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("draining"))
+    });
+    tls.write_all(&body[100..]).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response))
+        .await
+        .expect("the in-flight request is answered and the connection closed")
+        .ok();
+    let text = String::from_utf8_lossy(&response).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    let status = h.injector.wait(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn every_admission_is_logged_as_one_json_line_with_the_fields_operators_need() {
+    let mut h = start();
+    let review = fixture("01_kube-rs_kube-core_admission_rs_pod_create_v1.json");
+    h.mutate(&review).await;
+    let line = h.injector.wait_for_log(Duration::from_secs(5), |l| {
+        l["message"] == "admission reviewed"
+    });
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["uid"], review["request"]["uid"]);
+    assert_eq!(line["namespace"], "colin-coder");
+    assert_eq!(line["pod"], "echo-pod");
+    assert_eq!(line["operation"], "CREATE");
+    assert_eq!(line["injected"], "jmalloc");
+    assert!(line["duration_us"].as_u64().is_some(), "{line}");
+    assert_eq!(line["http_version"], "HTTP/1.1");
+    assert_eq!(line["timeout"], "10s");
+    let count = h
+        .injector
+        .json_logs()
+        .iter()
+        .filter(|l| l["message"] == "admission reviewed")
+        .count();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn metrics_and_probes_are_served_on_the_plain_listener() {
+    let h = start();
+    h.mutate(&fixture(
+        "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
+    ))
+    .await;
+    let metrics = h.injector.metrics().await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "pullsecret_injector_injected_secrets_total{secret=\"jmalloc\"}"
+        ),
+        1.0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "pullsecret_injector_admission_duration_seconds_count"
+        ) >= 1.0
+    );
+    for path in ["/healthz", "/readyz"] {
+        let mut tcp = tokio::net::TcpStream::connect(h.injector.admin)
+            .await
+            .unwrap();
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{path}: {out}");
+    }
+    let mut conn = h.client.connect(h.injector.addr).await;
+    let ready = hyper::Request::get("/readyz")
+        .header("host", "localhost")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(conn.send(ready).await.status, 200);
+}
