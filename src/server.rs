@@ -12,8 +12,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
@@ -329,27 +329,14 @@ pub async fn serve_tls(
                 }
             };
             metrics.connection_opened();
-            // ALPN has already chosen the protocol: no sniffing, so the header timeout
-            // applies from the first byte a silent client fails to send.
-            let is_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = TokioIo::new(stream);
-            let service = TowerToHyperService::new(app);
-            let served = if is_h2 {
-                let mut builder = http2::Builder::new(TokioExecutor::new());
-                builder
-                    .timer(TokioTimer::new())
-                    .max_concurrent_streams(256)
-                    .keep_alive_interval(Duration::from_secs(30))
-                    .keep_alive_timeout(Duration::from_secs(10));
-                watcher.watch(builder.serve_connection(io, service)).await
-            } else {
-                let mut builder = http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout)
-                    .keep_alive(true);
-                watcher.watch(builder.serve_connection(io, service)).await
-            };
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true);
+            let connection =
+                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+            let served = watcher.watch(connection).await;
             if let Err(error) = served {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }

@@ -106,13 +106,15 @@ impl CertificateFiles {
         Arc::clone(&self.resolver)
     }
 
-    /// rustls server config offering HTTP/2 and HTTP/1.1 (the apiserver asks for HTTP/1.1).
+    /// rustls server config offering HTTP/1.1 only: a kube-apiserver offered h2 takes it and
+    /// multiplexes every review over one connection to one replica, defeating the spread
+    /// of load over replicas that HTTP/1.1 connection pooling gives (kubernetes#75791).
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
         let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(self.resolver());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 

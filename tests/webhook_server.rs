@@ -500,13 +500,26 @@ async fn requests_share_one_keep_alive_connection() {
 }
 
 #[tokio::test]
-async fn http1_is_what_the_apiserver_gets_and_h2_is_offered_too() {
+async fn only_http1_is_offered_so_the_apiserver_spreads_reviews_over_replicas() {
     let h = start();
     let stream = h.client.tls(h.injector.addr).await.unwrap();
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let h2 = TlsClient::with_alpn(&h.ca_pem, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
-    let stream = h2.tls(h.injector.addr).await.unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let h2_only = TlsClient::with_alpn(&h.ca_pem, vec![b"h2".to_vec()]);
+    assert!(
+        h2_only.tls(h.injector.addr).await.is_err(),
+        "an h2-only client must not get a connection"
+    );
+    let body = serde_json::to_vec(&fixture(
+        "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
+    ))
+    .unwrap();
+    assert_eq!(
+        h.client
+            .post(h.injector.addr, "/mutate", JSON, body)
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,936 @@
+//! End to end through a real kube-apiserver (tests/support/controlplane.rs): the apiserver
+//! calls the real `pullsecret-injector serve` binary as a mutating admission webhook, and the
+//! tests look at what the apiserver stores and returns.
+//!
+//! Isolation: the tests share one control plane and run in parallel. Each one starts its own
+//! injector, registers its own MutatingWebhookConfiguration whose namespaceSelector matches
+//! only a label unique to the test (`pullsecret-injector.io/e2e-<id>: enabled`), works in
+//! its own namespaces and deletes its configuration at the end (or, if it panics, on drop).
+//!
+//! The apiserver picks up a new or changed webhook configuration asynchronously, so after
+//! every change the tests poll with dry-run pod creates until the new behaviour shows.
+//!
+//! Needs `make controlplane` once.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{Container, LocalObjectReference, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use serde_json::Value;
+use support::controlplane::{self, eventually};
+use support::injector::{self, Injector, Options, metric};
+
+/// The injector's secrets, as an operator would write them (see examples/config.yaml).
+const CONFIG: &str = r#"
+secrets:
+  - name: acme-ghcr
+    registries: [ghcr.io/acme/, "*.azurecr.io", "registry.example.com:5000"]
+  - name: corp
+    registries: [docker.io/corp]
+  - name: quay-tools
+    registries: [quay.io/tools/]
+"#;
+
+/// An image that gets `PROBE_SECRET`: used by the dry-run probes.
+const PROBE_IMAGE: &str = "ghcr.io/acme/probe:1";
+const PROBE_SECRET: &str = "acme-ghcr";
+/// The protocol the apiserver's webhook client (Go net/http) uses with the injector. Go's
+/// transport would take h2 if offered; the injector offers only `http/1.1` by ALPN so that
+/// pooled connections spread reviews over replicas.
+const APISERVER_HTTP_VERSION: &str = "HTTP/1.1";
+/// How long the apiserver may take to act on a created or changed webhook configuration.
+const PROPAGATION: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// The opt-in namespace label of test `id`.
+fn opt_in_label(id: &str) -> String {
+    format!("pullsecret-injector.io/e2e-{id}")
+}
+
+/// A MutatingWebhookConfiguration for test `id`: Pods CREATE, sent to `url`, only in
+/// namespaces labelled `opt_in_label(id)=enabled`.
+fn webhook_configuration(
+    id: &str,
+    url: &str,
+    ca_pem: &str,
+    failure_policy: &str,
+) -> MutatingWebhookConfiguration {
+    MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(format!("pullsecret-injector-e2e-{id}")),
+            ..ObjectMeta::default()
+        },
+        webhooks: Some(vec![MutatingWebhook {
+            name: webhook_name(id),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "None".into(),
+            failure_policy: Some(failure_policy.into()),
+            timeout_seconds: Some(5),
+            reinvocation_policy: Some("IfNeeded".into()),
+            client_config: WebhookClientConfig {
+                url: Some(url.into()),
+                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
+                ..WebhookClientConfig::default()
+            },
+            rules: Some(vec![RuleWithOperations {
+                operations: Some(vec!["CREATE".into()]),
+                api_groups: Some(vec!["".into()]),
+                api_versions: Some(vec!["v1".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(opt_in_label(id), "enabled".to_string())])),
+                ..LabelSelector::default()
+            }),
+            ..MutatingWebhook::default()
+        }]),
+    }
+}
+
+fn webhook_name(id: &str) -> String {
+    format!("{id}.e2e.pullsecret-injector.io")
+}
+
+/// A registered webhook configuration. `delete` removes it at the end of a test; if the test
+/// panics first, dropping it removes it from a helper thread.
+struct Registration {
+    api: Api<MutatingWebhookConfiguration>,
+    name: String,
+    deleted: bool,
+}
+
+async fn register(
+    client: &kube::Client,
+    configuration: &MutatingWebhookConfiguration,
+) -> Registration {
+    let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let created = api
+        .create(&PostParams::default(), configuration)
+        .await
+        .unwrap_or_else(|e| panic!("creating MutatingWebhookConfiguration: {e}"));
+    Registration {
+        api,
+        name: created.metadata.name.expect("name"),
+        deleted: false,
+    }
+}
+
+impl Registration {
+    /// Changes the failure policy of the (only) webhook.
+    async fn set_failure_policy(&self, policy: &str) {
+        let mut current = self
+            .api
+            .get(&self.name)
+            .await
+            .expect("get webhook configuration");
+        for hook in current.webhooks.iter_mut().flatten() {
+            hook.failure_policy = Some(policy.into());
+        }
+        self.api
+            .replace(&self.name, &PostParams::default(), &current)
+            .await
+            .expect("replace webhook configuration");
+    }
+
+    async fn delete(mut self) {
+        self.api
+            .delete(&self.name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("deleting MutatingWebhookConfiguration {}: {e}", self.name));
+        assert!(self.api.get_opt(&self.name).await.expect("get").is_none());
+        self.deleted = true;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.deleted {
+            return;
+        }
+        // Panicking test: its runtime may be unusable, so use a private one.
+        let name = self.name.clone();
+        let config = controlplane::shared().config();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let client = kube::Client::try_from(config).ok()?;
+                Api::<MutatingWebhookConfiguration>::all(client)
+                    .delete(&name, &DeleteParams::default())
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// An injector with its own CA and certificate directory.
+struct Webhook {
+    injector: Injector,
+    ca_pem: String,
+    dir: tempfile::TempDir,
+}
+
+impl Webhook {
+    fn start() -> Self {
+        Self::start_on("127.0.0.1:0")
+    }
+
+    fn start_on(listen: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = injector::certificates(dir.path());
+        let injector = Injector::start(Options {
+            listen,
+            ..Options::new(CONFIG, dir.path())
+        });
+        Self {
+            injector,
+            ca_pem: ca.cert_pem,
+            dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/mutate", self.injector.addr.port())
+    }
+}
+
+/// Prints an injector's logs if the test panics while it is alive.
+struct InjectorLogsOnFailure<'a>(&'a Injector);
+
+impl Drop for InjectorLogsOnFailure<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== injector logs ====\n{}", self.0.logs().join("\n"));
+        }
+    }
+}
+
+/// The injector's "admission reviewed" log lines.
+fn reviews(injector: &Injector) -> Vec<Value> {
+    injector
+        .json_logs()
+        .into_iter()
+        .filter(|l| l["message"] == "admission reviewed")
+        .collect()
+}
+
+/// Waits for the "admission reviewed" line of pod `name` in `namespace`.
+async fn review_of(injector: &Injector, namespace: &str, name: &str) -> Value {
+    eventually(
+        &format!("the injector's log line for pod {namespace}/{name}"),
+        Duration::from_secs(10),
+        || async {
+            reviews(injector)
+                .into_iter()
+                .find(|l| l["namespace"] == namespace && l["pod"] == name)
+                .ok_or_else(|| format!("not logged yet; logs:\n{}", injector.logs().join("\n")))
+        },
+    )
+    .await
+}
+
+fn container(i: usize, image: &str) -> Container {
+    Container {
+        name: format!("c{i}"),
+        image: Some(image.into()),
+        ..Container::default()
+    }
+}
+
+fn pod(name: &str, images: &[&str]) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: images
+                .iter()
+                .enumerate()
+                .map(|(i, image)| container(i, image))
+                .collect(),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+fn secret_names(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.image_pull_secrets.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}
+
+fn dry_run() -> PostParams {
+    PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    }
+}
+
+/// Polls with dry-run creates of a probe pod until the apiserver returns it mutated, i.e.
+/// until the webhook configuration is in effect for this namespace.
+async fn wait_until_mutating(pods: &Api<Pod>) {
+    let probe = pod("probe", &[PROBE_IMAGE]);
+    eventually(
+        "the webhook configuration to take effect (a dry-run probe pod comes back mutated)",
+        PROPAGATION,
+        || async {
+            let created = pods
+                .create(&dry_run(), &probe)
+                .await
+                .map_err(|e| e.to_string())?;
+            let names = secret_names(&created);
+            if names.iter().any(|n| n == PROBE_SECRET) {
+                Ok(())
+            } else {
+                Err(format!("probe came back with imagePullSecrets {names:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+/// Polls with dry-run creates of a probe pod until the apiserver refuses it, and returns the
+/// apiserver's error message.
+async fn wait_until_refused(pods: &Api<Pod>) -> String {
+    let probe = pod("probe", &[PROBE_IMAGE]);
+    eventually(
+        "the apiserver to refuse pods (failurePolicy Fail in effect)",
+        PROPAGATION,
+        || async {
+            match pods.create(&dry_run(), &probe).await {
+                Ok(created) => Err(format!(
+                    "probe still admitted, imagePullSecrets {:?}",
+                    secret_names(&created)
+                )),
+                Err(e) => Ok(message(e)),
+            }
+        },
+    )
+    .await
+}
+
+/// The apiserver's message for a refused request (the Status message), else the error.
+fn message(error: kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => status.message,
+        other => other.to_string(),
+    }
+}
+
+/// A port that nothing listens on (bound, read and released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn pod_in_opted_in_namespace_gets_matching_secrets_only() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let webhook = Webhook::start();
+    let _injector_logs = InjectorLogsOnFailure(&webhook.injector);
+    let id = "matching";
+    let ns =
+        controlplane::namespace(&client, "e2e-matching", &[(&opt_in_label(id), "enabled")]).await;
+    let registration = register(
+        &client,
+        &webhook_configuration(id, &webhook.url(), &webhook.ca_pem, "Fail"),
+    )
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    wait_until_mutating(&pods).await;
+
+    let mut app = pod(
+        "app",
+        &[
+            "ghcr.io/acme/api:1.2",       // acme-ghcr
+            "corp/worker:2",              // docker.io/corp/worker: corp, already listed
+            "gcr.io/elsewhere/sidecar:3", // no configured registry
+        ],
+    );
+    app.spec.as_mut().unwrap().image_pull_secrets = Some(vec![
+        LocalObjectReference {
+            name: "team-own".into(),
+        },
+        LocalObjectReference {
+            name: "corp".into(),
+        },
+    ]);
+    let created = pods
+        .create(&PostParams::default(), &app)
+        .await
+        .expect("create pod");
+    assert_eq!(secret_names(&created), ["team-own", "corp", "acme-ghcr"]);
+
+    let stored = pods.get("app").await.expect("get pod");
+    assert_eq!(secret_names(&stored), ["team-own", "corp", "acme-ghcr"]);
+    // The rest of the spec is the user's.
+    let images: Vec<_> = stored
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .filter_map(|c| c.image)
+        .collect();
+    assert_eq!(
+        images,
+        [
+            "ghcr.io/acme/api:1.2",
+            "corp/worker:2",
+            "gcr.io/elsewhere/sidecar:3"
+        ]
+    );
+
+    let line = review_of(&webhook.injector, &ns, "app").await;
+    assert_eq!(line["operation"], "CREATE", "{line}");
+    assert_eq!(line["result"], "patched", "{line}");
+    assert_eq!(line["injected"], "acme-ghcr", "{line}");
+    assert_eq!(line["dry_run"], false, "{line}");
+
+    registration.delete().await;
+}
+
+#[tokio::test]
+async fn pod_in_namespace_without_the_label_is_untouched() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let webhook = Webhook::start();
+    let _injector_logs = InjectorLogsOnFailure(&webhook.injector);
+    let id = "unlabelled";
+    let opted_in = controlplane::namespace(
+        &client,
+        "e2e-unlabelled-in",
+        &[(&opt_in_label(id), "enabled")],
+    )
+    .await;
+    let other_value = controlplane::namespace(
+        &client,
+        "e2e-unlabelled-off",
+        &[(&opt_in_label(id), "disabled")],
+    )
+    .await;
+    let plain = controlplane::namespace(&client, "e2e-unlabelled-plain", &[]).await;
+    let registration = register(
+        &client,
+        &webhook_configuration(id, &webhook.url(), &webhook.ca_pem, "Fail"),
+    )
+    .await;
+    let opted_in_pods = Api::<Pod>::namespaced(client.clone(), &opted_in);
+    wait_until_mutating(&opted_in_pods).await;
+
+    for ns in [&plain, &other_value] {
+        let pods = Api::<Pod>::namespaced(client.clone(), ns);
+        pods.create(&PostParams::default(), &pod("app", &["ghcr.io/acme/api:1"]))
+            .await
+            .expect("create pod");
+        let stored = pods.get("app").await.expect("get pod");
+        assert_eq!(secret_names(&stored), Vec::<String>::new(), "pod in {ns}");
+    }
+    // A pod in the opted-in namespace, created afterwards, is logged: by then the others
+    // would have been too if the apiserver had sent them.
+    opted_in_pods
+        .create(
+            &PostParams::default(),
+            &pod("marker", &["ghcr.io/acme/api:1"]),
+        )
+        .await
+        .expect("create pod");
+    review_of(&webhook.injector, &opted_in, "marker").await;
+    let sent: Vec<_> = reviews(&webhook.injector)
+        .into_iter()
+        .filter(|l| l["namespace"] != opted_in.as_str())
+        .collect();
+    assert!(
+        sent.is_empty(),
+        "the webhook was called for other namespaces: {sent:?}"
+    );
+
+    registration.delete().await;
+}
+
+#[tokio::test]
+async fn deployment_pods_created_by_the_replicaset_controller_carry_the_secrets() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let webhook = Webhook::start();
+    let _injector_logs = InjectorLogsOnFailure(&webhook.injector);
+    let id = "deployment";
+    let ns =
+        controlplane::namespace(&client, "e2e-deployment", &[(&opt_in_label(id), "enabled")]).await;
+    let registration = register(
+        &client,
+        &webhook_configuration(id, &webhook.url(), &webhook.ca_pem, "Fail"),
+    )
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    wait_until_mutating(&pods).await;
+
+    let labels = BTreeMap::from([("app".to_string(), "e2e-deployment".to_string())]);
+    let deployment = Deployment {
+        metadata: ObjectMeta {
+            name: Some("app".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(2),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container(0, "myteam.azurecr.io/app:1")],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
+
+    // No nodes: the pods stay Pending, but the controllers create them.
+    let created = eventually(
+        "the 2 pods of deployment app",
+        Duration::from_secs(60),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app=e2e-deployment"))
+                .await
+                .map_err(|e| e.to_string())?;
+            match list.items.len() {
+                2 => Ok(list.items),
+                n => Err(format!("{n} pods")),
+            }
+        },
+    )
+    .await;
+    for p in &created {
+        assert_eq!(secret_names(p), ["acme-ghcr"], "pod {:?}", p.metadata.name);
+        let owner = &p.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(owner.kind, "ReplicaSet");
+    }
+    // The webhook mutates the pods, not the template.
+    let stored = deployments.get("app").await.expect("get deployment");
+    let template = stored.spec.unwrap().template.spec.unwrap();
+    assert_eq!(template.image_pull_secrets, None);
+
+    let from_controller: Vec<_> = reviews(&webhook.injector)
+        .into_iter()
+        .filter(|l| l["namespace"] == ns.as_str() && l["dry_run"] == false)
+        .collect();
+    assert_eq!(from_controller.len(), 2, "{from_controller:?}");
+
+    registration.delete().await;
+}
+
+#[tokio::test]
+async fn dry_run_create_returns_the_mutated_pod_and_leaves_nothing_behind() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let webhook = Webhook::start();
+    let _injector_logs = InjectorLogsOnFailure(&webhook.injector);
+    let id = "dryrun";
+    let ns =
+        controlplane::namespace(&client, "e2e-dryrun", &[(&opt_in_label(id), "enabled")]).await;
+    let registration = register(
+        &client,
+        &webhook_configuration(id, &webhook.url(), &webhook.ca_pem, "Fail"),
+    )
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    wait_until_mutating(&pods).await;
+
+    let returned = pods
+        .create(
+            &dry_run(),
+            &pod("dry", &["quay.io/tools/jq:1", "corp/api:2"]),
+        )
+        .await
+        .expect("dry-run create");
+    assert_eq!(secret_names(&returned), ["corp", "quay-tools"]);
+    assert_eq!(returned.metadata.name.as_deref(), Some("dry"));
+
+    assert!(
+        pods.get_opt("dry").await.expect("get").is_none(),
+        "dry-run pod was stored"
+    );
+    let left: Vec<_> = pods
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert!(left.is_empty(), "pods left behind: {left:?}");
+
+    let line = review_of(&webhook.injector, &ns, "dry").await;
+    assert_eq!(line["dry_run"], true, "{line}");
+    assert_eq!(line["injected"], "corp,quay-tools", "{line}");
+
+    registration.delete().await;
+}
+
+#[tokio::test]
+async fn init_containers_and_multiple_registries_are_matched() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let webhook = Webhook::start();
+    let _injector_logs = InjectorLogsOnFailure(&webhook.injector);
+    let id = "init";
+    let ns = controlplane::namespace(&client, "e2e-init", &[(&opt_in_label(id), "enabled")]).await;
+    let registration = register(
+        &client,
+        &webhook_configuration(id, &webhook.url(), &webhook.ca_pem, "Fail"),
+    )
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    wait_until_mutating(&pods).await;
+
+    // Four images, three registries of one secret and two others; each secret once, in
+    // config order.
+    let mut many = pod("many", &["registry.example.com:5000/app:3", "corp/app:4"]);
+    many.spec.as_mut().unwrap().init_containers = Some(vec![
+        container(10, "myteam.azurecr.io/init:1"),
+        container(11, "quay.io/tools/migrate:2"),
+    ]);
+    pods.create(&PostParams::default(), &many)
+        .await
+        .expect("create pod");
+    assert_eq!(
+        secret_names(&pods.get("many").await.expect("get")),
+        ["acme-ghcr", "corp", "quay-tools"]
+    );
+
+    // The only matching image is an init container's.
+    let mut init_only = pod("init-only", &["gcr.io/elsewhere/app:1"]);
+    init_only.spec.as_mut().unwrap().init_containers =
+        Some(vec![container(10, "quay.io/tools/migrate:2")]);
+    pods.create(&PostParams::default(), &init_only)
+        .await
+        .expect("create pod");
+    assert_eq!(
+        secret_names(&pods.get("init-only").await.expect("get")),
+        ["quay-tools"]
+    );
+
+    registration.delete().await;
+}
+
+#[tokio::test]
+async fn pod_opted_out_by_annotation_is_untouched() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let webhook = Webhook::start();
+    let _injector_logs = InjectorLogsOnFailure(&webhook.injector);
+    let id = "optout";
+    let ns =
+        controlplane::namespace(&client, "e2e-optout", &[(&opt_in_label(id), "enabled")]).await;
+    let registration = register(
+        &client,
+        &webhook_configuration(id, &webhook.url(), &webhook.ca_pem, "Fail"),
+    )
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    wait_until_mutating(&pods).await;
+
+    let mut opted_out = pod("opted-out", &["ghcr.io/acme/api:1"]);
+    opted_out.metadata.annotations = Some(BTreeMap::from([(
+        "pullsecret-injector.io/inject".to_string(),
+        "false".to_string(),
+    )]));
+    pods.create(&PostParams::default(), &opted_out)
+        .await
+        .expect("create pod");
+    assert_eq!(
+        secret_names(&pods.get("opted-out").await.expect("get")),
+        Vec::<String>::new()
+    );
+    // It was sent to the webhook, which chose to leave it alone.
+    let line = review_of(&webhook.injector, &ns, "opted-out").await;
+    assert_eq!(line["result"], "skipped", "{line}");
+
+    let mut opted_in = opted_out.clone();
+    opted_in.metadata.name = Some("opted-in".into());
+    opted_in.metadata.annotations = Some(BTreeMap::from([(
+        "pullsecret-injector.io/inject".to_string(),
+        "true".to_string(),
+    )]));
+    pods.create(&PostParams::default(), &opted_in)
+        .await
+        .expect("create pod");
+    assert_eq!(
+        secret_names(&pods.get("opted-in").await.expect("get")),
+        ["acme-ghcr"]
+    );
+
+    registration.delete().await;
+}
+
+#[tokio::test]
+async fn stopped_injector_with_failure_policy_ignore_lets_pods_through_and_fail_refuses_them() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let webhook = Webhook::start();
+    let id = "stopped";
+    let ns =
+        controlplane::namespace(&client, "e2e-stopped", &[(&opt_in_label(id), "enabled")]).await;
+    let registration = register(
+        &client,
+        &webhook_configuration(id, &webhook.url(), &webhook.ca_pem, "Ignore"),
+    )
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    {
+        let _injector_logs = InjectorLogsOnFailure(&webhook.injector);
+        wait_until_mutating(&pods).await;
+    }
+    let url = webhook.url();
+    let injector_logs = webhook.injector.logs().join("\n");
+    let status = webhook.injector.stop();
+    assert!(
+        status.success(),
+        "injector exit status {status}; logs:\n{injector_logs}"
+    );
+
+    // Ignore: admitted, unmodified.
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &pod("ignored", &["ghcr.io/acme/api:1"]),
+        )
+        .await
+        .expect("with failurePolicy Ignore the pod is admitted");
+    assert_eq!(secret_names(&created), Vec::<String>::new());
+    assert_eq!(
+        secret_names(&pods.get("ignored").await.expect("get")),
+        Vec::<String>::new()
+    );
+    let apiserver_log = cp.log_dir().join("kube-apiserver.log");
+    let failing_open = eventually(
+        "the apiserver to log that it failed open",
+        Duration::from_secs(15),
+        || async {
+            let log = std::fs::read_to_string(&apiserver_log).map_err(|e| e.to_string())?;
+            log.lines()
+                .find(|l| l.contains("failing open") && l.contains(&webhook_name(id)))
+                .map(str::to_string)
+                .ok_or_else(|| "not logged yet".to_string())
+        },
+    )
+    .await;
+    println!("kube-apiserver with failurePolicy Ignore: {failing_open}");
+
+    // Fail: refused, with the webhook named in the error.
+    registration.set_failure_policy("Fail").await;
+    let dry_error = wait_until_refused(&pods).await;
+    let error = pods
+        .create(
+            &PostParams::default(),
+            &pod("refused", &["ghcr.io/acme/api:1"]),
+        )
+        .await
+        .expect_err("with failurePolicy Fail the pod is refused");
+    let error = message(error);
+    println!("pod create refused with failurePolicy Fail: {error}");
+    for message in [&dry_error, &error] {
+        assert!(
+            message.contains(&format!("failed calling webhook \"{}\"", webhook_name(id))),
+            "{message}"
+        );
+        assert!(message.contains(&url), "{message}");
+        assert!(message.contains("connection refused"), "{message}");
+    }
+    assert!(pods.get_opt("refused").await.expect("get").is_none());
+
+    registration.delete().await;
+}
+
+#[tokio::test]
+async fn apiserver_calls_use_http1_with_the_timeout_parameter_and_survive_a_webhook_restart() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let first = Webhook::start_on(&listen);
+    assert_eq!(first.injector.addr.to_string(), listen);
+    let id = "restart";
+    let ns =
+        controlplane::namespace(&client, "e2e-restart", &[(&opt_in_label(id), "enabled")]).await;
+    // Fail: a pod that the webhook did not mutate cannot be created.
+    let registration = register(
+        &client,
+        &webhook_configuration(id, &first.url(), &first.ca_pem, "Fail"),
+    )
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    {
+        let _injector_logs = InjectorLogsOnFailure(&first.injector);
+        wait_until_mutating(&pods).await;
+        let created = pods
+            .create(
+                &PostParams::default(),
+                &pod("before-restart", &["ghcr.io/acme/api:1"]),
+            )
+            .await
+            .expect("create pod");
+        assert_eq!(secret_names(&created), ["acme-ghcr"]);
+
+        // What the server saw: the protocol negotiated by ALPN and the apiserver's remaining
+        // budget for us (the configured timeoutSeconds: 5).
+        let line = review_of(&first.injector, &ns, "before-restart").await;
+        println!("before restart: {line}");
+        assert_eq!(line["http_version"], APISERVER_HTTP_VERSION, "{line}");
+        assert_eq!(line["timeout"], "5s", "{line}");
+        assert_eq!(line["dry_run"], false, "{line}");
+        assert_eq!(line["injected"], "acme-ghcr", "{line}");
+        let metrics = first.injector.metrics().await;
+        let patched =
+            "pullsecret_injector_admissions_total{operation=\"CREATE\",result=\"patched\"}";
+        assert!(metric(&metrics, patched) >= 2.0, "{metrics}");
+        // The apiserver keeps its connection open: the restart has to deal with it.
+        assert_eq!(
+            metric(&metrics, "pullsecret_injector_open_connections"),
+            1.0,
+            "{metrics}"
+        );
+    }
+
+    // Restart on the same port, with the same CA (the Secret would not change either).
+    let Webhook { injector, dir, .. } = first;
+    let status = injector.stop();
+    assert!(status.success(), "first injector exit status {status}");
+    let second = Injector::start(Options {
+        listen: &listen,
+        ..Options::new(CONFIG, dir.path())
+    });
+    let _injector_logs = InjectorLogsOnFailure(&second);
+    assert_eq!(second.addr.to_string(), listen);
+
+    let errors = Mutex::new(Vec::new());
+    let started = Instant::now();
+    let created = eventually(
+        "a pod create after the restart",
+        Duration::from_secs(30),
+        || async {
+            match pods
+                .create(
+                    &PostParams::default(),
+                    &pod("after-restart", &["ghcr.io/acme/api:1"]),
+                )
+                .await
+            {
+                Ok(created) => Ok(created),
+                Err(kube::Error::Api(e)) if e.is_already_exists() => {
+                    pods.get("after-restart").await.map_err(|e| e.to_string())
+                }
+                Err(e) => {
+                    let e = message(e);
+                    errors.lock().unwrap().push(e.clone());
+                    Err(e)
+                }
+            }
+        },
+    )
+    .await;
+    let errors = errors.into_inner().unwrap();
+    println!(
+        "after restart: pod created in {:?} after {} refused attempt(s): {errors:?}",
+        started.elapsed(),
+        errors.len()
+    );
+    assert_eq!(secret_names(&created), ["acme-ghcr"]);
+    assert_eq!(
+        secret_names(&pods.get("after-restart").await.expect("get")),
+        ["acme-ghcr"]
+    );
+    let line = review_of(&second, &ns, "after-restart").await;
+    assert_eq!(line["http_version"], APISERVER_HTTP_VERSION, "{line}");
+    assert_eq!(line["timeout"], "5s", "{line}");
+
+    registration.delete().await;
+}
+
+#[tokio::test]
+async fn webhook_pointing_at_a_closed_port_with_fail_policy_refuses_pods() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let ca = support::pki::TestCa::new("nobody's CA");
+    let url = format!("https://127.0.0.1:{}/mutate", free_port());
+    let id = "closedport";
+    let ns =
+        controlplane::namespace(&client, "e2e-closedport", &[(&opt_in_label(id), "enabled")]).await;
+    let registration = register(
+        &client,
+        &webhook_configuration(id, &url, &ca.cert_pem, "Fail"),
+    )
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+
+    let dry_error = wait_until_refused(&pods).await;
+    let error = pods
+        .create(&PostParams::default(), &pod("app", &["ghcr.io/acme/api:1"]))
+        .await
+        .expect_err("the apiserver must refuse the pod when it cannot call the webhook");
+    let error = message(error);
+    println!("pod create with the webhook at a closed port: {error}");
+    for message in [&dry_error, &error] {
+        assert!(
+            message.contains(&format!("failed calling webhook \"{}\"", webhook_name(id))),
+            "{message}"
+        );
+        assert!(message.contains(&url), "{message}");
+        assert!(message.contains("connection refused"), "{message}");
+    }
+    assert!(pods.get_opt("app").await.expect("get").is_none());
+
+    registration.delete().await;
+}
