@@ -1,14 +1,15 @@
 //! The decision per AdmissionReview: bytes in, response review out. No I/O.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use thiserror::Error;
 
-use crate::config::Settings;
+use crate::config::{SecretSpec, Settings};
 use crate::image::ImageName;
+use crate::matching::Keyring;
 use crate::patch::{PullSecretPatch, append_pull_secrets};
 
 /// The kubelet's static-pod mirror annotation: NodeRestriction refuses such pods if they
@@ -103,22 +104,76 @@ pub struct Reviewed {
     pub dry_run: bool,
 }
 
-/// Decodes an AdmissionReview body and decides. Never denies: this webhook only adds.
+/// A decoded review: a Pod request (typed), or a request for another kind.
+#[derive(Debug)]
+pub enum Decoded {
+    Pod(Box<AdmissionRequest<Pod>>),
+    Other(Box<AdmissionRequest<DynamicObject>>),
+}
+
+impl Decoded {
+    /// The namespace of a Pod CREATE: the requests whose decision needs cluster state.
+    pub fn pod_create_namespace(&self) -> Option<&str> {
+        match self {
+            Self::Pod(r) if r.operation == Operation::Create => r.namespace.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// What the decision may look at beyond the request: the patterns in force and, where the
+/// cluster is watched, the namespace's labels for per-entry selectors.
+pub struct Scope<'a> {
+    pub keyring: &'a Keyring,
+    pub namespace_labels: Option<&'a BTreeMap<String, String>>,
+}
+
+/// Decodes an AdmissionReview body and decides with the configured patterns only (no
+/// cluster state): what `mutate` and the standalone server do.
 pub fn review(settings: &Settings, body: &[u8]) -> Result<Reviewed, ReviewError> {
+    let scope = Scope {
+        keyring: &settings.keyring,
+        namespace_labels: None,
+    };
+    answer(settings, &scope, decode(body)?)
+}
+
+/// Decodes a body: typed for Pods; other kinds are recognised so they can pass untouched.
+pub fn decode(body: &[u8]) -> Result<Decoded, ReviewError> {
     match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
         Ok(review) => {
             check_envelope(&review.types.api_version, &review.types.kind)?;
             let request: AdmissionRequest<Pod> =
                 review.try_into().map_err(|_| ReviewError::NoRequest)?;
-            respond(settings, &request)
+            Ok(Decoded::Pod(Box::new(request)))
         }
-        Err(typed_error) => review_untyped(body, typed_error),
+        Err(typed_error) => decode_untyped(body, typed_error),
+    }
+}
+
+/// Decides and builds the response. Never denies: this webhook only adds.
+pub fn answer(
+    settings: &Settings,
+    scope: &Scope<'_>,
+    decoded: Decoded,
+) -> Result<Reviewed, ReviewError> {
+    match decoded {
+        Decoded::Pod(request) => respond(settings, scope, &request),
+        Decoded::Other(request) => Ok(Reviewed {
+            response: AdmissionResponse::from(&*request).into_review(),
+            outcome: Outcome::Skipped(SkipReason::NotPod),
+            uid: request.uid,
+            namespace: request.namespace.unwrap_or_default(),
+            name: request.name,
+            operation: operation_label(&request.operation),
+            dry_run: request.dry_run,
+        }),
     }
 }
 
 /// The typed decode failed: find out whether the body is a review of another kind (allowed
 /// untouched), or say precisely what is wrong with it.
-fn review_untyped(body: &[u8], typed_error: serde_json::Error) -> Result<Reviewed, ReviewError> {
+fn decode_untyped(body: &[u8], typed_error: serde_json::Error) -> Result<Decoded, ReviewError> {
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
         return Err(ReviewError::NotJson(e));
     }
@@ -127,22 +182,12 @@ fn review_untyped(body: &[u8], typed_error: serde_json::Error) -> Result<Reviewe
     check_envelope(&types.api_version, &types.kind)?;
     let review = serde_json::from_slice::<AdmissionReview<DynamicObject>>(body)
         .map_err(|e| ReviewError::NotAdmissionReview(e.to_string()))?;
-    check_envelope(&review.types.api_version, &review.types.kind)?;
     let request: AdmissionRequest<DynamicObject> =
         review.try_into().map_err(|_| ReviewError::NoRequest)?;
     if is_pod(&request.kind.group, &request.kind.kind) {
         return Err(ReviewError::InvalidPod(typed_error));
     }
-    let response = AdmissionResponse::from(&request).into_review();
-    Ok(Reviewed {
-        response,
-        outcome: Outcome::Skipped(SkipReason::NotPod),
-        uid: request.uid,
-        namespace: request.namespace.unwrap_or_default(),
-        name: request.name,
-        operation: operation_label(&request.operation),
-        dry_run: request.dry_run,
-    })
+    Ok(Decoded::Other(Box::new(request)))
 }
 
 fn check_envelope(api_version: &str, kind: &str) -> Result<(), ReviewError> {
@@ -173,11 +218,12 @@ fn operation_label(operation: &Operation) -> &'static str {
 }
 
 /// The decision for a decoded request, and the response that carries it.
-pub fn respond(
+fn respond(
     settings: &Settings,
+    scope: &Scope<'_>,
     request: &AdmissionRequest<Pod>,
 ) -> Result<Reviewed, ReviewError> {
-    let outcome = decide(settings, request);
+    let outcome = decide(settings, scope, request);
     let mut response = AdmissionResponse::from(request);
     if let Outcome::Patched(patch) = &outcome {
         response = response
@@ -208,7 +254,7 @@ pub fn respond(
 }
 
 /// Pod CREATE only; everything else passes untouched.
-pub fn decide(settings: &Settings, request: &AdmissionRequest<Pod>) -> Outcome {
+pub fn decide(settings: &Settings, scope: &Scope<'_>, request: &AdmissionRequest<Pod>) -> Outcome {
     if request.operation != Operation::Create {
         return Outcome::Skipped(SkipReason::NotCreate);
     }
@@ -224,7 +270,15 @@ pub fn decide(settings: &Settings, request: &AdmissionRequest<Pod>) -> Outcome {
     let Some(spec) = &pod.spec else {
         return Outcome::Unchanged;
     };
-    match patch_for_spec(settings, &["spec"], spec) {
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let applies = |secret: &SecretSpec| match scope.namespace_labels {
+        Some(labels) => secret.applies_to(namespace, labels),
+        None => {
+            secret.namespace_selector.is_none()
+                && !secret.exclude_namespaces.iter().any(|n| n == namespace)
+        }
+    };
+    match patch_for_spec(settings, scope.keyring, &applies, &["spec"], spec) {
         Some(patch) => Outcome::Patched(patch),
         None => Outcome::Unchanged,
     }
@@ -248,28 +302,28 @@ pub fn skip_reason(
 /// The patch for one pod spec at `pointer`, or `None` when it already has what it needs.
 pub fn patch_for_spec(
     settings: &Settings,
+    keyring: &Keyring,
+    applies: &dyn Fn(&SecretSpec) -> bool,
     pointer: &[&str],
     spec: &PodSpec,
 ) -> Option<PullSecretPatch> {
-    let wanted = wanted_secrets(settings, spec);
+    let wanted = wanted_secrets(settings, keyring, spec)
+        .into_iter()
+        .filter(|&i| applies(&settings.secrets[i]));
     append_pull_secrets(
         pointer,
         spec.image_pull_secrets.as_deref(),
-        wanted
-            .into_iter()
-            .map(|i| settings.secrets[i].name.as_str()),
+        wanted.map(|i| settings.secrets[i].name.as_str()),
     )
 }
 
 /// Indices of the configured secrets the kubelet would use for any image of the spec, in
 /// config order. Images that do not parse match nothing, as in the kubelet.
-pub fn wanted_secrets(settings: &Settings, spec: &PodSpec) -> Vec<usize> {
+pub fn wanted_secrets(settings: &Settings, keyring: &Keyring, spec: &PodSpec) -> Vec<usize> {
     let mut wanted = vec![false; settings.secrets.len()];
     for image in pod_images(spec) {
         if let Ok(name) = ImageName::parse(image) {
-            settings
-                .keyring
-                .for_each_match(&name, |secret, _, _| wanted[secret] = true);
+            keyring.for_each_match(&name, |secret, _, _| wanted[secret] = true);
         }
     }
     wanted

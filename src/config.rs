@@ -6,12 +6,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
 use serde::Deserialize;
 use thiserror::Error;
 
 use crate::matching::{Keyring, Pattern};
 
 pub const DEFAULT_OPT_OUT_ANNOTATION: &str = "pullsecret-injector.io/inject";
+/// The namespace label that opts a namespace in, as the chart's webhook selects it.
+pub const DEFAULT_OPT_IN_LABEL: &str = "pullsecret-injector.io/inject-pull-secrets";
+pub const DEFAULT_OPT_IN_VALUE: &str = "enabled";
 /// Two 3 MiB objects (object and oldObject) plus the review envelope, as controller-runtime.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
 
@@ -28,8 +33,44 @@ pub struct Config {
     pub opt_out_annotation: String,
     #[serde(default)]
     pub limits: Limits,
+    /// The injector's own namespace: the default for `source.namespace` and the Lease's.
+    /// Defaults to $POD_NAMESPACE, then `default`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Which namespaces get copies of source secrets: the webhook's own opt-in selector.
+    #[serde(default)]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Namespaces that never get copies, whatever their labels.
+    #[serde(default)]
+    pub exclude_namespaces: Vec<String>,
+    #[serde(default)]
+    pub leader_election: LeaderElectionConfig,
     #[serde(default)]
     pub secrets: Vec<SecretConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LeaderElectionConfig {
+    pub lease_name: String,
+    pub lease_duration_seconds: u64,
+}
+
+impl Default for LeaderElectionConfig {
+    fn default() -> Self {
+        Self {
+            lease_name: "pullsecret-injector".to_string(),
+            lease_duration_seconds: 15,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -74,8 +115,19 @@ impl Default for Limits {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretConfig {
     pub name: String,
+    /// Patterns; when omitted with a `source`, the source's `auths` keys are the patterns.
     #[serde(default)]
     pub registries: Vec<String>,
+    /// A `kubernetes.io/dockerconfigjson` Secret copied into every namespace the entry applies to.
+    #[serde(default)]
+    pub source: Option<SourceConfig>,
+    #[serde(default)]
+    pub namespace_selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub exclude_namespaces: Vec<String>,
+    /// Replace a Secret of the same name that the injector did not create.
+    #[serde(default)]
+    pub overwrite_existing: bool,
 }
 
 fn default_listen() -> String {
@@ -117,11 +169,50 @@ pub enum ConfigError {
     Invalid(Vec<FieldError>),
 }
 
+/// The source of a replicated secret, with its namespace resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 /// A configured secret, ready for the hot path.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct SecretSpec {
     pub name: String,
+    /// Patterns from config; empty when they come from the source's `auths`.
     pub patterns: Vec<Pattern>,
+    pub source: Option<SourceRef>,
+    pub namespace_selector: Option<Selector>,
+    pub exclude_namespaces: Vec<String>,
+    pub overwrite_existing: bool,
+}
+
+impl SecretSpec {
+    /// The patterns come from the source secret rather than from config.
+    pub fn patterns_from_source(&self) -> bool {
+        self.patterns.is_empty() && self.source.is_some()
+    }
+
+    /// Whether this entry applies to a namespace with these labels (its own selector and
+    /// exclusions only; the webhook's opt-in is the apiserver's and the replicator's job).
+    pub fn applies_to(
+        &self,
+        namespace: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        !self.exclude_namespaces.iter().any(|n| n == namespace)
+            && self
+                .namespace_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(labels))
+    }
 }
 
 /// The validated configuration, shared read-only.
@@ -132,7 +223,12 @@ pub struct Settings {
     pub tls: Option<TlsConfig>,
     pub opt_out_annotation: String,
     pub limits: Limits,
+    pub namespace: String,
+    pub namespace_selector: Selector,
+    pub exclude_namespaces: Vec<String>,
+    pub leader_election: LeaderElectionConfig,
     pub secrets: Vec<SecretSpec>,
+    /// The patterns written in config; the replicator adds those read from sources.
     pub keyring: Keyring,
 }
 
@@ -184,6 +280,33 @@ impl Config {
             );
         }
 
+        let namespace = self
+            .namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+            })
+            .unwrap_or_else(|| "default".to_string());
+        let namespace_selector = match self.namespace_selector.clone().map(Selector::try_from) {
+            None => std::iter::once((
+                DEFAULT_OPT_IN_LABEL.to_string(),
+                DEFAULT_OPT_IN_VALUE.to_string(),
+            ))
+            .collect(),
+            Some(Ok(selector)) => selector,
+            Some(Err(e)) => {
+                error("namespaceSelector".into(), e.to_string());
+                Selector::default()
+            }
+        };
+        if self.leader_election.lease_duration_seconds < 2 {
+            error(
+                "leaderElection.leaseDurationSeconds".into(),
+                "must be at least 2".into(),
+            );
+        }
         let mut secrets = Vec::with_capacity(self.secrets.len());
         for (i, secret) in self.secrets.iter().enumerate() {
             if let Err(reason) = check_dns1123_subdomain(&secret.name) {
@@ -195,12 +318,29 @@ impl Config {
                     format!("duplicate name {:?}, also at secrets[{first}]", secret.name),
                 );
             }
-            if secret.registries.is_empty() {
+            if secret.registries.is_empty() && secret.source.is_none() {
                 error(
                     format!("secrets[{i}].registries"),
-                    "must list at least one registry pattern".into(),
+                    "must list at least one registry pattern (or name a source whose auths keys are the patterns)".into(),
                 );
             }
+            let source = secret.source.as_ref().map(|s| SourceRef {
+                namespace: s.namespace.clone().unwrap_or_else(|| namespace.clone()),
+                name: s.name.clone(),
+            });
+            if let Some(source) = &source
+                && let Err(reason) = check_dns1123_subdomain(&source.name)
+            {
+                error(format!("secrets[{i}].source.name"), reason);
+            }
+            let selector = match secret.namespace_selector.clone().map(Selector::try_from) {
+                None => None,
+                Some(Ok(selector)) => Some(selector),
+                Some(Err(e)) => {
+                    error(format!("secrets[{i}].namespaceSelector"), e.to_string());
+                    None
+                }
+            };
             let mut patterns = Vec::with_capacity(secret.registries.len());
             for (j, raw) in secret.registries.iter().enumerate() {
                 match Pattern::parse(raw) {
@@ -214,6 +354,10 @@ impl Config {
             secrets.push(SecretSpec {
                 name: secret.name.clone(),
                 patterns,
+                source,
+                namespace_selector: selector,
+                exclude_namespaces: secret.exclude_namespaces.clone(),
+                overwrite_existing: secret.overwrite_existing,
             });
         }
 
@@ -231,6 +375,10 @@ impl Config {
                     tls: self.tls,
                     opt_out_annotation: self.opt_out_annotation,
                     limits: self.limits,
+                    namespace,
+                    namespace_selector,
+                    exclude_namespaces: self.exclude_namespaces,
+                    leader_election: self.leader_election,
                     secrets,
                     keyring,
                 })
@@ -241,6 +389,30 @@ impl Config {
 }
 
 impl Settings {
+    /// Cluster access is needed only when an entry names a source or a namespace selector;
+    /// otherwise `serve` runs standalone.
+    pub fn needs_cluster(&self) -> bool {
+        self.secrets
+            .iter()
+            .any(|s| s.source.is_some() || s.namespace_selector.is_some())
+    }
+
+    /// Whether replicated copies belong in this namespace for `secret`.
+    pub fn replicates_into(
+        &self,
+        secret: &SecretSpec,
+        namespace: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        secret
+            .source
+            .as_ref()
+            .is_some_and(|source| source.namespace != namespace || source.name != secret.name)
+            && !self.exclude_namespaces.iter().any(|n| n == namespace)
+            && self.namespace_selector.matches(labels)
+            && secret.applies_to(namespace, labels)
+    }
+
     /// What `serve` needs beyond a valid config: certificate files that exist.
     pub fn check_serving_files(&self) -> Result<&TlsConfig, ConfigError> {
         let Some(tls) = &self.tls else {

@@ -14,6 +14,7 @@ pub mod matching;
 pub mod metrics;
 pub mod patch;
 pub mod preview;
+pub mod replicate;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::replicate::Cluster;
 use crate::server::{AppState, ServeError};
 use crate::tls::CertificateFiles;
 
@@ -34,15 +36,32 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
-/// Serves the webhook and the admin endpoints until `shutdown` fires, then drains.
+/// Everything `run` serves with.
+pub struct Service {
+    pub settings: Arc<Settings>,
+    pub certs: Arc<CertificateFiles>,
+    pub metrics: Arc<Metrics>,
+    /// Present when the config needs cluster state (sources, namespace selectors).
+    pub cluster: Option<Arc<Cluster>>,
+    /// This replica's name in the leader-election Lease.
+    pub identity: String,
+}
+
+/// Serves the webhook and the admin endpoints until `shutdown` fires, then drains; while
+/// serving, competes for the Lease and replicates source secrets when it holds it.
 pub async fn run(
-    settings: Arc<Settings>,
-    certs: Arc<CertificateFiles>,
+    service: Service,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let metrics = Arc::new(Metrics::new());
-    let state = AppState::new(Arc::clone(&settings), Arc::clone(&metrics));
+    let Service {
+        settings,
+        certs,
+        metrics,
+        cluster,
+        identity,
+    } = service;
+    let state = AppState::new(Arc::clone(&settings), Arc::clone(&metrics), cluster.clone());
     let tls_config = certs
         .server_config()
         .map_err(|e| ServeError::Accept(std::io::Error::other(e)))?;
@@ -59,8 +78,18 @@ pub async fn run(
         state.clone(),
         background.clone(),
     ));
+    let replicator = cluster.map(|cluster| {
+        tokio::spawn(replicate::controller::run_with_leader_election(
+            cluster,
+            identity,
+            shutdown.clone(),
+        ))
+    });
 
     let served = server::serve_tls(listeners.webhook, tls_config, state, shutdown).await;
+    if let Some(replicator) = replicator {
+        let _ = replicator.await;
+    }
     background.cancel();
     let _ = watcher.await;
     let admin_result = admin.await;
@@ -69,4 +98,16 @@ pub async fn run(
         Ok(result) => result,
         Err(join) => Err(ServeError::Admin(std::io::Error::other(join))),
     }
+}
+
+/// The Lease identity: the pod's name in a cluster ($POD_NAME, or the hostname, which is the
+/// pod's name), with the process id to tell apart several processes on one machine.
+pub fn identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pullsecret-injector".to_string());
+    format!("{host}-{}", std::process::id())
 }

@@ -7,8 +7,10 @@ use anyhow::Context;
 use clap::Parser;
 use pullsecret_injector::cli::{Cli, Command, MatchArgs, MutateArgs, OutputFormat, ServeArgs};
 use pullsecret_injector::config::{Config, Settings};
+use pullsecret_injector::metrics::Metrics;
+use pullsecret_injector::replicate::Cluster;
 use pullsecret_injector::tls::CertificateFiles;
-use pullsecret_injector::{Listeners, explain, preview, run, telemetry};
+use pullsecret_injector::{Listeners, Service, explain, identity, preview, run, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for input the user must fix: bad config, bad documents.
@@ -106,13 +108,29 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         );
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        run(
+        let metrics = Arc::new(Metrics::new());
+        let cluster = if settings.needs_cluster() {
+            // In-cluster config, or $KUBECONFIG / ~/.kube/config outside a cluster.
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (needed for secret sources and namespace selectors)")?;
+            Some(Cluster::start(
+                client,
+                Arc::clone(&settings),
+                Arc::clone(&metrics),
+                shutdown.clone(),
+            ))
+        } else {
+            None
+        };
+        let service = Service {
             settings,
-            Arc::new(certs),
-            Listeners { webhook, admin },
-            shutdown,
-        )
-        .await?;
+            certs: Arc::new(certs),
+            metrics,
+            cluster,
+            identity: identity(),
+        };
+        run(service, Listeners { webhook, admin }, shutdown).await?;
         tracing::info!("stopped");
         Ok::<(), anyhow::Error>(())
     })?;

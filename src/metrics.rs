@@ -31,6 +31,16 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    cache: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     admissions: Family<AdmissionLabels, Counter>,
@@ -40,6 +50,12 @@ pub struct Metrics {
     certificate_reloads: Family<ResultLabels, Counter>,
     tls_handshake_failures: Counter,
     open_connections: Gauge,
+    copies: Family<ActionLabels, Counter>,
+    conflicts: Counter,
+    sync_errors: Family<ReasonLabels, Counter>,
+    cache_objects: Family<CacheLabels, Gauge>,
+    ensured: Family<ResultLabels, Counter>,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -96,9 +112,51 @@ impl Metrics {
             "TLS connections currently open on the webhook listener",
             open_connections.clone(),
         );
+        let copies = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "replicated_copies",
+            "Secret copies written, by action (created, updated, overwritten, deleted)",
+            copies.clone(),
+        );
+        let conflicts = Counter::default();
+        registry.register(
+            "replication_conflicts",
+            "Syncs that found a Secret of the entry's name that the injector did not create",
+            conflicts.clone(),
+        );
+        let sync_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "replication_errors",
+            "Failed syncs and unusable sources, by reason",
+            sync_errors.clone(),
+        );
+        let cache_objects = Family::<CacheLabels, Gauge>::default();
+        registry.register(
+            "cache_objects",
+            "Objects in the watch caches (namespaces, sources, copies)",
+            cache_objects.clone(),
+        );
+        let ensured = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "ensured_at_admission",
+            "Missing copies handled while admitting a pod, by result (created, exists, failed)",
+            ensured.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and replicates",
+            leader.clone(),
+        );
         Self {
             registry,
             admissions,
+            copies,
+            conflicts,
+            sync_errors,
+            cache_objects,
+            ensured,
+            leader,
             injected,
             duration,
             bad_requests,
@@ -148,9 +206,32 @@ impl Metrics {
         self.open_connections.dec();
     }
 
-    /// The registry, for edges that register families of their own (the replicator).
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+    pub fn copy_changed(&self, action: &'static str) {
+        self.copies.get_or_create(&ActionLabels { action }).inc();
+    }
+
+    pub fn conflict(&self) {
+        self.conflicts.inc();
+    }
+
+    pub fn replication_error(&self, reason: &'static str) {
+        self.sync_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn cache_size(&self, cache: &'static str, objects: usize) {
+        self.cache_objects
+            .get_or_create(&CacheLabels { cache })
+            .set(objects as i64);
+    }
+
+    pub fn ensured_at_admission(&self, result: &'static str) {
+        self.ensured.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
     }
 
     pub fn render(&self) -> String {

@@ -128,7 +128,18 @@ pub fn preview_document(
             patch: Patch(Vec::new()),
         });
     }
-    let Some(patch) = admission::patch_for_spec(settings, spec_path, &spec) else {
+    let namespace = document
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    // Offline there are no namespace labels: entries narrowed by a selector do not apply.
+    let applies = |secret: &crate::config::SecretSpec| {
+        secret.namespace_selector.is_none() && !secret.exclude_namespaces.contains(&namespace)
+    };
+    let Some(patch) =
+        admission::patch_for_spec(settings, &settings.keyring, &applies, spec_path, &spec)
+    else {
         return Ok(Previewed {
             document,
             patch: Patch(Vec::new()),

@@ -28,6 +28,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::admission;
 use crate::config::{Limits, Settings};
 use crate::metrics::Metrics;
+use crate::replicate::Cluster;
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -42,16 +43,22 @@ pub enum ServeError {
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
+    pub cluster: Option<Arc<Cluster>>,
     /// Ready once the certificate is loaded and the listener bound; false while draining.
     pub ready: Arc<AtomicBool>,
     pub draining: Arc<AtomicBool>,
 }
 
 impl AppState {
-    pub fn new(settings: Arc<Settings>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        settings: Arc<Settings>,
+        metrics: Arc<Metrics>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
         Self {
             settings,
             metrics,
+            cluster,
             ready: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),
         }
@@ -88,7 +95,8 @@ fn protect(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
 }
 
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Relaxed) && !state.draining.load(Ordering::Relaxed) {
+    let synced = state.cluster.as_ref().is_none_or(|c| c.is_synced());
+    if synced && state.ready.load(Ordering::Relaxed) && !state.draining.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
@@ -224,7 +232,7 @@ async fn mutate_inner(
     };
 
     let started = Instant::now();
-    match admission::review(&state.settings, &bytes) {
+    match review(state, transport, &bytes).await {
         Ok(reviewed) => {
             let elapsed = started.elapsed();
             state
@@ -250,6 +258,60 @@ async fn mutate_inner(
         }
         Err(error) => refuse(StatusCode::BAD_REQUEST, error.reason(), error.to_string()),
     }
+}
+
+/// Decode, look up what the decision needs, decide, and make sure the referenced Secrets
+/// exist before answering (not for dry runs: `sideEffects: NoneOnDryRun`).
+async fn review(
+    state: &AppState,
+    transport: &Transport,
+    body: &[u8],
+) -> Result<admission::Reviewed, admission::ReviewError> {
+    let settings = &state.settings;
+    let decoded = admission::decode(body)?;
+    let Some(cluster) = &state.cluster else {
+        let scope = admission::Scope {
+            keyring: &settings.keyring,
+            namespace_labels: None,
+        };
+        return admission::answer(settings, &scope, decoded);
+    };
+    let keyring = cluster.keyring();
+    let labels = match decoded.pod_create_namespace() {
+        Some(namespace) => Some(cluster.namespace_labels(namespace).await),
+        None => None,
+    };
+    let scope = admission::Scope {
+        keyring: &keyring,
+        namespace_labels: labels.as_ref(),
+    };
+    let mut reviewed = admission::answer(settings, &scope, decoded)?;
+    if !reviewed.dry_run && !reviewed.outcome.injected().is_empty() {
+        let warnings = cluster
+            .ensure_copies(
+                &reviewed.namespace,
+                reviewed.outcome.injected(),
+                ensure_budget(transport),
+            )
+            .await;
+        if !warnings.is_empty()
+            && let Some(response) = reviewed.response.response.as_mut()
+        {
+            response.warnings = Some(warnings);
+        }
+    }
+    Ok(reviewed)
+}
+
+/// Half of what the apiserver allows us (`?timeout=Ns`), so the answer always arrives.
+fn ensure_budget(transport: &Transport) -> Duration {
+    let allowed = transport
+        .timeout
+        .as_deref()
+        .and_then(|t| t.strip_suffix('s'))
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(Duration::from_secs(4), Duration::from_secs);
+    (allowed / 2).max(Duration::from_millis(200))
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -384,7 +446,7 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
-        AppState::new(Arc::new(settings), Arc::new(Metrics::new()))
+        AppState::new(Arc::new(settings), Arc::new(Metrics::new()), None)
     }
 
     async fn boom() -> &'static str {

@@ -1,0 +1,271 @@
+//! The copy controller: one reconcile per namespace, run only by the Lease holder.
+//!
+//! Triggers: namespace changes (labels), changes to our copies (someone deleted or edited
+//! one) and source changes (every namespace). A reconcile reads the Secret from the API
+//! before writing, so a stale cache can never make it overwrite a Secret it did not create.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret};
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Cluster, FIELD_MANAGER, HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ReplicateError,
+    SOURCE_ANNOTATION, copy_of, is_managed,
+};
+use crate::config::{SecretSpec, SourceRef};
+
+/// A full re-sync now and then, in case a watch missed something.
+const RESYNC: Duration = Duration::from_secs(300);
+
+struct Context {
+    cluster: Arc<Cluster>,
+    recorder: Recorder,
+}
+
+/// Competes for the Lease and runs the controller while holding it, until `stop`.
+pub async fn run_with_leader_election(
+    cluster: Arc<Cluster>,
+    identity: String,
+    stop: CancellationToken,
+) {
+    let settings = Arc::clone(cluster.settings());
+    let le = &settings.leader_election;
+    let duration = le.lease_duration_seconds;
+    let manager = LeaseManagerBuilder::new(cluster.client(), &le.lease_name)
+        .with_namespace(&settings.namespace)
+        .with_identity(&identity)
+        .with_duration(duration)
+        .with_grace(duration / 3)
+        .with_field_manager(FIELD_MANAGER)
+        .build()
+        .await;
+    let manager = match manager {
+        Ok(manager) => manager,
+        Err(error) => {
+            cluster.metrics().replication_error("lease");
+            tracing::error!(%error, "cannot set up leader election; not replicating");
+            return;
+        }
+    };
+    let (mut leader, lease_task) = manager.watch().await;
+    loop {
+        // Wait to become the leader.
+        while !*leader.borrow_and_update() {
+            tokio::select! {
+                _ = stop.cancelled() => { drop(leader); let _ = lease_task.await; return; }
+                changed = leader.changed() => if changed.is_err() { return; },
+            }
+        }
+        tracing::info!(identity, lease = %le.lease_name, "became the leader; replicating");
+        cluster.metrics().set_leader(true);
+        let term = CancellationToken::new();
+        let controller = tokio::spawn(run_controller(
+            Arc::clone(&cluster),
+            identity.clone(),
+            term.clone(),
+        ));
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = async { while *leader.borrow_and_update() { if leader.changed().await.is_err() { break; } } } => {
+                tracing::warn!(identity, "lost the lease; stopped replicating");
+            }
+        }
+        term.cancel();
+        let _ = controller.await;
+        cluster.metrics().set_leader(false);
+        if stop.is_cancelled() {
+            // Dropping the receiver makes the lease task release the Lease for a fast hand-over.
+            drop(leader);
+            let _ = lease_task.await;
+            return;
+        }
+    }
+}
+
+async fn run_controller(cluster: Arc<Cluster>, identity: String, stop: CancellationToken) {
+    let client = cluster.client();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity),
+        },
+    );
+    let context = Arc::new(Context {
+        cluster: Arc::clone(&cluster),
+        recorder,
+    });
+    let source_trigger =
+        futures::stream::unfold(cluster.source_changes(), |mut changes| async move {
+            changes.changed().await.ok()?;
+            Some(((), changes))
+        });
+    let copies =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    Controller::new(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(Api::<Secret>::all(client), copies, |secret| {
+        secret
+            .namespace()
+            .map(|ns| ObjectRef::<Namespace>::new(&ns))
+    })
+    .reconcile_all_on(source_trigger)
+    .graceful_shutdown_on(stop.cancelled_owned())
+    .run(reconcile, error_policy, context)
+    .for_each(|_| async {})
+    .await;
+}
+
+fn error_policy(namespace: Arc<Namespace>, error: &ReplicateError, ctx: Arc<Context>) -> Action {
+    ctx.cluster
+        .metrics()
+        .replication_error(error.metric_label());
+    tracing::error!(namespace = %namespace.name_any(), %error, "sync failed; retrying");
+    Action::requeue(Duration::from_secs(
+        if error.metric_label() == "forbidden" {
+            60
+        } else {
+            5
+        },
+    ))
+}
+
+async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, ReplicateError> {
+    if namespace.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let name = namespace.name_any();
+    let cluster = &ctx.cluster;
+    let settings = cluster.settings();
+    let labels = namespace.labels();
+    let api = Api::<Secret>::namespaced(cluster.client(), &name);
+    let mut wanted = BTreeSet::new();
+    for spec in &settings.secrets {
+        let Some(source_ref) = &spec.source else {
+            continue;
+        };
+        if !settings.replicates_into(spec, &name, labels) {
+            continue;
+        }
+        wanted.insert(spec.name.as_str());
+        // A deleted source leaves existing copies alone: pods keep pulling until it is back
+        // or the entry is removed from config.
+        let Some(source) = cluster.source(source_ref) else {
+            continue;
+        };
+        sync_copy(&ctx, &api, &namespace, spec, source_ref, &source).await?;
+    }
+    for copy in cluster.copies_in(&name) {
+        if !wanted.contains(copy.name_any().as_str()) {
+            delete_copy(&ctx, &api, &copy).await?;
+        }
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn sync_copy(
+    ctx: &Context,
+    api: &Api<Secret>,
+    namespace: &Namespace,
+    spec: &SecretSpec,
+    source_ref: &SourceRef,
+    source: &Secret,
+) -> Result<(), ReplicateError> {
+    let ns = namespace.name_any();
+    let desired = copy_of(spec, source_ref, source, &ns);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let metrics = ctx.cluster.metrics();
+    match api.get_opt(&spec.name).await? {
+        None => match api.create(&params, &desired).await {
+            Ok(_) => {
+                metrics.copy_changed("created");
+                tracing::info!(namespace = %ns, secret = %spec.name, source = %source_ref, "copy created");
+            }
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+            Err(error) => return Err(error.into()),
+        },
+        Some(existing) if is_managed(&existing) || spec.overwrite_existing => {
+            let current = existing.annotations().get(HASH_ANNOTATION)
+                == desired.annotations().get(HASH_ANNOTATION)
+                && existing.annotations().get(SOURCE_ANNOTATION)
+                    == desired.annotations().get(SOURCE_ANNOTATION)
+                && is_managed(&existing);
+            if current {
+                return Ok(());
+            }
+            let mut replacement = desired;
+            replacement.metadata.resource_version = existing.resource_version();
+            api.replace(&spec.name, &params, &replacement).await?;
+            let action = if is_managed(&existing) {
+                "updated"
+            } else {
+                "overwritten"
+            };
+            metrics.copy_changed(action);
+            tracing::info!(namespace = %ns, secret = %spec.name, source = %source_ref, action, "copy updated");
+        }
+        Some(_) => {
+            metrics.conflict();
+            tracing::warn!(
+                namespace = %ns,
+                secret = %spec.name,
+                "a Secret of this name exists and was not created by pullsecret-injector; left alone (set overwriteExisting to replace it)"
+            );
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "PullSecretConflict".into(),
+                note: Some(format!(
+                    "Secret {} exists and is not managed by pullsecret-injector; not replaced with a copy of {source_ref}",
+                    spec.name
+                )),
+                action: "Replicate".into(),
+                secondary: None,
+            };
+            let reference: ObjectReference = namespace.object_ref(&());
+            if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+                tracing::warn!(%error, "cannot publish the conflict event");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete_copy(
+    ctx: &Context,
+    api: &Api<Secret>,
+    copy: &Secret,
+) -> Result<(), ReplicateError> {
+    // Preconditions: delete exactly the object we saw as ours, never one recreated since.
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: copy.uid(),
+            resource_version: copy.resource_version(),
+        }),
+        ..Default::default()
+    };
+    match api.delete(&copy.name_any(), &params).await {
+        Ok(_) => {
+            ctx.cluster.metrics().copy_changed("deleted");
+            tracing::info!(namespace = ?copy.namespace(), secret = %copy.name_any(), "copy deleted");
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}

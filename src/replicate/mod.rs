@@ -1,0 +1,398 @@
+//! Secrets where the pods are: watch caches (namespaces, source secrets, our copies) on every
+//! replica, the live keyring built from sources' `auths`, the copy controller on the leader,
+//! and the create-before-answer step that closes the race at admission.
+
+pub mod controller;
+pub mod dockerconfig;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{SecretSpec, Settings, SourceRef};
+use crate::matching::Keyring;
+use crate::metrics::Metrics;
+
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "pullsecret-injector";
+pub const SOURCE_ANNOTATION: &str = "pullsecret-injector.io/source";
+pub const HASH_ANNOTATION: &str = "pullsecret-injector.io/source-hash";
+pub const FIELD_MANAGER: &str = "pullsecret-injector";
+
+#[derive(Debug, Error)]
+pub enum ReplicateError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("leader election: {0}")]
+    Lease(String),
+}
+
+impl ReplicateError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(kube::Error::Api(status)) if status.is_forbidden() => "forbidden",
+            Self::Kube(kube::Error::Api(status)) if status.is_conflict() => "conflict",
+            Self::Kube(_) => "api",
+            Self::Lease(_) => "lease",
+        }
+    }
+}
+
+/// What every replica knows of the cluster, kept current by watches.
+pub struct Cluster {
+    client: Client,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    namespaces: Store<Namespace>,
+    sources: BTreeMap<SourceRef, Store<Secret>>,
+    copies: Store<Secret>,
+    keyring: RwLock<Arc<Keyring>>,
+    /// Bumped whenever a source changes, so the leader re-syncs every namespace.
+    source_changes: watch::Sender<u64>,
+    synced: AtomicBool,
+}
+
+impl Cluster {
+    /// Starts the watches; they stop when `stop` fires.
+    pub fn start(
+        client: Client,
+        settings: Arc<Settings>,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
+        let (namespaces, ns_writer) = reflector::store::<Namespace>();
+        let (copies, copies_writer) = reflector::store::<Secret>();
+        let mut source_writers = Vec::new();
+        let mut sources = BTreeMap::new();
+        let distinct: std::collections::BTreeSet<SourceRef> = settings
+            .secrets
+            .iter()
+            .filter_map(|s| s.source.clone())
+            .collect();
+        for source in distinct {
+            let (store, writer) = reflector::store::<Secret>();
+            sources.insert(source.clone(), store);
+            source_writers.push((source, writer));
+        }
+        let cluster = Arc::new(Self {
+            keyring: RwLock::new(Arc::new(settings.keyring.clone())),
+            client: client.clone(),
+            settings,
+            metrics,
+            namespaces,
+            sources,
+            copies,
+            source_changes: watch::Sender::new(0),
+            synced: AtomicBool::new(false),
+        });
+
+        let ns_stream = reflector::reflector(
+            ns_writer,
+            watcher(
+                Api::<Namespace>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        );
+        spawn_drive("namespaces", ns_stream, stop.clone(), {
+            let cluster = Arc::clone(&cluster);
+            move || cluster.update_cache_gauges()
+        });
+        let copies_stream = reflector::reflector(
+            copies_writer,
+            watcher(
+                Api::<Secret>::all(client.clone()),
+                watcher::Config::default()
+                    .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
+            ),
+        );
+        spawn_drive("copies", copies_stream, stop.clone(), {
+            let cluster = Arc::clone(&cluster);
+            move || cluster.update_cache_gauges()
+        });
+        for (source, writer) in source_writers {
+            let api = Api::<Secret>::namespaced(client.clone(), &source.namespace);
+            let config =
+                watcher::Config::default().fields(&format!("metadata.name={}", source.name));
+            let stream = reflector::reflector(writer, watcher(api, config));
+            spawn_drive("source", stream, stop.clone(), {
+                let cluster = Arc::clone(&cluster);
+                move || cluster.source_changed()
+            });
+        }
+        let waiter = Arc::clone(&cluster);
+        tokio::spawn(async move {
+            let mut ok = waiter.namespaces.wait_until_ready().await.is_ok()
+                && waiter.copies.wait_until_ready().await.is_ok();
+            for store in waiter.sources.values() {
+                ok &= store.wait_until_ready().await.is_ok();
+            }
+            if ok {
+                waiter.source_changed();
+                waiter.synced.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    namespaces = waiter.namespaces.len(),
+                    copies = waiter.copies.len(),
+                    sources = waiter.sources.len(),
+                    "caches synced"
+                );
+            }
+        });
+        cluster
+    }
+
+    /// Ready for `/readyz` once every cache has listed.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.settings
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Config patterns plus the current sources' `auths` keys.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring
+            .read()
+            .map(|k| Arc::clone(&k))
+            .unwrap_or_else(|_| Arc::new(self.settings.keyring.clone()))
+    }
+
+    pub fn source(&self, source: &SourceRef) -> Option<Arc<Secret>> {
+        let store = self.sources.get(source)?;
+        store.get(&ObjectRef::new(&source.name).within(&source.namespace))
+    }
+
+    pub fn copy(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.copies.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    pub fn copies_in(&self, namespace: &str) -> Vec<Arc<Secret>> {
+        self.copies
+            .state()
+            .into_iter()
+            .filter(|s| s.namespace().as_deref() == Some(namespace))
+            .collect()
+    }
+
+    pub fn source_changes(&self) -> watch::Receiver<u64> {
+        self.source_changes.subscribe()
+    }
+
+    /// A namespace's labels from the cache, or from the API when the cache has not seen it
+    /// yet (a namespace created an instant before its first pod).
+    pub async fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        if let Some(ns) = self.namespaces.get(&ObjectRef::new(namespace)) {
+            return ns.labels().clone();
+        }
+        let api = Api::<Namespace>::all(self.client.clone());
+        match tokio::time::timeout(Duration::from_secs(1), api.get_opt(namespace)).await {
+            Ok(Ok(Some(ns))) => ns.labels().clone(),
+            Ok(Ok(None)) => BTreeMap::new(),
+            Ok(Err(error)) => {
+                tracing::warn!(namespace, %error, "cannot read the namespace's labels");
+                BTreeMap::new()
+            }
+            Err(_) => {
+                tracing::warn!(namespace, "reading the namespace's labels timed out");
+                BTreeMap::new()
+            }
+        }
+    }
+
+    fn source_changed(&self) {
+        self.rebuild_keyring();
+        self.update_cache_gauges();
+        self.source_changes.send_modify(|n| *n += 1);
+    }
+
+    fn rebuild_keyring(&self) {
+        let mut entries = Vec::new();
+        for (i, spec) in self.settings.secrets.iter().enumerate() {
+            if !spec.patterns_from_source() {
+                entries.extend(spec.patterns.iter().cloned().map(|p| (i, p)));
+                continue;
+            }
+            let Some(source_ref) = &spec.source else {
+                continue;
+            };
+            let Some(source) = self.source(source_ref) else {
+                tracing::warn!(secret = %spec.name, source = %source_ref, "source secret not found; its patterns are empty");
+                continue;
+            };
+            match dockerconfig::auth_patterns(source.type_.as_deref(), source.data.as_ref()) {
+                Ok((patterns, skipped)) => {
+                    if !skipped.is_empty() {
+                        tracing::warn!(secret = %spec.name, source = %source_ref, keys = ?skipped, "auths keys that are not registry patterns were skipped, as the kubelet skips them");
+                    }
+                    entries.extend(patterns.into_iter().map(|p| (i, p)));
+                }
+                Err(error) => {
+                    self.metrics.replication_error("invalid_source");
+                    tracing::error!(secret = %spec.name, source = %source_ref, %error, "source secret is not usable");
+                }
+            }
+        }
+        let keyring = Arc::new(Keyring::new(entries));
+        if let Ok(mut current) = self.keyring.write() {
+            *current = keyring;
+        }
+    }
+
+    fn update_cache_gauges(&self) {
+        self.metrics.cache_size("namespaces", self.namespaces.len());
+        self.metrics.cache_size("copies", self.copies.len());
+        self.metrics
+            .cache_size("sources", self.sources.values().map(Store::len).sum());
+    }
+
+    /// Makes sure the Secrets a patch references exist in `namespace` before the pod is
+    /// admitted: creates missing copies from their sources. Returns a warning per secret
+    /// that could not be made to exist.
+    pub async fn ensure_copies(
+        &self,
+        namespace: &str,
+        names: &[String],
+        budget: Duration,
+    ) -> Vec<String> {
+        let labels = self.namespace_labels(namespace).await;
+        let mut warnings = Vec::new();
+        for name in names {
+            let Some(spec) = self.settings.secrets.iter().find(|s| &s.name == name) else {
+                continue;
+            };
+            if !self.settings.replicates_into(spec, namespace, &labels)
+                || self.copy(namespace, name).is_some()
+            {
+                continue;
+            }
+            let result = tokio::time::timeout(budget, self.create_copy(spec, namespace)).await;
+            let outcome = match result {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(reason)) => {
+                    warnings.push(format!(
+                        "secret {name} is missing in namespace {namespace}: {reason}"
+                    ));
+                    "failed"
+                }
+                Err(_) => {
+                    warnings.push(format!(
+                        "secret {name} is missing in namespace {namespace}: timed out creating it"
+                    ));
+                    "failed"
+                }
+            };
+            self.metrics.ensured_at_admission(outcome);
+        }
+        warnings
+    }
+
+    async fn create_copy(
+        &self,
+        spec: &SecretSpec,
+        namespace: &str,
+    ) -> Result<&'static str, String> {
+        let Some(source_ref) = &spec.source else {
+            return Ok("no_source");
+        };
+        let Some(source) = self.source(source_ref) else {
+            return Err(format!("source {source_ref} not found"));
+        };
+        let api = Api::<Secret>::namespaced(self.client.clone(), namespace);
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api
+            .create(&params, &copy_of(spec, source_ref, &source, namespace))
+            .await
+        {
+            Ok(_) => {
+                self.metrics.copy_changed("created");
+                tracing::info!(namespace, secret = %spec.name, source = %source_ref, "copy created at admission");
+                Ok("created")
+            }
+            // A copy made by the leader meanwhile, or a Secret of the user's: either way it exists.
+            Err(kube::Error::Api(status)) if status.is_already_exists() => Ok("exists"),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+/// Polls a reflector stream until `stop`, calling `on_event` after each event.
+fn spawn_drive<S, K>(
+    what: &'static str,
+    stream: S,
+    stop: CancellationToken,
+    on_event: impl Fn() + Send + 'static,
+) where
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream.default_backoff());
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                next = stream.next() => match next {
+                    Some(Ok(_)) => on_event(),
+                    Some(Err(error)) => tracing::warn!(cache = what, %error, "watch failed; retrying with backoff"),
+                    None => return,
+                },
+            }
+        }
+    });
+}
+
+/// The copy of `source` that belongs in `namespace` for `spec`.
+pub fn copy_of(
+    spec: &SecretSpec,
+    source_ref: &SourceRef,
+    source: &Secret,
+    namespace: &str,
+) -> Secret {
+    let hash = dockerconfig::data_hash(source.type_.as_deref(), source.data.as_ref());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(spec.name.clone()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.to_string(),
+                MANAGED_BY_VALUE.to_string(),
+            )])),
+            annotations: Some(BTreeMap::from([
+                (SOURCE_ANNOTATION.to_string(), source_ref.to_string()),
+                (HASH_ANNOTATION.to_string(), hash),
+            ])),
+            ..Default::default()
+        },
+        type_: source.type_.clone(),
+        data: source.data.clone(),
+        immutable: None,
+        string_data: None,
+    }
+}
+
+/// A Secret is ours only if it carries our label; nothing else is ever changed or deleted.
+pub fn is_managed(secret: &Secret) -> bool {
+    secret.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
+}
