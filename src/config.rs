@@ -45,8 +45,50 @@ pub struct Config {
     pub exclude_namespaces: Vec<String>,
     #[serde(default)]
     pub leader_election: LeaderElectionConfig,
+    /// Certificates the injector manages itself (the chart's `certs.mode: self`), instead
+    /// of `tls` files.
+    #[serde(default)]
+    pub certificates: Option<CertificatesConfig>,
     #[serde(default)]
     pub secrets: Vec<SecretConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum CertificatesMode {
+    #[serde(rename = "self")]
+    SelfManaged,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificatesConfig {
+    pub mode: CertificatesMode,
+    /// The Secret (in `namespace`) that holds the CA and the serving pair.
+    pub secret_name: String,
+    /// The MutatingWebhookConfiguration whose caBundle is kept current.
+    pub webhook_configuration_name: String,
+    /// The Service the apiserver calls: the certificate is for `name.namespace.svc`.
+    pub service_name: String,
+    /// More names or IP addresses for the certificate.
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
+    #[serde(default = "default_serving_validity")]
+    pub serving_validity_seconds: u64,
+    #[serde(default = "default_ca_validity")]
+    pub ca_validity_seconds: u64,
+    #[serde(default = "default_check_interval")]
+    pub check_interval_seconds: u64,
+}
+
+fn default_serving_validity() -> u64 {
+    365 * 86400
+}
+fn default_ca_validity() -> u64 {
+    10 * 365 * 86400
+}
+fn default_check_interval() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -227,6 +269,7 @@ pub struct Settings {
     pub namespace_selector: Selector,
     pub exclude_namespaces: Vec<String>,
     pub leader_election: LeaderElectionConfig,
+    pub certificates: Option<CertificatesConfig>,
     pub secrets: Vec<SecretSpec>,
     /// The patterns written in config; the replicator adds those read from sources.
     pub keyring: Keyring,
@@ -301,6 +344,43 @@ impl Config {
                 Selector::default()
             }
         };
+        if let Some(certs) = &self.certificates {
+            if self.tls.is_some() {
+                error(
+                    "certificates".into(),
+                    "set either tls (certificate files) or certificates (self-managed), not both"
+                        .into(),
+                );
+            }
+            for (field, value) in [
+                ("secretName", &certs.secret_name),
+                (
+                    "webhookConfigurationName",
+                    &certs.webhook_configuration_name,
+                ),
+                ("serviceName", &certs.service_name),
+            ] {
+                if let Err(reason) = check_dns1123_subdomain(value) {
+                    error(format!("certificates.{field}"), reason);
+                }
+            }
+            if certs.serving_validity_seconds < 60
+                || certs.ca_validity_seconds < 2 * certs.serving_validity_seconds
+            {
+                error(
+                    "certificates.servingValiditySeconds".into(),
+                    "must be at least 60 and at most half of caValiditySeconds".into(),
+                );
+            }
+            if certs.check_interval_seconds == 0
+                || certs.check_interval_seconds * 3 > certs.serving_validity_seconds
+            {
+                error(
+                    "certificates.checkIntervalSeconds".into(),
+                    "must be at least 1 and at most a third of servingValiditySeconds".into(),
+                );
+            }
+        }
         if self.leader_election.lease_duration_seconds < 2 {
             error(
                 "leaderElection.leaseDurationSeconds".into(),
@@ -379,6 +459,7 @@ impl Config {
                     namespace_selector,
                     exclude_namespaces: self.exclude_namespaces,
                     leader_election: self.leader_election,
+                    certificates: self.certificates,
                     secrets,
                     keyring,
                 })
@@ -392,9 +473,11 @@ impl Settings {
     /// Cluster access is needed only when an entry names a source or a namespace selector;
     /// otherwise `serve` runs standalone.
     pub fn needs_cluster(&self) -> bool {
-        self.secrets
-            .iter()
-            .any(|s| s.source.is_some() || s.namespace_selector.is_some())
+        self.certificates.is_some()
+            || self
+                .secrets
+                .iter()
+                .any(|s| s.source.is_some() || s.namespace_selector.is_some())
     }
 
     /// Whether replicated copies belong in this namespace for `secret`.
@@ -413,12 +496,17 @@ impl Settings {
             && secret.applies_to(namespace, labels)
     }
 
-    /// What `serve` needs beyond a valid config: certificate files that exist.
-    pub fn check_serving_files(&self) -> Result<&TlsConfig, ConfigError> {
+    /// What `serve` needs beyond a valid config: certificate files that exist, unless the
+    /// certificates are self-managed (then `None`).
+    pub fn check_serving_files(&self) -> Result<Option<&TlsConfig>, ConfigError> {
         let Some(tls) = &self.tls else {
+            if self.certificates.is_some() {
+                return Ok(None);
+            }
             return Err(ConfigError::Invalid(vec![FieldError {
                 path: "tls".into(),
-                reason: "serve needs tls.certFile and tls.keyFile".into(),
+                reason: "serve needs tls.certFile and tls.keyFile (or certificates.mode: self)"
+                    .into(),
             }]));
         };
         let missing: Vec<FieldError> = [
@@ -433,7 +521,7 @@ impl Settings {
         })
         .collect();
         if missing.is_empty() {
-            Ok(tls)
+            Ok(Some(tls))
         } else {
             Err(ConfigError::Invalid(missing))
         }
@@ -562,5 +650,109 @@ secrets:
                 .to_string()
                 .contains("tls:")
         );
+    }
+
+    #[test]
+    fn a_source_may_stand_in_for_registries_and_defaults_to_our_namespace() {
+        let s = settings(
+            "namespace: infra\nsecrets:\n  - name: regcred\n    source: {name: regcred-source}\n  - name: other\n    source: {namespace: vault, name: other}\n    registries: [ghcr.io]\n",
+        )
+        .unwrap();
+        assert!(s.needs_cluster());
+        assert!(s.secrets[0].patterns_from_source());
+        assert_eq!(
+            s.secrets[0].source.as_ref().unwrap().to_string(),
+            "infra/regcred-source"
+        );
+        assert!(!s.secrets[1].patterns_from_source());
+        assert_eq!(
+            s.secrets[1].source.as_ref().unwrap().to_string(),
+            "vault/other"
+        );
+        assert!(
+            !settings("secrets: [{name: a, registries: [x.io]}]")
+                .unwrap()
+                .needs_cluster()
+        );
+    }
+
+    #[test]
+    fn replication_follows_the_opt_in_selector_the_entry_selector_and_exclusions() {
+        let s = settings(
+            r#"
+namespace: infra
+namespaceSelector: {matchLabels: {team: "yes"}}
+excludeNamespaces: [legacy]
+secrets:
+  - name: regcred
+    source: {name: src}
+    namespaceSelector:
+      matchExpressions: [{key: tier, operator: In, values: [prod]}]
+    excludeNamespaces: [prod-old]
+  - name: src
+    source: {name: src}
+"#,
+        )
+        .unwrap();
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let entry = &s.secrets[0];
+        assert!(s.replicates_into(entry, "app", &labels(&[("team", "yes"), ("tier", "prod")])));
+        assert!(
+            !s.replicates_into(entry, "app", &labels(&[("tier", "prod")])),
+            "not opted in"
+        );
+        assert!(
+            !s.replicates_into(entry, "app", &labels(&[("team", "yes"), ("tier", "dev")])),
+            "entry selector"
+        );
+        assert!(
+            !s.replicates_into(
+                entry,
+                "legacy",
+                &labels(&[("team", "yes"), ("tier", "prod")])
+            ),
+            "global exclusion"
+        );
+        assert!(
+            !s.replicates_into(
+                entry,
+                "prod-old",
+                &labels(&[("team", "yes"), ("tier", "prod")])
+            ),
+            "entry exclusion"
+        );
+        // A copy never replaces its own source.
+        assert!(!s.replicates_into(&s.secrets[1], "infra", &labels(&[("team", "yes")])));
+    }
+
+    #[test]
+    fn the_default_opt_in_selector_is_the_charts_label() {
+        let s = settings("secrets: [{name: a, source: {name: b}}]").unwrap();
+        let on = std::collections::BTreeMap::from([(
+            DEFAULT_OPT_IN_LABEL.to_string(),
+            DEFAULT_OPT_IN_VALUE.to_string(),
+        )]);
+        assert!(s.replicates_into(&s.secrets[0], "app", &on));
+        assert!(!s.replicates_into(&s.secrets[0], "app", &Default::default()));
+    }
+
+    #[test]
+    fn an_entry_needs_registries_or_a_source_and_selectors_must_parse() {
+        let err = settings("secrets: [{name: a}]").unwrap_err().to_string();
+        assert!(
+            err.contains("secrets[0].registries: must list at least one registry pattern"),
+            "{err}"
+        );
+        let err = settings(
+            "secrets: [{name: a, source: {name: b}, namespaceSelector: {matchExpressions: [{key: k, operator: Bogus}]}}]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("secrets[0].namespaceSelector"), "{err}");
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod certkeeper;
 pub mod cli;
 pub mod config;
 pub mod explain;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod patch;
 pub mod preview;
 pub mod replicate;
+pub mod selfcert;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
@@ -28,7 +30,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::replicate::Cluster;
 use crate::server::{AppState, ServeError};
-use crate::tls::CertificateFiles;
+use crate::tls::{CertResolver, CertificateFiles};
 
 /// Sockets bound before `run`, so that callers (and tests) choose ports without races.
 pub struct Listeners {
@@ -39,7 +41,9 @@ pub struct Listeners {
 /// Everything `run` serves with.
 pub struct Service {
     pub settings: Arc<Settings>,
-    pub certs: Arc<CertificateFiles>,
+    /// The certificate files to serve and re-read; `None` when the certificates are
+    /// self-managed in a Secret (`certificates.mode: self`).
+    pub cert_files: Option<Arc<CertificateFiles>>,
     pub metrics: Arc<Metrics>,
     /// Present when the config needs cluster state (sources, namespace selectors).
     pub cluster: Option<Arc<Cluster>>,
@@ -56,23 +60,38 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let Service {
         settings,
-        certs,
+        cert_files,
         metrics,
         cluster,
         identity,
     } = service;
-    let state = AppState::new(Arc::clone(&settings), Arc::clone(&metrics), cluster.clone());
-    let tls_config = certs
+    let resolver = cert_files
+        .as_ref()
+        .map_or_else(|| Arc::new(CertResolver::empty()), |files| files.resolver());
+    let mut state = AppState::new(Arc::clone(&settings), Arc::clone(&metrics), cluster.clone());
+    state.certificate = Some(Arc::clone(&resolver));
+    let tls_config = resolver
         .server_config()
         .map_err(|e| ServeError::Accept(std::io::Error::other(e)))?;
 
     // The admin side outlives the drain so that metrics stay scrapeable until exit.
     let background = CancellationToken::new();
-    let watcher = tokio::spawn(Arc::clone(&certs).watch(
-        settings.reload_interval(),
-        Arc::clone(&metrics),
-        background.clone(),
-    ));
+    let watcher = match (&cert_files, &cluster, &settings.certificates) {
+        (Some(files), _, _) => tokio::spawn(Arc::clone(files).watch(
+            settings.reload_interval(),
+            Arc::clone(&metrics),
+            background.clone(),
+        )),
+        (None, Some(cluster), Some(certificates)) => tokio::spawn(certkeeper::follow_secret(
+            cluster.client(),
+            settings.namespace.clone(),
+            certificates.clone(),
+            Arc::clone(&resolver),
+            Arc::clone(&metrics),
+            background.clone(),
+        )),
+        _ => tokio::spawn(async {}),
+    };
     let admin = tokio::spawn(admin::serve(
         listeners.admin,
         state.clone(),

@@ -82,8 +82,13 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     let tls = settings
         .check_serving_files()
         .map_err(|e| Failure::Usage(e.to_string()))?;
-    let certs = CertificateFiles::load(&tls.cert_file, &tls.key_file)
-        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let cert_files = match tls {
+        Some(tls) => Some(Arc::new(
+            CertificateFiles::load(&tls.cert_file, &tls.key_file)
+                .map_err(|e| Failure::Usage(e.to_string()))?,
+        )),
+        None => None,
+    };
     let settings = Arc::new(settings);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -125,7 +130,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         };
         let service = Service {
             settings,
-            certs: Arc::new(certs),
+            cert_files,
             metrics,
             cluster,
             identity: identity(),

@@ -44,6 +44,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     pub cluster: Option<Arc<Cluster>>,
+    /// The serving certificate, when it can be missing (self-managed, not yet created).
+    pub certificate: Option<Arc<crate::tls::CertResolver>>,
     /// Ready once the certificate is loaded and the listener bound; false while draining.
     pub ready: Arc<AtomicBool>,
     pub draining: Arc<AtomicBool>,
@@ -59,6 +61,7 @@ impl AppState {
             settings,
             metrics,
             cluster,
+            certificate: None,
             ready: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),
         }
@@ -96,7 +99,12 @@ fn protect(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
 
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let synced = state.cluster.as_ref().is_none_or(|c| c.is_synced());
-    if synced && state.ready.load(Ordering::Relaxed) && !state.draining.load(Ordering::Relaxed) {
+    let certified = state.certificate.as_ref().is_none_or(|c| c.is_loaded());
+    if synced
+        && certified
+        && state.ready.load(Ordering::Relaxed)
+        && !state.draining.load(Ordering::Relaxed)
+    {
         (StatusCode::OK, "ok").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()

@@ -53,27 +53,63 @@ struct Loaded {
     key_pem: Vec<u8>,
 }
 
-/// Serves whatever certificate was loaded last.
+/// Serves whatever certificate was loaded last; none (handshakes fail) until the first.
 #[derive(Debug)]
 pub struct CertResolver {
-    current: RwLock<Arc<CertifiedKey>>,
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+    provider: Arc<CryptoProvider>,
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current.read().ok().map(|k| Arc::clone(&k))
+        self.current()
     }
 }
 
 impl CertResolver {
+    pub fn empty() -> Self {
+        Self {
+            current: RwLock::new(None),
+            provider: provider(),
+        }
+    }
+
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
-        self.current.read().ok().map(|k| Arc::clone(&k))
+        self.current.read().ok().and_then(|k| k.clone())
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.current().is_some()
     }
 
     fn swap(&self, key: Arc<CertifiedKey>) {
         if let Ok(mut current) = self.current.write() {
-            *current = key;
+            *current = Some(key);
         }
+    }
+
+    /// Installs a PEM pair from memory (a Secret); on error the previous pair stays.
+    pub fn install_pem(
+        &self,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        origin: &Path,
+    ) -> Result<(), TlsError> {
+        let key = certified_key(cert_pem, key_pem, origin, origin, &self.provider)?;
+        self.swap(key);
+        Ok(())
+    }
+
+    /// rustls server config offering HTTP/1.1 only: a kube-apiserver offered h2 takes it and
+    /// multiplexes every review over one connection to one replica, defeating the spread
+    /// of load over replicas that HTTP/1.1 connection pooling gives (kubernetes#75791).
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
     }
 }
 
@@ -83,39 +119,24 @@ pub struct CertificateFiles {
     key_file: PathBuf,
     resolver: Arc<CertResolver>,
     last: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
-    provider: Arc<CryptoProvider>,
 }
 
 impl CertificateFiles {
     /// Loads the pair once; a failure here is fatal at start-up.
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, TlsError> {
-        let provider = provider();
-        let loaded = load_pair(cert_file, key_file, &provider)?;
+        let resolver = CertResolver::empty();
+        let loaded = load_pair(cert_file, key_file, &resolver.provider)?;
+        resolver.swap(loaded.key);
         Ok(Self {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
-            resolver: Arc::new(CertResolver {
-                current: RwLock::new(loaded.key),
-            }),
+            resolver: Arc::new(resolver),
             last: std::sync::Mutex::new((loaded.cert_pem, loaded.key_pem)),
-            provider,
         })
     }
 
     pub fn resolver(&self) -> Arc<CertResolver> {
         Arc::clone(&self.resolver)
-    }
-
-    /// rustls server config offering HTTP/1.1 only: a kube-apiserver offered h2 takes it and
-    /// multiplexes every review over one connection to one replica, defeating the spread
-    /// of load over replicas that HTTP/1.1 connection pooling gives (kubernetes#75791).
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(self.resolver());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
     }
 
     /// Re-reads the files; swaps in the new pair when it changed and is valid.
@@ -136,7 +157,7 @@ impl CertificateFiles {
             &key_pem,
             &self.cert_file,
             &self.key_file,
-            &self.provider,
+            &self.resolver.provider,
         );
         // Remember the bytes even when they are broken, so a bad pair is reported once.
         if let Ok(mut last) = self.last.lock() {

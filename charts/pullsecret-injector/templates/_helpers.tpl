@@ -1,0 +1,123 @@
+{{/*
+Names, labels and the config file. Nothing here may depend on the cluster (no `lookup`) or on
+chance (no genCA, no rand*): `helm template` must render the same bytes on every run, so that
+GitOps tools never see a diff that is not a change.
+*/}}
+
+{{- define "pullsecret-injector.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's full name: also the webhook configuration, Service, Lease and TLS Secret prefix. */}}
+{{- define "pullsecret-injector.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "pullsecret-injector.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "pullsecret-injector.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pullsecret-injector.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: webhook
+{{- end }}
+
+{{/* Labels of every object but the component, which the pod selector includes. */}}
+{{- define "pullsecret-injector.baseLabels" -}}
+helm.sh/chart: {{ include "pullsecret-injector.chart" . }}
+app.kubernetes.io/name: {{ include "pullsecret-injector.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: pullsecret-injector
+{{- end }}
+
+{{- define "pullsecret-injector.labels" -}}
+{{ include "pullsecret-injector.baseLabels" . }}
+app.kubernetes.io/component: webhook
+{{- end }}
+
+{{- define "pullsecret-injector.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "pullsecret-injector.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "pullsecret-injector.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the serving certificate: made by the injector (self), cert-manager, or you. */}}
+{{- define "pullsecret-injector.tlsSecretName" -}}
+{{- if eq .Values.certs.mode "external" }}
+{{- required "certs.external.secretName is required when certs.mode is external" .Values.certs.external.secretName }}
+{{- else }}
+{{- printf "%s-tls" (include "pullsecret-injector.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Where the config file is mounted in the pod. */}}
+{{- define "pullsecret-injector.configPath" -}}
+/etc/pullsecret-injector/config.yaml
+{{- end }}
+
+{{/*
+The injector's config file (see the top-level README), as YAML. The binary takes the
+namespace it runs in from POD_NAMESPACE, so it is not written here.
+*/}}
+{{- define "pullsecret-injector.config" -}}
+{{- $fullname := include "pullsecret-injector.fullname" . -}}
+listen: 0.0.0.0:8443
+metricsListen: 0.0.0.0:8080
+{{- if eq .Values.certs.mode "self" }}
+{{- $certificates := dict
+  "mode" "self"
+  "secretName" (include "pullsecret-injector.tlsSecretName" .)
+  "webhookConfigurationName" $fullname
+  "serviceName" $fullname }}
+{{- dict "certificates" $certificates | toYaml | nindent 0 }}
+{{- else }}
+{{- dict "tls" (dict "certFile" "/certs/tls.crt" "keyFile" "/certs/tls.key") | toYaml | nindent 0 }}
+{{- end }}
+{{- dict "optOutAnnotation" .Values.optOutAnnotation | toYaml | nindent 0 }}
+{{- /* Copies go where the webhook injects: the same opt-in selector and exclusions. */}}
+{{- $selector := .Values.webhook.namespaceSelector }}
+{{- if eq $selector.mode "optIn" }}
+{{- dict "namespaceSelector" (dict "matchLabels" (dict $selector.optInLabel $selector.optInValue)) | toYaml | nindent 0 }}
+{{- else }}
+{{- dict "namespaceSelector" dict | toYaml | nindent 0 }}
+{{- end }}
+{{- dict "excludeNamespaces" (include "pullsecret-injector.excludedNamespaces" . | fromYamlArray) | toYaml | nindent 0 }}
+{{- dict "leaderElection" (dict "leaseName" $fullname) | toYaml | nindent 0 }}
+{{- with .Values.limits }}
+{{- dict "limits" . | toYaml | nindent 0 }}
+{{- end }}
+{{- dict "secrets" .Values.secrets | toYaml | nindent 0 }}
+{{- end }}
+
+{{/* The drain bound the binary uses after SIGTERM (limits.shutdownTimeoutSeconds, default 20). */}}
+{{- define "pullsecret-injector.shutdownTimeoutSeconds" -}}
+{{- dig "shutdownTimeoutSeconds" 20 .Values.limits | int }}
+{{- end }}
+
+{{/* Namespaces never selected, as a YAML list: a webhook that intercepts its own pods can
+deadlock its own rollout, and the system namespaces are not ours to change. */}}
+{{- define "pullsecret-injector.excludedNamespaces" -}}
+{{- concat (list "kube-system" "kube-node-lease" .Release.Namespace) (.Values.webhook.namespaceSelector.excludeNamespaces | default list) | uniq | toYaml }}
+{{- end }}

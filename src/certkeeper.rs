@@ -1,0 +1,192 @@
+//! The Kubernetes side of `certificates.mode: self`: every replica serves the pair that the
+//! Secret holds; the leader creates and renews it and keeps the caBundle of the webhook
+//! configuration current.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CertificatesConfig;
+use crate::metrics::Metrics;
+use crate::replicate::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::selfcert::{self, Lifetimes, Renewal};
+use crate::tls::CertResolver;
+
+#[derive(Debug, Error)]
+pub enum KeeperError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Generate(#[from] selfcert::SelfCertError),
+}
+
+/// Every replica: installs the Secret's serving pair whenever it changes.
+pub async fn follow_secret(
+    client: Client,
+    namespace: String,
+    config: CertificatesConfig,
+    resolver: Arc<CertResolver>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let api = Api::<Secret>::namespaced(client, &namespace);
+    let watch = watcher::Config::default().fields(&format!("metadata.name={}", config.secret_name));
+    let origin = format!("secret {namespace}/{}", config.secret_name);
+    let mut stream = std::pin::pin!(watcher(api, watch).default_backoff().applied_objects());
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = stream.next() => next,
+        };
+        match next {
+            Some(Ok(secret)) => {
+                let Some(pair) = selfcert::from_secret(&secret) else {
+                    tracing::warn!(secret = %origin, "certificate secret is incomplete; waiting for the leader");
+                    continue;
+                };
+                match resolver.install_pem(
+                    pair.cert.as_bytes(),
+                    pair.key.as_bytes(),
+                    Path::new(&origin),
+                ) {
+                    Ok(()) => {
+                        metrics.certificate_reloaded(true);
+                        tracing::info!(secret = %origin, not_after = pair.cert_not_after, "serving certificate loaded");
+                    }
+                    Err(error) => {
+                        metrics.certificate_reloaded(false);
+                        tracing::error!(secret = %origin, %error, "certificate not loaded; still serving the previous one");
+                    }
+                }
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "watching the certificate secret failed; retrying")
+            }
+            None => return,
+        }
+    }
+}
+
+/// The leader: checks every `checkIntervalSeconds` that the pair exists and is fresh, and
+/// that the webhook trusts its CA.
+pub async fn keep(
+    client: Client,
+    namespace: String,
+    config: CertificatesConfig,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let interval = Duration::from_secs(config.check_interval_seconds);
+    loop {
+        if let Err(error) = keep_once(&client, &namespace, &config).await {
+            metrics.replication_error("certificate");
+            tracing::error!(%error, "keeping the webhook certificate failed; retrying");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+pub async fn keep_once(
+    client: &Client,
+    namespace: &str,
+    config: &CertificatesConfig,
+) -> Result<(), KeeperError> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let lifetimes = Lifetimes {
+        ca: Duration::from_secs(config.ca_validity_seconds),
+        serving: Duration::from_secs(config.serving_validity_seconds),
+    };
+    let mut hosts = selfcert::service_dns_names(&config.service_name, namespace);
+    hosts.extend(config.extra_hosts.iter().cloned());
+    let existing = secrets.get_opt(&config.secret_name).await?;
+    let stored = existing.as_ref().and_then(selfcert::from_secret);
+    let pair = match selfcert::renewal(stored.as_ref(), lifetimes, selfcert::now()) {
+        Renewal::Keep => stored,
+        decision => {
+            let pair = match (decision, stored) {
+                (Renewal::RenewServing, Some(mut pair)) => {
+                    selfcert::renew_serving(&mut pair, &hosts, lifetimes)?;
+                    pair
+                }
+                _ => selfcert::generate(&hosts, lifetimes)?,
+            };
+            let labels = [(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())].into();
+            let mut secret = selfcert::to_secret(&config.secret_name, namespace, &pair, labels);
+            match &existing {
+                None => {
+                    secrets.create(&params, &secret).await?;
+                }
+                Some(old) => {
+                    secret.metadata.resource_version = old.resource_version();
+                    secrets
+                        .replace(&config.secret_name, &params, &secret)
+                        .await?;
+                }
+            }
+            tracing::info!(secret = %config.secret_name, ?decision, not_after = pair.cert_not_after, "webhook certificate written");
+            Some(pair)
+        }
+    };
+    if let Some(pair) = pair {
+        ensure_ca_bundle(
+            client,
+            &config.webhook_configuration_name,
+            pair.ca_cert.as_bytes(),
+            &params,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sets the caBundle of every webhook in our configuration; writes only when it differs.
+async fn ensure_ca_bundle(
+    client: &Client,
+    name: &str,
+    ca: &[u8],
+    params: &PostParams,
+) -> Result<(), KeeperError> {
+    let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let Some(mut configuration) = api.get_opt(name).await? else {
+        tracing::warn!(
+            webhook_configuration = name,
+            "webhook configuration not found; caBundle not set"
+        );
+        return Ok(());
+    };
+    let mut changed = false;
+    for webhook in configuration.webhooks.iter_mut().flatten() {
+        if webhook
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .map(|b| b.0.as_slice())
+            != Some(ca)
+        {
+            webhook.client_config.ca_bundle = Some(ByteString(ca.to_vec()));
+            changed = true;
+        }
+    }
+    if changed {
+        api.replace(name, params, &configuration).await?;
+        tracing::info!(webhook_configuration = %configuration.name_any(), "caBundle updated");
+    }
+    Ok(())
+}

@@ -1,0 +1,1305 @@
+//! The Helm chart (`charts/pullsecret-injector`), rendered by the pinned helm: `helm lint` for
+//! the defaults and every certificate mode, the rendered objects parsed into k8s-openapi
+//! types and checked, deterministic output, values refused by values.schema.json, and the
+//! rendered config file accepted by the binary. Needs `make controlplane` once (for helm).
+
+#[path = "support/pki.rs"]
+#[allow(dead_code)] // only the CA is used here
+mod pki;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::{Metadata, Resource};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/pullsecret-injector");
+const BIN: &str = env!("CARGO_BIN_EXE_pullsecret-injector");
+const RELEASE: &str = "psi";
+const NAMESPACE: &str = "pullsecret-system";
+const FULLNAME: &str = "psi-pullsecret-injector";
+const OPT_IN_LABEL: &str = "pullsecret-injector.io/inject-pull-secrets";
+/// Secrets as a user would configure them: patterns only, and a replicated source.
+const SECRETS: &str = r#"secrets=[
+  {"name": "acme-ghcr", "registries": ["ghcr.io/acme/", "*.azurecr.io"]},
+  {"name": "corp", "source": {"name": "corp-source"},
+   "namespaceSelector": {"matchLabels": {"team": "corp"}},
+   "excludeNamespaces": ["sandbox"], "overwriteExisting": false}
+]"#;
+
+// ---------------------------------------------------------------------------------------
+// helm
+// ---------------------------------------------------------------------------------------
+
+fn helm_path() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/controlplane/bin/helm");
+    assert!(
+        path.is_file(),
+        "{} not found: run `make controlplane` (builds the pinned helm)",
+        path.display()
+    );
+    path
+}
+
+fn helm(args: &[&str]) -> Output {
+    // helm's own state (cache, repositories, plugins) in the target dir, not in $HOME.
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-home");
+    Command::new(helm_path())
+        .args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("running helm")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A CA bundle (PEM) for certs.mode=external, made once per test binary.
+fn ca_pem() -> &'static str {
+    static CA: OnceLock<String> = OnceLock::new();
+    CA.get_or_init(|| pki::TestCa::new("chart test CA").cert_pem)
+}
+
+fn ca_file() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("chart-test-ca.crt");
+        std::fs::write(&path, ca_pem()).expect("writing the test CA");
+        path
+    })
+}
+
+/// The values that select a certificate mode (`default`: none at all).
+fn mode_args(mode: &str) -> Vec<String> {
+    let set = |kv: &str| ["--set".to_string(), kv.to_string()];
+    match mode {
+        "default" => Vec::new(),
+        "self" | "certManager" => set(&format!("certs.mode={mode}")).to_vec(),
+        "external" => [
+            set("certs.mode=external").to_vec(),
+            set("certs.external.secretName=webhook-tls").to_vec(),
+            vec![
+                "--set-file".into(),
+                format!("certs.external.caBundle={}", ca_file().display()),
+            ],
+        ]
+        .concat(),
+        other => panic!("no such mode {other}"),
+    }
+}
+
+const MODES: [&str; 4] = ["default", "self", "certManager", "external"];
+
+/// `helm template` output, as text and as parsed documents.
+struct Rendered {
+    text: String,
+    docs: Vec<Value>,
+}
+
+fn render(args: &[String]) -> Rendered {
+    let mut all = vec!["template", RELEASE, CHART, "--namespace", NAMESPACE];
+    all.extend(args.iter().map(String::as_str));
+    let out = helm(&all);
+    assert!(
+        out.status.success(),
+        "helm {} failed:\n{}",
+        all.join(" "),
+        text(&out.stderr)
+    );
+    let text = text(&out.stdout);
+    let docs = serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap_or_else(|e| panic!("helm template output is not YAML: {e}\n{text}"))
+        .into_iter()
+        .filter(|doc| !doc.is_null())
+        .collect();
+    Rendered { text, docs }
+}
+
+fn render_mode(mode: &str, extra: &[&str]) -> Rendered {
+    let mut args = mode_args(mode);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    render(&args)
+}
+
+/// `helm template` that must fail; returns its error output.
+fn render_error(args: &[&str]) -> String {
+    let mut all = vec!["template", RELEASE, CHART, "--namespace", NAMESPACE];
+    all.extend(args);
+    let out = helm(&all);
+    assert!(
+        !out.status.success(),
+        "helm {} should have failed, rendered:\n{}",
+        all.join(" "),
+        text(&out.stdout)
+    );
+    text(&out.stderr)
+}
+
+impl Rendered {
+    fn raw(&self, api_version: &str, kind: &str) -> Vec<&Value> {
+        self.docs
+            .iter()
+            .filter(|d| d["apiVersion"] == api_version && d["kind"] == kind)
+            .collect()
+    }
+
+    fn all<K: Resource + DeserializeOwned>(&self) -> Vec<K> {
+        self.raw(K::API_VERSION, K::KIND)
+            .into_iter()
+            .map(|doc| {
+                serde_json::from_value(doc.clone())
+                    .unwrap_or_else(|e| panic!("{} does not parse: {e}\n{doc:#}", K::KIND))
+            })
+            .collect()
+    }
+
+    /// The only object of this kind, which must be named `FULLNAME`.
+    fn one<K: Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned>(&self) -> K {
+        let mut all = self.all::<K>();
+        assert_eq!(all.len(), 1, "expected one {}", K::KIND);
+        let object = all.remove(0);
+        assert_eq!(
+            object.metadata().name.as_deref(),
+            Some(FULLNAME),
+            "{}",
+            K::KIND
+        );
+        object
+    }
+
+    fn names(&self, api_version: &str, kind: &str) -> Vec<String> {
+        self.raw(api_version, kind)
+            .iter()
+            .map(|d| {
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn webhook(&self) -> MutatingWebhook {
+        let config = self.one::<MutatingWebhookConfiguration>();
+        let mut webhooks = config.webhooks.expect("webhooks");
+        assert_eq!(webhooks.len(), 1);
+        webhooks.remove(0)
+    }
+
+    fn container(&self) -> Container {
+        let deployment = self.one::<Deployment>();
+        let mut containers = deployment.spec.unwrap().template.spec.unwrap().containers;
+        assert_eq!(containers.len(), 1);
+        containers.remove(0)
+    }
+
+    fn config_yaml(&self) -> String {
+        self.one::<ConfigMap>()
+            .data
+            .and_then(|mut d| d.remove("config.yaml"))
+            .expect("ConfigMap has config.yaml")
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn rule_for<'a>(rules: &'a [PolicyRule], group: &str, resource: &str) -> Vec<&'a PolicyRule> {
+    rules
+        .iter()
+        .filter(|r| {
+            r.api_groups
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|g| g == group)
+                && r.resources
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|x| x == resource)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// lint, determinism, schema
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn helm_lint_passes_for_the_defaults_and_every_certificate_mode() {
+    for mode in MODES {
+        let args = mode_args(mode);
+        let mut all = vec!["lint", "--strict", CHART];
+        all.extend(args.iter().map(String::as_str));
+        let out = helm(&all);
+        assert!(
+            out.status.success(),
+            "helm lint ({mode}) failed:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn template_renders_the_same_bytes_every_time() {
+    for mode in MODES {
+        let first = render_mode(mode, &["--set-json", SECRETS]);
+        let second = render_mode(mode, &["--set-json", SECRETS]);
+        assert!(!first.docs.is_empty(), "{mode}: nothing rendered");
+        assert!(first.text == second.text, "{mode}: two renders differ");
+    }
+}
+
+/// No `lookup` (cluster state), no generated keys or random values, no clock: what GitOps
+/// tools render is the same on every sync, so they never see a false diff.
+#[test]
+fn templates_use_no_cluster_lookups_generated_keys_or_randomness() {
+    const FORBIDDEN: [&str; 12] = [
+        "lookup",
+        "genCA",
+        "genCAWithKey",
+        "genPrivateKey",
+        "genSelfSignedCert",
+        "genSignedCert",
+        "randAlphaNum",
+        "randAlpha",
+        "randAscii",
+        "randNumeric",
+        "uuidv4",
+        "now",
+    ];
+    let mut files = Vec::new();
+    let mut dirs = vec![Path::new(CHART).join("templates")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 10, "templates found: {files:?}");
+    for file in files {
+        let source = std::fs::read_to_string(&file).unwrap();
+        // The template actions, without comments (which are prose).
+        for action in source
+            .split("{{")
+            .skip(1)
+            .filter_map(|s| s.split_once("}}"))
+        {
+            let action = action.0.trim_start_matches('-').trim();
+            if action.starts_with("/*") {
+                continue;
+            }
+            for word in action.split(|c: char| !c.is_ascii_alphanumeric()) {
+                assert!(
+                    !FORBIDDEN.contains(&word),
+                    "{} uses `{word}` in {{{{{action}}}}}",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn schema_refuses_bad_values_naming_the_field() {
+    for (set, expected) in [
+        ("webhook.failurePolicy=Sometimes", "/webhook/failurePolicy"),
+        ("webhook.timeoutSeconds=-1", "/webhook/timeoutSeconds"),
+        ("webhook.timeoutSeconds=31", "/webhook/timeoutSeconds"),
+        ("webhook.timeoutSeconds=0", "/webhook/timeoutSeconds"),
+        ("certs.mode=vault", "/certs/mode"),
+        (
+            "webhook.namespaceSelector.mode=everything",
+            "/webhook/namespaceSelector/mode",
+        ),
+        ("logFormat=xml", "/logFormat"),
+        ("replicaCount=0", "/replicaCount"),
+        (
+            "webhok.timeoutSeconds=5",
+            "additional properties 'webhok' not allowed",
+        ),
+    ] {
+        let err = render_error(&["--set", set]);
+        assert!(
+            err.contains("values don't meet the specifications of the schema")
+                && err.contains(expected),
+            "--set {set}: expected an error naming {expected:?}, got:\n{err}"
+        );
+    }
+    // The enum's choices and the range are in the message.
+    let err = render_error(&["--set", "webhook.failurePolicy=Sometimes"]);
+    assert!(err.contains("'Ignore', 'Fail'"), "{err}");
+    let err = render_error(&["--set", "webhook.timeoutSeconds=-1"]);
+    assert!(err.contains("minimum") && err.contains("-1"), "{err}");
+    // helm lint applies the same schema.
+    let out = helm(&["lint", CHART, "--set", "webhook.failurePolicy=Sometimes"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("/webhook/failurePolicy"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn external_mode_requires_a_secret_and_a_ca_bundle() {
+    let err = render_error(&["--set", "certs.mode=external"]);
+    assert!(err.contains("/certs/external/caBundle"), "{err}");
+    assert!(err.contains("/certs/external/secretName"), "{err}");
+    let err = render_error(&[
+        "--set",
+        "certs.mode=external",
+        "--set",
+        "certs.external.secretName=tls",
+    ]);
+    assert!(err.contains("/certs/external/caBundle"), "{err}");
+}
+
+#[test]
+fn secret_entries_need_patterns_or_a_source() {
+    let err = render_error(&["--set-json", r#"secrets=[{"name": "x"}]"#]);
+    assert!(err.contains("/secrets/0"), "{err}");
+    let err = render_error(&[
+        "--set-json",
+        r#"secrets=[{"name": "Bad_Name", "registries": ["a.io"]}]"#,
+    ]);
+    assert!(err.contains("/secrets/0/name"), "{err}");
+}
+
+#[test]
+fn termination_grace_must_cover_the_drain() {
+    let err = render_error(&["--set", "limits.shutdownTimeoutSeconds=40"]);
+    assert!(
+        err.contains("terminationGracePeriodSeconds (30) must exceed preStopSleepSeconds (5) + limits.shutdownTimeoutSeconds (40)"),
+        "{err}"
+    );
+    render_mode(
+        "default",
+        &[
+            "--set",
+            "limits.shutdownTimeoutSeconds=40",
+            "--set",
+            "terminationGracePeriodSeconds=60",
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// the rendered objects
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn every_object_carries_the_recommended_labels() {
+    for mode in MODES {
+        let rendered = render_mode(mode, &[]);
+        for doc in &rendered.docs {
+            let labels = &doc["metadata"]["labels"];
+            let what = format!("{mode}: {} {}", doc["kind"], doc["metadata"]["name"]);
+            for key in [
+                "app.kubernetes.io/name",
+                "app.kubernetes.io/instance",
+                "app.kubernetes.io/version",
+                "app.kubernetes.io/component",
+                "app.kubernetes.io/managed-by",
+                "app.kubernetes.io/part-of",
+                "helm.sh/chart",
+            ] {
+                assert!(labels[key].is_string(), "{what} lacks label {key}");
+            }
+            assert_eq!(labels["app.kubernetes.io/instance"], RELEASE, "{what}");
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm", "{what}");
+            assert_eq!(labels["app.kubernetes.io/version"], "0.1.0", "{what}");
+            let cluster_scoped = [
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "MutatingWebhookConfiguration",
+            ];
+            if !cluster_scoped.contains(&doc["kind"].as_str().unwrap()) {
+                assert_eq!(doc["metadata"]["namespace"], NAMESPACE, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn deployment_is_hardened_probed_and_spread() {
+    let rendered = render_mode("default", &[]);
+    let deployment = rendered.one::<Deployment>();
+    let spec = deployment.spec.clone().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let selector = spec.selector.match_labels.clone().unwrap();
+    let template = spec.template.clone();
+    let pod_labels = template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    for (k, v) in &selector {
+        assert_eq!(
+            pod_labels.get(k),
+            Some(v),
+            "pod template lacks selector label {k}"
+        );
+    }
+    assert!(
+        template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["checksum/config"]
+            .len()
+            == 64,
+        "checksum/config annotation"
+    );
+
+    let pod = template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some(FULLNAME));
+    assert_eq!(pod.termination_grace_period_seconds, Some(30));
+    let pod_security = pod.security_context.clone().unwrap();
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert_eq!(pod_security.run_as_user, Some(65532));
+    assert_eq!(
+        pod_security.seccomp_profile.unwrap().type_,
+        "RuntimeDefault"
+    );
+
+    let spread = pod.topology_spread_constraints.clone().unwrap();
+    assert_eq!(spread.len(), 1);
+    assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+    assert_eq!(spread[0].when_unsatisfiable, "ScheduleAnyway");
+    assert_eq!(
+        spread[0]
+            .label_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref(),
+        Some(&selector),
+        "the spread counts this release's pods"
+    );
+
+    let container = rendered.container();
+    assert_eq!(
+        container.image.as_deref(),
+        Some("ghcr.io/pullsecret-injector/pullsecret-injector:0.1.0")
+    );
+    assert_eq!(
+        container.args.clone().unwrap(),
+        strings(&[
+            "serve",
+            "--config",
+            "/etc/pullsecret-injector/config.yaml",
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ])
+    );
+    let security = container.security_context.clone().unwrap();
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.run_as_user, Some(65532));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.capabilities.unwrap().drop, Some(strings(&["ALL"])));
+    assert_eq!(security.seccomp_profile.unwrap().type_, "RuntimeDefault");
+
+    let ports: BTreeMap<String, i32> = container
+        .ports
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.unwrap(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        BTreeMap::from([("https".into(), 8443), ("metrics".into(), 8080)])
+    );
+    for (probe, path) in [
+        (container.readiness_probe.clone(), "/readyz"),
+        (container.liveness_probe.clone(), "/healthz"),
+    ] {
+        let get = probe.and_then(|p| p.http_get).expect("HTTP probe");
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.port, IntOrString::String("metrics".into()));
+        assert_eq!(
+            get.scheme.as_deref(),
+            Some("HTTP"),
+            "probes use the plain port"
+        );
+    }
+    let sleep = container
+        .lifecycle
+        .clone()
+        .unwrap()
+        .pre_stop
+        .unwrap()
+        .sleep
+        .unwrap();
+    assert_eq!(sleep.seconds, 5);
+
+    let env = container.env.clone().unwrap();
+    let pod_namespace = env
+        .iter()
+        .find(|e| e.name == "POD_NAMESPACE")
+        .expect("POD_NAMESPACE");
+    assert_eq!(
+        pod_namespace
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "metadata.namespace"
+    );
+
+    let resources = container.resources.clone().unwrap();
+    let requests = resources.requests.unwrap();
+    assert_eq!(requests["cpu"].0, "50m");
+    assert_eq!(requests["memory"].0, "32Mi");
+    assert_eq!(resources.limits.unwrap()["memory"].0, "128Mi");
+
+    // self mode (the default): the certificate lives in memory, nothing is mounted but the config.
+    let mounts: Vec<String> = container
+        .volume_mounts
+        .unwrap()
+        .into_iter()
+        .map(|m| m.mount_path)
+        .collect();
+    assert_eq!(mounts, strings(&["/etc/pullsecret-injector"]));
+}
+
+#[test]
+fn config_changes_roll_the_pods() {
+    let checksum = |rendered: &Rendered| {
+        rendered
+            .one::<Deployment>()
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()["checksum/config"]
+            .clone()
+    };
+    let before = checksum(&render_mode("default", &[]));
+    let after = checksum(&render_mode("default", &["--set-json", SECRETS]));
+    assert_ne!(before, after);
+}
+
+#[test]
+fn service_disruption_budget_and_account_select_the_webhook_pods() {
+    let rendered = render_mode("default", &[]);
+    let deployment = rendered.one::<Deployment>();
+    let selector = deployment.spec.unwrap().selector.match_labels.unwrap();
+
+    let service = rendered.one::<Service>().spec.unwrap();
+    assert_eq!(service.selector.as_ref(), Some(&selector));
+    let ports: Vec<(String, i32, IntOrString)> = service
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.unwrap(), p.port, p.target_port.unwrap()))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![
+            ("https".into(), 443, IntOrString::String("https".into())),
+            (
+                "metrics".into(),
+                8080,
+                IntOrString::String("metrics".into())
+            ),
+        ]
+    );
+
+    let pdb = rendered.one::<PodDisruptionBudget>().spec.unwrap();
+    assert_eq!(pdb.min_available, Some(IntOrString::Int(1)));
+    assert_eq!(pdb.selector.unwrap().match_labels.as_ref(), Some(&selector));
+    rendered.one::<ServiceAccount>();
+
+    // One replica: no budget, which would only block node drains.
+    let single = render_mode("default", &["--set", "replicaCount=1"]);
+    assert!(single.all::<PodDisruptionBudget>().is_empty());
+}
+
+#[test]
+fn webhook_registration_is_pods_create_only_and_fails_open() {
+    let rendered = render_mode("default", &[]);
+    let webhook = rendered.webhook();
+    assert_eq!(webhook.name, "pods.pullsecret-injector.io");
+    assert_eq!(webhook.admission_review_versions, strings(&["v1"]));
+    assert_eq!(webhook.side_effects, "NoneOnDryRun");
+    assert_eq!(webhook.reinvocation_policy.as_deref(), Some("IfNeeded"));
+    assert_eq!(webhook.match_policy.as_deref(), Some("Equivalent"));
+    assert_eq!(webhook.failure_policy.as_deref(), Some("Ignore"));
+    assert_eq!(webhook.timeout_seconds, Some(5));
+    let rules = webhook.rules.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].operations.as_deref(),
+        Some(&strings(&["CREATE"])[..])
+    );
+    assert_eq!(rules[0].resources.as_deref(), Some(&strings(&["pods"])[..]));
+    assert_eq!(rules[0].api_groups.as_deref(), Some(&strings(&[""])[..]));
+
+    let service = webhook.client_config.service.unwrap();
+    assert_eq!(service.name, FULLNAME);
+    assert_eq!(service.namespace, NAMESPACE);
+    assert_eq!(service.path.as_deref(), Some("/mutate"));
+    assert_eq!(service.port, Some(443));
+
+    // Per-pod opt-out by label.
+    assert_eq!(
+        webhook.object_selector.unwrap().match_expressions.unwrap(),
+        vec![LabelSelectorRequirement {
+            key: "pullsecret-injector.io/inject".into(),
+            operator: "NotIn".into(),
+            values: Some(strings(&["false"])),
+        }]
+    );
+
+    let custom = render_mode(
+        "default",
+        &[
+            "--set",
+            "webhook.failurePolicy=Fail",
+            "--set",
+            "webhook.timeoutSeconds=2",
+        ],
+    )
+    .webhook();
+    assert_eq!(custom.failure_policy.as_deref(), Some("Fail"));
+    assert_eq!(custom.timeout_seconds, Some(2));
+}
+
+fn not_in_names(webhook: &MutatingWebhook) -> Vec<String> {
+    let expressions = webhook
+        .namespace_selector
+        .clone()
+        .unwrap()
+        .match_expressions
+        .unwrap();
+    assert_eq!(expressions.len(), 1);
+    assert_eq!(expressions[0].key, "kubernetes.io/metadata.name");
+    assert_eq!(expressions[0].operator, "NotIn");
+    expressions[0].values.clone().unwrap()
+}
+
+#[test]
+fn namespace_selector_opts_in_and_always_excludes_system_and_own_namespaces() {
+    let opt_in = render_mode(
+        "default",
+        &[
+            "--set",
+            "webhook.namespaceSelector.excludeNamespaces={legacy}",
+        ],
+    )
+    .webhook();
+    assert_eq!(
+        opt_in.namespace_selector.clone().unwrap().match_labels,
+        Some(BTreeMap::from([(
+            OPT_IN_LABEL.to_string(),
+            "enabled".to_string()
+        )]))
+    );
+    assert_eq!(
+        not_in_names(&opt_in),
+        strings(&["kube-system", "kube-node-lease", NAMESPACE, "legacy"])
+    );
+
+    let all_except = render_mode(
+        "default",
+        &["--set", "webhook.namespaceSelector.mode=allExcept"],
+    )
+    .webhook();
+    assert_eq!(
+        all_except.namespace_selector.clone().unwrap().match_labels,
+        None
+    );
+    assert_eq!(
+        not_in_names(&all_except),
+        strings(&["kube-system", "kube-node-lease", NAMESPACE])
+    );
+}
+
+#[test]
+fn replication_targets_the_namespaces_the_webhook_selects() {
+    let config = |args: &[&str]| -> Value {
+        serde_saphyr::from_str(&render_mode("default", args).config_yaml()).unwrap()
+    };
+    let opt_in = config(&[
+        "--set",
+        "webhook.namespaceSelector.excludeNamespaces={legacy}",
+    ]);
+    assert_eq!(
+        opt_in["namespaceSelector"],
+        serde_json::json!({"matchLabels": {OPT_IN_LABEL: "enabled"}})
+    );
+    assert_eq!(
+        opt_in["excludeNamespaces"],
+        serde_json::json!(["kube-system", "kube-node-lease", NAMESPACE, "legacy"])
+    );
+    let all_except = config(&["--set", "webhook.namespaceSelector.mode=allExcept"]);
+    assert_eq!(all_except["namespaceSelector"], serde_json::json!({}));
+    assert_eq!(
+        opt_in["leaderElection"],
+        serde_json::json!({"leaseName": FULLNAME})
+    );
+}
+
+#[test]
+fn self_mode_has_no_ca_bundle_and_may_patch_only_its_own_configuration() {
+    let rendered = render_mode("self", &[]);
+    let configuration = rendered.one::<MutatingWebhookConfiguration>();
+    assert_eq!(configuration.metadata.annotations, None);
+    let webhook = rendered.webhook();
+    assert_eq!(
+        webhook.client_config.ca_bundle, None,
+        "the injector patches it in at run time"
+    );
+    let raw = rendered.raw(
+        "admissionregistration.k8s.io/v1",
+        "MutatingWebhookConfiguration",
+    );
+    assert!(!raw[0].to_string().contains("caBundle"), "{}", raw[0]);
+
+    let config: Value = serde_saphyr::from_str(&rendered.config_yaml()).unwrap();
+    assert_eq!(
+        config["certificates"],
+        serde_json::json!({
+            "mode": "self",
+            "secretName": format!("{FULLNAME}-tls"),
+            "webhookConfigurationName": FULLNAME,
+            "serviceName": FULLNAME,
+        })
+    );
+    assert!(config.get("tls").is_none());
+
+    let rules = rendered.one::<ClusterRole>().rules.unwrap();
+    let webhook_rules = rule_for(
+        &rules,
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+    );
+    assert_eq!(webhook_rules.len(), 1);
+    assert_eq!(
+        webhook_rules[0].resource_names.as_deref(),
+        Some(&strings(&[FULLNAME])[..])
+    );
+    assert_eq!(
+        webhook_rules[0].verbs,
+        strings(&["get", "list", "watch", "patch", "update"])
+    );
+}
+
+#[test]
+fn cert_manager_mode_injects_the_ca_of_its_certificate() {
+    let rendered = render_mode("certManager", &[]);
+    let configuration = rendered.one::<MutatingWebhookConfiguration>();
+    let serving = format!("{FULLNAME}-serving");
+    assert_eq!(
+        configuration.metadata.annotations.unwrap()["cert-manager.io/inject-ca-from"],
+        format!("{NAMESPACE}/{serving}")
+    );
+    assert_eq!(rendered.webhook().client_config.ca_bundle, None);
+
+    let certificates = rendered.raw("cert-manager.io/v1", "Certificate");
+    let serving_cert = certificates
+        .iter()
+        .find(|c| c["metadata"]["name"] == serving.as_str())
+        .expect("serving Certificate");
+    assert_eq!(
+        serving_cert["spec"]["secretName"],
+        format!("{FULLNAME}-tls")
+    );
+    assert_eq!(
+        serving_cert["spec"]["issuerRef"]["name"],
+        format!("{FULLNAME}-ca")
+    );
+    let dns = serving_cert["spec"]["dnsNames"].as_array().unwrap();
+    assert!(
+        dns.contains(&Value::from(format!("{FULLNAME}.{NAMESPACE}.svc"))),
+        "{dns:?}"
+    );
+    // The default chain: self-signed Issuer -> CA Certificate -> CA Issuer.
+    assert_eq!(
+        rendered.names("cert-manager.io/v1", "Issuer"),
+        [format!("{FULLNAME}-selfsigned"), format!("{FULLNAME}-ca")]
+    );
+    assert_eq!(certificates.len(), 2);
+
+    assert_mounts_tls_secret(&rendered, &format!("{FULLNAME}-tls"));
+    assert_no_webhook_patching(&rendered);
+
+    // A given issuer replaces the chain.
+    let with_issuer = render_mode(
+        "certManager",
+        &[
+            "--set",
+            "certs.certManager.issuerRef.name=corp",
+            "--set",
+            "certs.certManager.issuerRef.kind=ClusterIssuer",
+        ],
+    );
+    assert!(with_issuer.raw("cert-manager.io/v1", "Issuer").is_empty());
+    let certificates = with_issuer.raw("cert-manager.io/v1", "Certificate");
+    assert_eq!(certificates.len(), 1);
+    assert_eq!(
+        certificates[0]["spec"]["issuerRef"],
+        serde_json::json!({"name": "corp", "kind": "ClusterIssuer"})
+    );
+}
+
+#[test]
+fn external_mode_carries_the_given_ca_bundle() {
+    let rendered = render_mode("external", &[]);
+    let bundle = rendered
+        .webhook()
+        .client_config
+        .ca_bundle
+        .expect("caBundle");
+    assert_eq!(String::from_utf8(bundle.0).unwrap(), ca_pem());
+    assert_mounts_tls_secret(&rendered, "webhook-tls");
+    assert_no_webhook_patching(&rendered);
+    assert!(rendered.raw("cert-manager.io/v1", "Certificate").is_empty());
+
+    // The bundle may be given already base64-encoded, as in a caBundle field.
+    let encoded = render_mode(
+        "default",
+        &[
+            "--set",
+            "certs.mode=external",
+            "--set",
+            "certs.external.secretName=webhook-tls",
+            "--set",
+            "certs.external.caBundle=Zm9v",
+        ],
+    );
+    assert_eq!(encoded.webhook().client_config.ca_bundle.unwrap().0, b"foo");
+}
+
+fn assert_mounts_tls_secret(rendered: &Rendered, secret: &str) {
+    let deployment = rendered.one::<Deployment>();
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let volume = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "certs")
+        .expect("certs volume");
+    assert_eq!(volume.secret.unwrap().secret_name.as_deref(), Some(secret));
+    let mount = pod.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "certs")
+        .unwrap();
+    assert_eq!(mount.mount_path, "/certs");
+    assert_eq!(mount.read_only, Some(true));
+    let config: Value = serde_saphyr::from_str(&rendered.config_yaml()).unwrap();
+    assert_eq!(
+        config["tls"],
+        serde_json::json!({"certFile": "/certs/tls.crt", "keyFile": "/certs/tls.key"})
+    );
+    assert!(config.get("certificates").is_none());
+}
+
+fn assert_no_webhook_patching(rendered: &Rendered) {
+    let rules = rendered.one::<ClusterRole>().rules.unwrap();
+    assert!(
+        rule_for(
+            &rules,
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations"
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    for mode in MODES {
+        let rendered = render_mode(mode, &[]);
+        let rules = rendered.one::<ClusterRole>().rules.unwrap();
+        for rule in &rules {
+            assert!(
+                !rule.verbs.iter().any(|v| v == "*"),
+                "{mode}: wildcard verb in {rule:?}"
+            );
+            assert!(
+                !rule.resources.iter().flatten().any(|r| r == "*"),
+                "{mode}: wildcard resource"
+            );
+            assert!(
+                !rule.api_groups.iter().flatten().any(|g| g == "*"),
+                "{mode}: wildcard group"
+            );
+        }
+        let verbs = |group: &str, resource: &str| -> Vec<String> {
+            let found = rule_for(&rules, group, resource);
+            assert_eq!(found.len(), 1, "{mode}: one rule for {group}/{resource}");
+            found[0].verbs.clone()
+        };
+        assert_eq!(verbs("", "namespaces"), strings(&["get", "list", "watch"]));
+        assert_eq!(
+            verbs("", "secrets"),
+            strings(&[
+                "get", "list", "watch", "create", "update", "patch", "delete"
+            ])
+        );
+        assert_eq!(verbs("", "events"), strings(&["create", "patch"]));
+        assert_eq!(
+            verbs("events.k8s.io", "events"),
+            strings(&["create", "patch"])
+        );
+
+        let role = rendered.one::<Role>().rules.unwrap();
+        let leases = rule_for(&role, "coordination.k8s.io", "leases");
+        assert_eq!(leases.len(), 2);
+        assert_eq!(
+            leases[0].resource_names.as_deref(),
+            Some(&strings(&[FULLNAME])[..])
+        );
+        assert_eq!(leases[0].verbs, strings(&["get", "update", "patch"]));
+        assert_eq!(
+            leases[1].resource_names, None,
+            "create cannot be limited by name"
+        );
+        assert_eq!(leases[1].verbs, strings(&["create"]));
+
+        for subjects in [
+            rendered.one::<ClusterRoleBinding>().subjects.unwrap(),
+            rendered.one::<RoleBinding>().subjects.unwrap(),
+        ] {
+            assert_eq!(subjects.len(), 1);
+            assert_eq!(subjects[0].kind, "ServiceAccount");
+            assert_eq!(subjects[0].name, FULLNAME);
+            assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE));
+        }
+    }
+    // Every rule says why.
+    let source = std::fs::read_to_string(Path::new(CHART).join("templates/rbac.yaml")).unwrap();
+    let lines: Vec<&str> = source.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim_start().starts_with("- apiGroups:") {
+            assert!(
+                lines[i - 1].trim_start().starts_with('#'),
+                "rbac.yaml line {}: rule without a comment",
+                i + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn source_secret_is_built_like_kubectl_create_secret_docker_registry() {
+    let rendered = render_mode(
+        "default",
+        &[
+            "--set",
+            "sourceSecret.create=true",
+            "--set",
+            "sourceSecret.name=registry-credentials",
+            "--set",
+            "sourceSecret.registry=ghcr.io",
+            "--set",
+            "sourceSecret.username=robot",
+            "--set",
+            "sourceSecret.password=s3cr3t-Pa55",
+        ],
+    );
+    let secrets = rendered.all::<Secret>();
+    assert_eq!(secrets.len(), 1);
+    let secret = &secrets[0];
+    assert_eq!(
+        secret.metadata.name.as_deref(),
+        Some("registry-credentials")
+    );
+    assert_eq!(
+        secret.type_.as_deref(),
+        Some("kubernetes.io/dockerconfigjson")
+    );
+    let config: Value =
+        serde_json::from_slice(&secret.data.as_ref().unwrap()[".dockerconfigjson"].0).unwrap();
+    assert_eq!(
+        config,
+        serde_json::json!({"auths": {"ghcr.io": {
+            "username": "robot", "password": "s3cr3t-Pa55", "auth": "cm9ib3Q6czNjcjN0LVBhNTU=",
+        }}})
+    );
+    assert!(
+        !rendered.text.contains("s3cr3t-Pa55"),
+        "the password appears only encoded"
+    );
+
+    let whole = r#"{"auths":{"registry.example.com:5000":{"auth":"dTpw"}}}"#;
+    let rendered = render_mode(
+        "default",
+        &[
+            "--set",
+            "sourceSecret.create=true",
+            "--set",
+            "sourceSecret.name=whole",
+            "--set-json",
+            &format!("sourceSecret.dockerconfigjson={}", Value::from(whole)),
+        ],
+    );
+    let secret = rendered.all::<Secret>().remove(0);
+    assert_eq!(
+        secret.data.unwrap()[".dockerconfigjson"].0,
+        whole.as_bytes()
+    );
+
+    let err = render_error(&[
+        "--set",
+        "sourceSecret.create=true",
+        "--set",
+        "sourceSecret.name=x",
+        "--set",
+        "sourceSecret.registry=ghcr.io",
+    ]);
+    assert!(
+        err.contains("/sourceSecret/password") && err.contains("/sourceSecret/dockerconfigjson"),
+        "{err}"
+    );
+    assert!(render_mode("default", &[]).all::<Secret>().is_empty());
+
+    // NOTES.txt never shows the password or the document.
+    let notes = std::fs::read_to_string(Path::new(CHART).join("templates/NOTES.txt")).unwrap();
+    for field in ["password", "dockerconfigjson", "username"] {
+        assert!(
+            !notes.contains(&format!("sourceSecret.{field}")),
+            "NOTES.txt shows sourceSecret.{field}"
+        );
+    }
+}
+
+#[test]
+fn optional_service_monitor_and_network_policy() {
+    let rendered = render_mode("default", &[]);
+    assert!(
+        rendered
+            .raw("monitoring.coreos.com/v1", "ServiceMonitor")
+            .is_empty()
+    );
+    assert!(rendered.all::<NetworkPolicy>().is_empty());
+
+    let rendered = render_mode(
+        "default",
+        &[
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "metrics.serviceMonitor.labels.release=prometheus",
+            "--set",
+            "networkPolicy.enabled=true",
+        ],
+    );
+    let selector = rendered
+        .one::<Deployment>()
+        .spec
+        .unwrap()
+        .selector
+        .match_labels
+        .unwrap();
+    let monitors = rendered.raw("monitoring.coreos.com/v1", "ServiceMonitor");
+    assert_eq!(monitors.len(), 1);
+    assert_eq!(monitors[0]["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(monitors[0]["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitors[0]["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(
+        serde_json::to_value(&selector).unwrap(),
+        monitors[0]["spec"]["selector"]["matchLabels"]
+    );
+
+    let policy = rendered.one::<NetworkPolicy>().spec.unwrap();
+    assert_eq!(policy.pod_selector.unwrap().match_labels, Some(selector));
+    let ports: Vec<IntOrString> = policy
+        .ingress
+        .unwrap()
+        .into_iter()
+        .inspect(|rule| {
+            assert_eq!(
+                rule.from, None,
+                "from anywhere: the apiserver's address is unknown"
+            )
+        })
+        .flat_map(|rule| rule.ports.unwrap())
+        .map(|p| p.port.unwrap())
+        .collect();
+    assert_eq!(
+        ports,
+        vec![
+            IntOrString::String("https".into()),
+            IntOrString::String("metrics".into())
+        ]
+    );
+}
+
+#[test]
+fn helm_test_hook_runs_the_image_with_the_release_config_outside_the_service() {
+    let rendered = render_mode("default", &[]);
+    let pods = rendered.all::<Pod>();
+    assert_eq!(pods.len(), 1);
+    let pod = &pods[0];
+    assert_eq!(
+        pod.metadata.annotations.as_ref().unwrap()["helm.sh/hook"],
+        "test"
+    );
+    let service_selector = rendered.one::<Service>().spec.unwrap().selector.unwrap();
+    let labels = pod.metadata.labels.clone().unwrap();
+    assert!(
+        !service_selector
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v)),
+        "the Service must not route the apiserver to the test pod"
+    );
+    let spec = pod.spec.clone().unwrap();
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    let container = &spec.containers[0];
+    assert_eq!(container.image, rendered.container().image);
+    assert_eq!(
+        container.args.as_ref().unwrap()[..3],
+        strings(&["match", "--config", "/etc/pullsecret-injector/config.yaml"])
+    );
+    assert_eq!(
+        container.security_context,
+        rendered.container().security_context
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// the binary reads what the chart writes
+// ---------------------------------------------------------------------------------------
+
+/// The ConfigMap's config.yaml, for each certificate mode, as the binary's `match` reads it.
+/// (`self` needs the `certificates` key of the self-managed certificate work.)
+#[test]
+fn rendered_config_is_accepted_by_the_binary() {
+    let mut failures = Vec::new();
+    for mode in ["certManager", "external", "self"] {
+        for extra in [
+            &[][..],
+            &["--set-json", SECRETS, "--set", "limits.maxConnections=100"][..],
+        ] {
+            let config = render_mode(mode, extra).config_yaml();
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), &config).unwrap();
+            let out = Command::new(BIN)
+                .args(["match", "--config"])
+                .arg(file.path())
+                .arg("ghcr.io/acme/web:1")
+                .env("POD_NAMESPACE", NAMESPACE)
+                .output()
+                .expect("running pullsecret-injector");
+            if !out.status.success() {
+                failures.push(format!(
+                    "certs.mode={mode} {extra:?}: exit {:?}\n{}\n--- config.yaml ---\n{config}",
+                    out.status.code(),
+                    text(&out.stderr)
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "the binary refused the chart's config:\n{}",
+        failures.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// the chart's README
+// ---------------------------------------------------------------------------------------
+
+/// Every key of values.yaml down to the leaves the README documents: maps are descended,
+/// except the structured Kubernetes fields, which are documented whole.
+fn value_keys(prefix: &str, value: &Value, out: &mut Vec<String>) {
+    const WHOLE: [&str; 3] = ["podSecurityContext", "securityContext", "resources"];
+    match value {
+        Value::Object(map) if !map.is_empty() && !WHOLE.contains(&prefix) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                value_keys(&key, v, out);
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
+}
+
+#[test]
+fn chart_readme_documents_every_value_with_its_default() {
+    let values_text = std::fs::read_to_string(Path::new(CHART).join("values.yaml")).unwrap();
+    let values: Value = serde_saphyr::from_str(&values_text).unwrap();
+    let readme = std::fs::read_to_string(Path::new(CHART).join("README.md")).unwrap();
+    let mut keys = Vec::new();
+    value_keys("", &values, &mut keys);
+    assert!(keys.len() > 40, "{keys:?}");
+    // Rows of the section "## Values": | `key` | `default` | description |
+    let (_, table) = readme
+        .split_once("\n## Values\n")
+        .expect("a Values section");
+    let rows: BTreeMap<&str, &str> = table
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split(" | ").map(str::trim).collect();
+            let key = cells.first()?.strip_prefix("| `")?.strip_suffix('`')?;
+            Some((key, *cells.get(1)?))
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for key in &keys {
+        let default = key.split('.').fold(&values, |v, k| &v[k]);
+        let Some(cell) = rows.get(key.as_str()) else {
+            problems.push(format!("{key}: no row"));
+            continue;
+        };
+        let documented = cell
+            .strip_prefix('`')
+            .and_then(|c| c.strip_suffix('`'))
+            .map(|c| serde_saphyr::from_str::<Value>(c).unwrap_or(Value::Null));
+        if documented.as_ref() != Some(default) {
+            problems.push(format!(
+                "{key}: the README says {cell}, values.yaml has {default}"
+            ));
+        }
+    }
+    for key in rows.keys() {
+        if !keys.iter().any(|k| k == key) {
+            problems.push(format!("{key}: in the README, not in values.yaml"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "the values table of charts/pullsecret-injector/README.md is out of date:\n{}",
+        problems.join("\n")
+    );
+}
