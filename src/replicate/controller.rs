@@ -70,7 +70,7 @@ pub async fn run_with_leader_election(
         tracing::info!(identity, lease = %le.lease_name, "became the leader; replicating");
         cluster.metrics().set_leader(true);
         let term = CancellationToken::new();
-        let controller = tokio::spawn(run_controller(
+        let controller = tokio::spawn(leader_duties(
             Arc::clone(&cluster),
             identity.clone(),
             term.clone(),
@@ -90,6 +90,26 @@ pub async fn run_with_leader_election(
             let _ = lease_task.await;
             return;
         }
+    }
+}
+
+/// What only the Lease holder does: replicate sources, and keep self-managed certificates.
+async fn leader_duties(cluster: Arc<Cluster>, identity: String, stop: CancellationToken) {
+    let settings = Arc::clone(cluster.settings());
+    let keeper = settings.certificates.clone().map(|certificates| {
+        tokio::spawn(crate::certkeeper::keep(
+            cluster.client(),
+            settings.namespace.clone(),
+            certificates,
+            Arc::clone(cluster.metrics()),
+            stop.clone(),
+        ))
+    });
+    if settings.secrets.iter().any(|s| s.source.is_some()) {
+        run_controller(Arc::clone(&cluster), identity, stop).await;
+    }
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Options<'a> {
     pub listen: &'a str,
     pub dir: &'a Path,
     pub env: Vec<(String, String)>,
+    /// Serve `dir/tls.crt` and `dir/tls.key`; false when the config brings `certificates`.
+    pub tls_files: bool,
 }
 
 impl<'a> Options<'a> {
@@ -38,6 +40,7 @@ impl<'a> Options<'a> {
             listen: "127.0.0.1:0",
             dir,
             env: Vec::new(),
+            tls_files: true,
         }
     }
 }
@@ -55,12 +58,18 @@ impl Injector {
         let dir = options.dir.to_path_buf();
         let cert_file = dir.join("tls.crt");
         let key_file = dir.join("tls.key");
+        let tls = if options.tls_files {
+            format!(
+                "tls:\n  certFile: {}\n  keyFile: {}\n  reloadIntervalSeconds: 1\n",
+                cert_file.display(),
+                key_file.display()
+            )
+        } else {
+            String::new()
+        };
         let config = format!(
-            "listen: {}\nmetricsListen: 127.0.0.1:0\ntls:\n  certFile: {}\n  keyFile: {}\n  reloadIntervalSeconds: 1\n{}",
-            options.listen,
-            cert_file.display(),
-            key_file.display(),
-            options.config
+            "listen: {}\nmetricsListen: 127.0.0.1:0\n{tls}{}",
+            options.listen, options.config
         );
         let config_file = dir.join("config.yaml");
         std::fs::write(&config_file, config).expect("write config");

@@ -1,0 +1,242 @@
+//! `certificates.mode: self` through the real control plane: the injector creates its own
+//! CA and serving certificate, sets the caBundle, and the apiserver calls it; renewals keep
+//! every pod creation working.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::api::{Api, DeleteParams, PostParams};
+use support::controlplane::{self, eventually};
+use support::injector::{Injector, Options};
+
+const SERVING_VALIDITY_S: u64 = 60;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn configuration(name: &str, port: u16, label: &str) -> MutatingWebhookConfiguration {
+    MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        webhooks: Some(vec![MutatingWebhook {
+            name: format!("{name}.pullsecret-injector.io"),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "None".into(),
+            // Fail: a pod created while the webhook cannot be called is refused and counted.
+            failure_policy: Some("Fail".into()),
+            timeout_seconds: Some(5),
+            client_config: WebhookClientConfig {
+                url: Some(format!("https://127.0.0.1:{port}/mutate")),
+                ca_bundle: None,
+                ..Default::default()
+            },
+            rules: Some(vec![RuleWithOperations {
+                operations: Some(vec!["CREATE".into()]),
+                api_groups: Some(vec!["".into()]),
+                api_versions: Some(vec!["v1".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(label.to_string(), "enabled".to_string())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+    }
+}
+
+fn pod(i: usize) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(format!("p{i}")),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "app".into(),
+                image: Some("ghcr.io/acme/app:1".into()),
+                ..Default::default()
+            }],
+            automount_service_account_token: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn self_managed_certificate_is_created_trusted_and_renewed_without_a_failed_admission() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let infra = controlplane::namespace(&client, "selfcert-infra", &[]).await;
+    let label = "pullsecret-injector.io/e2e-selfcert";
+    let apps = controlplane::namespace(&client, "selfcert-apps", &[(label, "enabled")]).await;
+    let name = format!("selfcert-{}", std::process::id());
+    let port = free_port();
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    webhooks
+        .create(&PostParams::default(), &configuration(&name, port, label))
+        .await
+        .expect("create webhook configuration");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+namespace: {infra}
+leaderElection: {{leaseName: {name}, leaseDurationSeconds: 4}}
+certificates:
+  mode: self
+  secretName: {name}-tls
+  webhookConfigurationName: {name}
+  serviceName: pullsecret-injector
+  extraHosts: ["127.0.0.1", localhost]
+  servingValiditySeconds: {SERVING_VALIDITY_S}
+  caValiditySeconds: 3600
+  checkIntervalSeconds: 5
+secrets:
+  - name: acme
+    registries: [ghcr.io/acme/]
+"#
+    );
+    let listen = format!("127.0.0.1:{port}");
+    let mut injector = Injector::start(Options {
+        listen: &listen,
+        tls_files: false,
+        env: vec![(
+            "KUBECONFIG".into(),
+            cp.kubeconfig_path().display().to_string(),
+        )],
+        ..Options::new(&config, dir.path())
+    });
+
+    // The leader writes the Secret and the caBundle; every replica then serves the pair.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &infra);
+    let secret_name = format!("{name}-tls");
+    let first = eventually(
+        "the certificate secret",
+        Duration::from_secs(30),
+        || async {
+            secrets
+                .get_opt(&secret_name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "not created yet".to_string())
+        },
+    )
+    .await;
+    let ca = first
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .expect("ca.crt")
+        .clone();
+    eventually("the caBundle", Duration::from_secs(30), || async {
+        let current = webhooks.get(&name).await.map_err(|e| e.to_string())?;
+        let bundle = current.webhooks.unwrap_or_default()[0]
+            .client_config
+            .ca_bundle
+            .clone();
+        (bundle.as_ref() == Some(&ca))
+            .then_some(())
+            .ok_or("caBundle not set yet".to_string())
+    })
+    .await;
+    injector.wait_for_log(Duration::from_secs(30), |l| {
+        l["message"] == "serving certificate loaded"
+    });
+
+    // Pods created for longer than a renewal period, with failurePolicy Fail: each one must
+    // be admitted and mutated.
+    let pods = Api::<Pod>::namespaced(client.clone(), &apps);
+    let first_cert = first.data.as_ref().and_then(|d| d.get("tls.crt")).cloned();
+    let started = Instant::now();
+    let (mut created, mut failures, mut renewed) = (0usize, Vec::new(), false);
+    // The apiserver may need a moment to act on the caBundle change: wait for the first pod.
+    eventually(
+        "the first admitted pod",
+        Duration::from_secs(30),
+        || async {
+            pods.create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &pod(0),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    // Renewal is due after two thirds of the validity, checked every 5 s.
+    let deadline = Duration::from_secs(SERVING_VALIDITY_S * 2 / 3 + 15);
+    while started.elapsed() < deadline {
+        created += 1;
+        match pods.create(&PostParams::default(), &pod(created)).await {
+            Ok(pod) => {
+                let names: Vec<String> = pod
+                    .spec
+                    .and_then(|s| s.image_pull_secrets)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|r| r.name)
+                    .collect();
+                if names != ["acme"] {
+                    failures.push(format!("pod {created} not mutated: {names:?}"));
+                }
+            }
+            Err(e) => failures.push(format!("pod {created}: {e}")),
+        }
+        if !renewed {
+            let current = secrets.get(&secret_name).await.expect("secret");
+            renewed = current.data.as_ref().and_then(|d| d.get("tls.crt")) != first_cert.as_ref();
+            let ca_now = current.data.as_ref().and_then(|d| d.get("ca.crt")).cloned();
+            assert_eq!(ca_now.as_ref(), Some(&ca), "a renewal keeps the CA");
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    println!(
+        "created {created} pods over {:?}; renewed: {renewed}; failures: {}",
+        started.elapsed(),
+        failures.len()
+    );
+    assert!(
+        renewed,
+        "the serving certificate was not renewed within {deadline:?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "failed admissions:\n{}",
+        failures.join("\n")
+    );
+    let loads = injector
+        .json_logs()
+        .iter()
+        .filter(|l| l["message"] == "serving certificate loaded")
+        .count();
+    assert!(
+        loads >= 2,
+        "expected the renewed certificate to be loaded; logs:\n{}",
+        injector.logs().join("\n")
+    );
+
+    let _ = webhooks.delete(&name, &DeleteParams::default()).await;
+    let status = injector.stop();
+    assert!(status.success());
+}
