@@ -66,6 +66,10 @@ pub struct MutateArgs {
     pub file: String,
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Yaml)]
     pub output: OutputFormat,
+    /// Read source secrets through this kubeconfig, for entries whose patterns are their
+    /// sources' `auths` keys.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -75,4 +79,8 @@ pub struct MatchArgs {
     /// Image references, as written in a pod spec.
     #[arg(required = true)]
     pub images: Vec<String>,
+    /// Read source secrets through this kubeconfig, for entries whose patterns are their
+    /// sources' `auths` keys.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }

@@ -4,18 +4,18 @@ use std::fmt::Write;
 
 use crate::config::Settings;
 use crate::image::ImageName;
-use crate::matching::MatchKind;
+use crate::matching::{Keyring, MatchKind};
 
 /// A readable report, one block per image.
-pub fn explain(settings: &Settings, images: &[String]) -> String {
+pub fn explain(settings: &Settings, keyring: &Keyring, images: &[String]) -> String {
     let mut out = String::new();
     for image in images {
-        explain_one(settings, image, &mut out);
+        explain_one(settings, keyring, image, &mut out);
     }
     out
 }
 
-fn explain_one(settings: &Settings, image: &str, out: &mut String) {
+fn explain_one(settings: &Settings, keyring: &Keyring, image: &str, out: &mut String) {
     // Writing into a String cannot fail.
     let _ = writeln!(out, "{image}");
     let name = match ImageName::parse(image) {
@@ -30,7 +30,7 @@ fn explain_one(settings: &Settings, image: &str, out: &mut String) {
     };
     let _ = writeln!(out, "  normalized: {name}");
     let mut matched = false;
-    settings.keyring.for_each_match(&name, |secret, pattern, kind| {
+    keyring.for_each_match(&name, |secret, pattern, kind| {
         matched = true;
         let how = match kind {
             MatchKind::Direct => "matches",
@@ -81,7 +81,11 @@ secrets:
 
     #[test]
     fn names_secret_pattern_and_how() {
-        let out = explain(&settings(), &["ghcr.io/acme/app:1".into(), "nginx".into()]);
+        let out = explain(
+            &settings(),
+            &settings().keyring,
+            &["ghcr.io/acme/app:1".into(), "nginx".into()],
+        );
         assert!(out.contains("normalized: ghcr.io/acme/app"), "{out}");
         assert!(
             out.contains("secret \"acme\": pattern \"ghcr.io/acme\" (key ghcr.io/acme) matches"),
@@ -93,7 +97,11 @@ secrets:
 
     #[test]
     fn warns_about_raw_prefix_matches() {
-        let out = explain(&settings(), &["ghcr.io/acme-labs/x".into()]);
+        let out = explain(
+            &settings(),
+            &settings().keyring,
+            &["ghcr.io/acme-labs/x".into()],
+        );
         assert!(
             out.contains("note: \"ghcr.io/acme\" matches as a raw string prefix"),
             "{out}"
@@ -103,7 +111,11 @@ secrets:
 
     #[test]
     fn says_when_nothing_matches_or_the_image_is_invalid() {
-        let out = explain(&settings(), &["quay.io/x/y".into(), "Nginx".into()]);
+        let out = explain(
+            &settings(),
+            &settings().keyring,
+            &["quay.io/x/y".into(), "Nginx".into()],
+        );
         assert!(
             out.contains("quay.io/x/y\n  normalized: quay.io/x/y\n  no configured secret matches"),
             "{out}"

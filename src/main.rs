@@ -7,8 +7,10 @@ use anyhow::Context;
 use clap::Parser;
 use pullsecret_injector::cli::{Cli, Command, MatchArgs, MutateArgs, OutputFormat, ServeArgs};
 use pullsecret_injector::config::{Config, Settings};
+use pullsecret_injector::matching::Keyring;
 use pullsecret_injector::metrics::Metrics;
 use pullsecret_injector::replicate::Cluster;
+use pullsecret_injector::replicate::keyring;
 use pullsecret_injector::tls::CertificateFiles;
 use pullsecret_injector::{Listeners, Service, explain, identity, preview, run, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -174,8 +176,9 @@ fn mutate(args: MutateArgs) -> Result<(), Failure> {
         std::fs::read_to_string(&args.file)
             .map_err(|e| Failure::Usage(format!("reading {}: {e}", args.file)))?
     };
-    let previews =
-        preview::preview_text(&settings, &text).map_err(|e| Failure::Usage(e.to_string()))?;
+    let keyring = cli_keyring(&settings, args.kubeconfig.as_deref())?;
+    let previews = preview::preview_text(&settings, &keyring, &text)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     let mut out = String::new();
     for (i, previewed) in previews.iter().enumerate() {
         let rendered = match args.output {
@@ -204,6 +207,59 @@ fn mutate(args: MutateArgs) -> Result<(), Failure> {
 
 fn match_images(args: MatchArgs) -> Result<(), Failure> {
     let settings = load_settings(&args.config, |_| {})?;
-    print!("{}", explain::explain(&settings, &args.images));
+    let keyring = cli_keyring(&settings, args.kubeconfig.as_deref())?;
+    print!("{}", explain::explain(&settings, &keyring, &args.images));
     Ok(())
+}
+
+/// The keyring for `match` and `mutate`: config patterns, plus the sources' `auths` keys
+/// read through `kubeconfig` when given.
+fn cli_keyring(settings: &Settings, kubeconfig: Option<&Path>) -> Result<Keyring, Failure> {
+    let from_sources: Vec<&str> = settings
+        .secrets
+        .iter()
+        .filter(|s| s.patterns_from_source())
+        .map(|s| s.name.as_str())
+        .collect();
+    let Some(path) = kubeconfig else {
+        if !from_sources.is_empty() {
+            eprintln!(
+                "note: {} take their patterns from source secrets; pass --kubeconfig to read them (they match nothing here)",
+                from_sources.join(", ")
+            );
+        }
+        return Ok(settings.keyring.clone());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let sources = runtime.block_on(async {
+        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .context("loading the kubeconfig")?;
+        let client = kube::Client::try_from(config).context("creating the Kubernetes client")?;
+        let mut sources = std::collections::BTreeMap::new();
+        for source in settings.secrets.iter().filter_map(|s| s.source.as_ref()) {
+            let api = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+                client.clone(),
+                &source.namespace,
+            );
+            let secret = api
+                .get_opt(&source.name)
+                .await
+                .with_context(|| format!("reading source secret {source}"))?;
+            if let Some(secret) = secret {
+                sources.insert(source.clone(), Arc::new(secret));
+            }
+        }
+        Ok::<_, anyhow::Error>(sources)
+    })?;
+    let (keyring, problems) = keyring::build(settings, |source| sources.get(source).cloned());
+    for problem in problems {
+        eprintln!("note: {problem}");
+    }
+    Ok(keyring)
 }

@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use crate::admission::{self, Outcome};
 use crate::config::Settings;
+use crate::matching::Keyring;
 
 #[derive(Debug, Error)]
 pub enum PreviewError {
@@ -46,19 +47,24 @@ fn pod_spec_path(kind: &str) -> Option<&'static [&'static str]> {
 }
 
 /// Parses one or many YAML or JSON documents (JSON is YAML) and previews each.
-pub fn preview_text(settings: &Settings, text: &str) -> Result<Vec<Previewed>, PreviewError> {
+pub fn preview_text(
+    settings: &Settings,
+    keyring: &Keyring,
+    text: &str,
+) -> Result<Vec<Previewed>, PreviewError> {
     let documents: Vec<Value> =
         serde_saphyr::from_multiple(text).map_err(|e| PreviewError::Parse(e.to_string()))?;
     documents
         .into_iter()
         .filter(|d| !d.is_null())
         .enumerate()
-        .map(|(i, d)| preview_document(settings, i + 1, d))
+        .map(|(i, d)| preview_document(settings, keyring, i + 1, d))
         .collect()
 }
 
 pub fn preview_document(
     settings: &Settings,
+    keyring: &Keyring,
     index: usize,
     document: Value,
 ) -> Result<Previewed, PreviewError> {
@@ -89,7 +95,13 @@ pub fn preview_document(
     }
     if kind == "AdmissionReview" {
         let body = serde_json::to_vec(&document).map_err(|e| fail(e.to_string()))?;
-        let reviewed = admission::review(settings, &body).map_err(|e| fail(e.to_string()))?;
+        let scope = admission::Scope {
+            keyring,
+            namespace_labels: None,
+        };
+        let decoded = admission::decode(&body).map_err(|e| fail(e.to_string()))?;
+        let reviewed =
+            admission::answer(settings, &scope, decoded).map_err(|e| fail(e.to_string()))?;
         let patch = match reviewed.outcome {
             Outcome::Patched(p) => p.patch,
             _ => Patch(Vec::new()),
@@ -137,8 +149,7 @@ pub fn preview_document(
     let applies = |secret: &crate::config::SecretSpec| {
         secret.namespace_selector.is_none() && !secret.exclude_namespaces.contains(&namespace)
     };
-    let Some(patch) =
-        admission::patch_for_spec(settings, &settings.keyring, &applies, spec_path, &spec)
+    let Some(patch) = admission::patch_for_spec(settings, keyring, &applies, spec_path, &spec)
     else {
         return Ok(Previewed {
             document,

@@ -4,6 +4,7 @@
 
 pub mod controller;
 pub mod dockerconfig;
+pub mod keyring;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -226,35 +227,15 @@ impl Cluster {
     }
 
     fn rebuild_keyring(&self) {
-        let mut entries = Vec::new();
-        for (i, spec) in self.settings.secrets.iter().enumerate() {
-            if !spec.patterns_from_source() {
-                entries.extend(spec.patterns.iter().cloned().map(|p| (i, p)));
-                continue;
+        let (keyring, problems) = keyring::build(&self.settings, |source| self.source(source));
+        for problem in &problems {
+            if matches!(problem, keyring::SourceProblem::Unusable { .. }) {
+                self.metrics.replication_error("invalid_source");
             }
-            let Some(source_ref) = &spec.source else {
-                continue;
-            };
-            let Some(source) = self.source(source_ref) else {
-                tracing::warn!(secret = %spec.name, source = %source_ref, "source secret not found; its patterns are empty");
-                continue;
-            };
-            match dockerconfig::auth_patterns(source.type_.as_deref(), source.data.as_ref()) {
-                Ok((patterns, skipped)) => {
-                    if !skipped.is_empty() {
-                        tracing::warn!(secret = %spec.name, source = %source_ref, keys = ?skipped, "auths keys that are not registry patterns were skipped, as the kubelet skips them");
-                    }
-                    entries.extend(patterns.into_iter().map(|p| (i, p)));
-                }
-                Err(error) => {
-                    self.metrics.replication_error("invalid_source");
-                    tracing::error!(secret = %spec.name, source = %source_ref, %error, "source secret is not usable");
-                }
-            }
+            tracing::warn!(%problem, "source secret gives no patterns");
         }
-        let keyring = Arc::new(Keyring::new(entries));
         if let Ok(mut current) = self.keyring.write() {
-            *current = keyring;
+            *current = Arc::new(keyring);
         }
     }
 

@@ -1,0 +1,88 @@
+//! `match` and `mutate` read source secrets through `--kubeconfig`, for entries whose
+//! patterns are their sources' `auths` keys.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+use support::controlplane;
+use support::injector::BIN;
+
+#[tokio::test]
+async fn match_reads_patterns_from_the_source_through_kubeconfig() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let ns = controlplane::namespace(&client, "cli-sources", &[]).await;
+    let auths = r#"{"auths":{"registry.example.com:5000":{"auth":"dXNlcjpodW50ZXIy"}}}"#;
+    let source = Secret {
+        metadata: ObjectMeta {
+            name: Some("regcred-source".into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/dockerconfigjson".into()),
+        data: Some(BTreeMap::from([(
+            ".dockerconfigjson".to_string(),
+            ByteString(auths.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client, &ns)
+        .create(&PostParams::default(), &source)
+        .await
+        .expect("create source");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "namespace: {ns}\nsecrets:\n  - name: regcred\n    source: {{name: regcred-source}}\n"
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["match", "--config"])
+            .arg(&config)
+            .args(extra)
+            .args(["registry.example.com:5000/team/app:1", "ghcr.io/other/app"])
+            .output()
+            .expect("run match");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let kubeconfig = cp.kubeconfig_path().display().to_string();
+    let (report, notes) = run(&["--kubeconfig", &kubeconfig]);
+    assert!(
+        report.contains("registry.example.com:5000/team/app\n  secret \"regcred\": pattern \"registry.example.com:5000\""),
+        "{report}\n{notes}"
+    );
+    assert!(
+        report.contains(
+            "ghcr.io/other/app\n  normalized: ghcr.io/other/app\n  no configured secret matches"
+        ),
+        "{report}"
+    );
+    assert!(
+        !report.contains("hunter2") && !notes.contains("dXNlcjpodW50ZXIy"),
+        "secret data leaked"
+    );
+    let (report, notes) = run(&[]);
+    assert!(
+        notes.contains("regcred take their patterns from source secrets; pass --kubeconfig"),
+        "{notes}"
+    );
+    assert!(!report.contains("secret \"regcred\""), "{report}");
+}
