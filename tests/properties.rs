@@ -1,0 +1,249 @@
+//! Properties over generated pods and configurations: the patch always applies and yields a
+//! valid Pod, keeps what was there, adds nothing twice, adds nothing on a second pass, adds
+//! only configured names, and the matcher agrees with a deliberately simple reference.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::AdmissionReview;
+use proptest::prelude::*;
+use pullsecret_injector::admission;
+use pullsecret_injector::config::{Config, Settings};
+use pullsecret_injector::image::ImageName;
+use pullsecret_injector::matching::{Keyring, Pattern};
+use serde_json::{Value, json};
+
+const HOSTS: &[&str] = &[
+    "ghcr.io",
+    "docker.io",
+    "registry.example.com",
+    "registry.example.com:5000",
+    "a.azurecr.io",
+    "b.azurecr.io",
+    "x.y.azurecr.io",
+    "localhost:5000",
+    "quay.io",
+];
+const PATHS: &[&str] = &[
+    "acme/app",
+    "acme-labs/x",
+    "library/nginx",
+    "corp/web",
+    "team/a/b",
+    "app",
+];
+const PATTERNS: &[&str] = &[
+    "ghcr.io",
+    "ghcr.io/acme",
+    "ghcr.io/acme/",
+    "docker.io/library",
+    "docker.io/corp",
+    "registry.example.com",
+    "registry.example.com:5000",
+    "*.azurecr.io",
+    "*.*.azurecr.io",
+    "localhost:5000/team",
+    "quay.io/acme/",
+    "https://registry.example.com/v2/corp",
+];
+
+fn image() -> impl Strategy<Value = String> {
+    (
+        0..HOSTS.len(),
+        0..PATHS.len(),
+        prop::option::of("[a-z0-9]{1,5}"),
+    )
+        .prop_map(|(h, p, tag)| {
+            let base = format!("{}/{}", HOSTS[h], PATHS[p]);
+            match tag {
+                Some(tag) => format!("{base}:{tag}"),
+                None => base,
+            }
+        })
+}
+
+fn config() -> impl Strategy<Value = Vec<(String, Vec<String>)>> {
+    prop::collection::vec(prop::collection::vec(0..PATTERNS.len(), 1..3), 1..5).prop_map(
+        |secrets| {
+            secrets
+                .into_iter()
+                .enumerate()
+                .map(|(i, pats)| {
+                    (
+                        format!("s{i}"),
+                        pats.into_iter().map(|p| PATTERNS[p].to_string()).collect(),
+                    )
+                })
+                .collect()
+        },
+    )
+}
+
+fn existing() -> impl Strategy<Value = Option<Vec<String>>> {
+    prop::option::of(prop::collection::vec(
+        prop_oneof!["s[0-5]", "own-[a-c]"],
+        0..4,
+    ))
+}
+
+fn settings(secrets: &[(String, Vec<String>)]) -> Settings {
+    let yaml = serde_json::to_string(&json!({
+        "secrets": secrets.iter().map(|(n, r)| json!({"name": n, "registries": r})).collect::<Vec<_>>()
+    }))
+    .unwrap();
+    Config::from_yaml(&yaml).unwrap().validate().unwrap()
+}
+
+fn review(containers: &[String], init: &[String], existing: &Option<Vec<String>>) -> Value {
+    let mut spec = json!({
+        "containers": containers.iter().enumerate().map(|(i, img)| json!({"name": format!("c{i}"), "image": img})).collect::<Vec<_>>(),
+    });
+    if !init.is_empty() {
+        spec["initContainers"] = json!(
+            init.iter()
+                .enumerate()
+                .map(|(i, img)| json!({"name": format!("i{i}"), "image": img}))
+                .collect::<Vec<_>>()
+        );
+    }
+    if let Some(existing) = existing {
+        spec["imagePullSecrets"] = json!(
+            existing
+                .iter()
+                .map(|n| json!({"name": n}))
+                .collect::<Vec<_>>()
+        );
+    }
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "ns", "operation": "CREATE", "userInfo": {},
+            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "p-"}, "spec": spec},
+        }
+    })
+}
+
+/// Runs the review and returns the object after applying the answer's patch.
+fn mutate(settings: &Settings, review: &Value) -> (Value, Vec<String>) {
+    let body = serde_json::to_vec(review).unwrap();
+    let reviewed = admission::review(settings, &body).expect("reviews");
+    let answer = serde_json::to_value(&reviewed.response).unwrap();
+    let _: AdmissionReview<kube::core::DynamicObject> =
+        serde_json::from_value(answer.clone()).unwrap();
+    let mut object = review["request"]["object"].clone();
+    if let Some(patch) = answer["response"].get("patch") {
+        let bytes: Vec<u8> = serde_json::from_value(patch.clone()).unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        json_patch::patch(&mut object, &patch).expect("the patch applies");
+    }
+    (object, reviewed.outcome.injected().to_vec())
+}
+
+fn names(pod: &Value) -> Vec<String> {
+    let pod: Pod = serde_json::from_value(pod.clone()).expect("the result is a valid Pod");
+    pod.spec
+        .unwrap()
+        .image_pull_secrets
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn the_patch_only_appends_configured_names_once_and_is_idempotent(
+        secrets in config(),
+        containers in prop::collection::vec(image(), 1..4),
+        init in prop::collection::vec(image(), 0..2),
+        existing in existing(),
+    ) {
+        let settings = settings(&secrets);
+        let original = review(&containers, &init, &existing);
+        let (patched, injected) = mutate(&settings, &original);
+        let before = existing.clone().unwrap_or_default();
+        let after = names(&patched);
+        prop_assert_eq!(&after[..before.len()], &before[..], "existing entries keep order and values");
+        let added = &after[before.len()..];
+        prop_assert_eq!(added, &injected[..]);
+        let unique: BTreeSet<&String> = added.iter().collect();
+        prop_assert_eq!(unique.len(), added.len(), "no name added twice");
+        prop_assert!(added.iter().all(|n| !before.contains(n)), "no name already present is added");
+        prop_assert!(added.iter().all(|n| secrets.iter().any(|(s, _)| s == n)), "only configured names");
+
+        // Exactly the secrets the reference matcher wants, in config order.
+        let images: Vec<&String> = containers.iter().chain(&init).collect();
+        let wanted: Vec<String> = secrets
+            .iter()
+            .filter(|(_, patterns)| images.iter().any(|i| patterns.iter().any(|p| reference_matches(p, i))))
+            .map(|(n, _)| n.clone())
+            .filter(|n| !before.contains(n))
+            .collect();
+        prop_assert_eq!(added, &wanted[..]);
+
+        // A second pass (reinvocation) over the patched pod adds nothing.
+        let mut again = original.clone();
+        again["request"]["object"] = patched;
+        let (_, second) = mutate(&settings, &again);
+        prop_assert!(second.is_empty(), "second pass added {:?}", second);
+    }
+
+    #[test]
+    fn the_keyring_agrees_with_the_reference_matcher(image in image(), pattern in 0..PATTERNS.len()) {
+        let raw = PATTERNS[pattern];
+        let keyring = Keyring::new([(0, Pattern::parse(raw).unwrap())]);
+        let name = ImageName::parse(&image).unwrap();
+        let mut matched = false;
+        keyring.for_each_match(&name, |_, _, _| matched = true);
+        prop_assert_eq!(matched, reference_matches(raw, &image), "{} vs {}", raw, image);
+    }
+}
+
+/// The rules, written as plainly as possible for the generated shapes (no Docker Hub
+/// fallback patterns, images always name their registry).
+fn reference_matches(pattern: &str, image: &str) -> bool {
+    let pattern = pattern
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let (p_host, p_path) = match pattern.find('/') {
+        Some(i) => (&pattern[..i], &pattern[i..]),
+        None => (pattern, ""),
+    };
+    let p_path = if p_path.starts_with("/v2/") || p_path.starts_with("/v1/") {
+        &p_path[3..]
+    } else {
+        p_path
+    };
+    let p_path = if p_path == "/" { "" } else { p_path };
+    let (host, rest) = image.split_once('/').unwrap();
+    let host = if host == "index.docker.io" {
+        "docker.io"
+    } else {
+        host
+    };
+    let repo = rest.split(':').next().unwrap();
+    let repo = if host == "docker.io" && !repo.contains('/') {
+        format!("library/{repo}")
+    } else {
+        repo.to_string()
+    };
+    let split = |h: &str| match h.rsplit_once(':') {
+        Some((name, port)) => (name.to_string(), port.to_string()),
+        None => (h.to_string(), String::new()),
+    };
+    let (p_name, p_port) = split(p_host);
+    let (i_name, i_port) = split(host);
+    let p_labels: Vec<&str> = p_name.split('.').collect();
+    let i_labels: Vec<&str> = i_name.split('.').collect();
+    p_port == i_port
+        && p_labels.len() == i_labels.len()
+        && p_labels
+            .iter()
+            .zip(&i_labels)
+            .all(|(p, i)| *p == "*" || p == i)
+        && format!("/{repo}").starts_with(p_path)
+}
