@@ -205,7 +205,8 @@ async fn sync_copy(
     source: &Secret,
 ) -> Result<(), ReplicateError> {
     let ns = namespace.name_any();
-    let desired = copy_of(spec, source_ref, source, &ns);
+    let owner = ctx.cluster.owner();
+    let desired = copy_of(spec, source_ref, source, &ns, owner);
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
@@ -220,23 +221,37 @@ async fn sync_copy(
             Err(kube::Error::Api(status)) if status.is_already_exists() => {}
             Err(error) => return Err(error.into()),
         },
-        Some(existing) if is_managed(&existing) || spec.overwrite_existing => {
-            let current = existing.annotations().get(HASH_ANNOTATION)
-                == desired.annotations().get(HASH_ANNOTATION)
+        Some(existing) if is_managed(&existing, owner) || spec.overwrite_existing => {
+            let ours = is_managed(&existing, owner);
+            // The data too: a copy edited by hand is put back.
+            let current = ours
+                && existing.annotations().get(HASH_ANNOTATION)
+                    == desired.annotations().get(HASH_ANNOTATION)
                 && existing.annotations().get(SOURCE_ANNOTATION)
                     == desired.annotations().get(SOURCE_ANNOTATION)
-                && is_managed(&existing);
+                && existing.type_ == desired.type_
+                && existing.data == desired.data;
             if current {
                 return Ok(());
             }
-            let mut replacement = desired;
-            replacement.metadata.resource_version = existing.resource_version();
-            api.replace(&spec.name, &params, &replacement).await?;
-            let action = if is_managed(&existing) {
-                "updated"
+            if existing.type_ == desired.type_ {
+                let mut replacement = desired;
+                replacement.metadata.resource_version = existing.resource_version();
+                api.replace(&spec.name, &params, &replacement).await?;
             } else {
-                "overwritten"
-            };
+                // A Secret's type is immutable: replace it by delete and create, deleting only
+                // the object just read.
+                let delete = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: existing.uid(),
+                        resource_version: existing.resource_version(),
+                    }),
+                    ..Default::default()
+                };
+                api.delete(&spec.name, &delete).await?;
+                api.create(&params, &desired).await?;
+            }
+            let action = if ours { "updated" } else { "overwritten" };
             metrics.copy_changed(action);
             tracing::info!(namespace = %ns, secret = %spec.name, source = %source_ref, action, "copy updated");
         }
@@ -282,7 +297,7 @@ async fn delete_copy(
     match api.delete(&copy.name_any(), &params).await {
         Ok(_) => {
             ctx.cluster.metrics().copy_changed("deleted");
-            tracing::info!(namespace = ?copy.namespace(), secret = %copy.name_any(), "copy deleted");
+            tracing::info!(namespace = copy.namespace().unwrap_or_default(), secret = %copy.name_any(), "copy deleted");
             Ok(())
         }
         Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => Ok(()),

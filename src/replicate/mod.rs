@@ -30,6 +30,8 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "pullsecret-injector";
 pub const SOURCE_ANNOTATION: &str = "pullsecret-injector.io/source";
 pub const HASH_ANNOTATION: &str = "pullsecret-injector.io/source-hash";
+/// Which installation made a copy: its Lease, `<namespace>/<leaseName>` (see [`owner`]).
+pub const OWNER_ANNOTATION: &str = "pullsecret-injector.io/owner";
 pub const FIELD_MANAGER: &str = "pullsecret-injector";
 
 #[derive(Debug, Error)]
@@ -59,6 +61,8 @@ pub struct Cluster {
     namespaces: Store<Namespace>,
     sources: BTreeMap<SourceRef, Store<Secret>>,
     copies: Store<Secret>,
+    /// This installation's [`owner`]: copies made by another one are not ours.
+    owner: String,
     keyring: RwLock<Arc<Keyring>>,
     /// Bumped whenever a source changes, so the leader re-syncs every namespace.
     source_changes: watch::Sender<u64>,
@@ -90,6 +94,7 @@ impl Cluster {
         let cluster = Arc::new(Self {
             keyring: RwLock::new(Arc::new(settings.keyring.clone())),
             client: client.clone(),
+            owner: owner(&settings),
             settings,
             metrics,
             namespaces,
@@ -187,12 +192,17 @@ impl Cluster {
         self.copies.get(&ObjectRef::new(name).within(namespace))
     }
 
+    /// This installation's copies in `namespace` (not another installation's).
     pub fn copies_in(&self, namespace: &str) -> Vec<Arc<Secret>> {
         self.copies
             .state()
             .into_iter()
-            .filter(|s| s.namespace().as_deref() == Some(namespace))
+            .filter(|s| s.namespace().as_deref() == Some(namespace) && is_managed(s, &self.owner))
             .collect()
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     pub fn source_changes(&self) -> watch::Receiver<u64> {
@@ -304,7 +314,10 @@ impl Cluster {
             ..Default::default()
         };
         match api
-            .create(&params, &copy_of(spec, source_ref, &source, namespace))
+            .create(
+                &params,
+                &copy_of(spec, source_ref, &source, namespace, &self.owner),
+            )
             .await
         {
             Ok(_) => {
@@ -344,12 +357,13 @@ fn spawn_drive<S, K>(
     });
 }
 
-/// The copy of `source` that belongs in `namespace` for `spec`.
+/// The copy of `source` that belongs in `namespace` for `spec`, made by installation `owner`.
 pub fn copy_of(
     spec: &SecretSpec,
     source_ref: &SourceRef,
     source: &Secret,
     namespace: &str,
+    owner: &str,
 ) -> Secret {
     let hash = dockerconfig::data_hash(source.type_.as_deref(), source.data.as_ref());
     Secret {
@@ -363,6 +377,7 @@ pub fn copy_of(
             annotations: Some(BTreeMap::from([
                 (SOURCE_ANNOTATION.to_string(), source_ref.to_string()),
                 (HASH_ANNOTATION.to_string(), hash),
+                (OWNER_ANNOTATION.to_string(), owner.to_string()),
             ])),
             ..Default::default()
         },
@@ -373,7 +388,22 @@ pub fn copy_of(
     }
 }
 
-/// A Secret is ours only if it carries our label; nothing else is ever changed or deleted.
-pub fn is_managed(secret: &Secret) -> bool {
+/// The installation: replicas that share a Lease are one; every other installation in the
+/// cluster (another Lease) has copies of its own, which this one must leave alone.
+pub fn owner(settings: &Settings) -> String {
+    format!(
+        "{}/{}",
+        settings.namespace, settings.leader_election.lease_name
+    )
+}
+
+/// A Secret is ours only if it carries our label and names this installation as its owner;
+/// nothing else is ever changed or deleted.
+pub fn is_managed(secret: &Secret, owner: &str) -> bool {
     secret.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
+        && secret
+            .annotations()
+            .get(OWNER_ANNOTATION)
+            .map(String::as_str)
+            == Some(owner)
 }

@@ -1,0 +1,1584 @@
+//! End to end through a real kube-apiserver (tests/support/controlplane.rs): the real
+//! `pullsecret-injector serve` binary replicates source pull secrets into opted-in
+//! namespaces, keeps them in sync, and creates a missing copy while admitting a pod.
+//!
+//! Isolation: the tests share one control plane and run in parallel, each with injectors of
+//! its own. Each test has its own source namespace (which also holds its Lease), its own
+//! opt-in label (`pullsecret-injector.io/e2e-repl-<id>`), its own Lease name, its own
+//! namespaces and, where pods are involved, its own MutatingWebhookConfiguration selecting
+//! that label (deleted at the end, or on drop if the test panics). Every injector watches the
+//! whole cluster, so these tests also show that one installation leaves another's copies
+//! alone.
+//!
+//! Needs `make controlplane` once.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Container, Event, Namespace, Pod, PodSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::controlplane::{self, eventually};
+use support::injector::{self, Injector, Options, metric};
+
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+const SOURCE_ANNOTATION: &str = "pullsecret-injector.io/source";
+const HASH_ANNOTATION: &str = "pullsecret-injector.io/source-hash";
+const DOCKERCONFIGJSON: &str = "kubernetes.io/dockerconfigjson";
+const DOCKERCONFIGJSON_KEY: &str = ".dockerconfigjson";
+/// The Lease duration every test configures; take-over is asserted within twice this.
+const LEASE_SECONDS: u64 = 4;
+/// How long the apiserver may take to act on a new webhook configuration.
+const PROPAGATION: Duration = Duration::from_secs(30);
+/// Bound for convergence that has no latency target of its own.
+const CONVERGE: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------
+// Helpers: config, injectors
+// ---------------------------------------------------------------------------
+
+/// The opt-in namespace label of test `id`: the injector's namespaceSelector and, where a
+/// webhook is registered, the webhook's.
+fn opt_in_label(id: &str) -> String {
+    format!("pullsecret-injector.io/e2e-repl-{id}")
+}
+
+/// A replication config: sources in `source_ns` (also the Lease's namespace), copies in
+/// namespaces labelled `opt_in_label(id)=enabled`, Lease `e2e-repl-<id>`, and `secrets`
+/// (a YAML list, indented by two spaces).
+fn config(id: &str, source_ns: &str, secrets: &str) -> String {
+    format!(
+        "namespace: {source_ns}\n\
+         namespaceSelector:\n  matchLabels: {{\"{label}\": enabled}}\n\
+         excludeNamespaces: []\n\
+         leaderElection: {{leaseName: e2e-repl-{id}, leaseDurationSeconds: {LEASE_SECONDS}}}\n\
+         secrets:\n{secrets}",
+        label = opt_in_label(id),
+    )
+}
+
+/// The usual single entry: `regcred`, copied from `regcred-source`, patterns from its auths.
+const REGCRED: &str = "  - name: regcred\n    source: {name: regcred-source}\n";
+
+/// A running injector with cluster access, its certificate directory kept for restarts.
+struct Replicator {
+    injector: Injector,
+    ca_pem: String,
+    dir: tempfile::TempDir,
+}
+
+impl Replicator {
+    /// Starts an injector and waits until its caches have synced.
+    fn start(config: &str) -> Self {
+        Self::start_on(config, "127.0.0.1:0")
+    }
+
+    fn start_on(config: &str, listen: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = injector::certificates(dir.path());
+        let injector = start_in(config, listen, dir.path());
+        Self {
+            injector,
+            ca_pem: ca.cert_pem,
+            dir,
+        }
+    }
+
+    /// Starts an injector and waits until it holds the Lease (and its caches have synced).
+    fn start_leader(config: &str) -> Self {
+        let mut replicator = Self::start(config);
+        wait_leader_log(&mut replicator.injector);
+        replicator
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/mutate", self.injector.addr.port())
+    }
+}
+
+/// A port that nothing listens on (bound, read and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
+/// Starts `serve` with `config` on `listen` in `dir` (certificates already there) against the test
+/// control plane, and waits for "caches synced".
+fn start_in(config: &str, listen: &str, dir: &std::path::Path) -> Injector {
+    let kubeconfig = controlplane::shared()
+        .kubeconfig_path()
+        .display()
+        .to_string();
+    let mut injector = Injector::start(Options {
+        env: vec![("KUBECONFIG".into(), kubeconfig)],
+        listen,
+        ..Options::new(config, dir)
+    });
+    injector.wait_for_log(Duration::from_secs(30), |l| l["message"] == "caches synced");
+    injector
+}
+
+fn wait_leader_log(injector: &mut Injector) {
+    injector.wait_for_log(Duration::from_secs(4 * LEASE_SECONDS), |l| {
+        l["message"] == "became the leader; replicating"
+    });
+}
+
+/// Prints an injector's logs if the test panics while the guard is alive.
+struct LogsOnFailure<'a>(&'a str, &'a Injector);
+
+impl Drop for LogsOnFailure<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "==== injector {} logs ====\n{}",
+                self.0,
+                self.1.logs().join("\n")
+            );
+        }
+    }
+}
+
+fn copies_metric(text: &str, action: &str) -> f64 {
+    metric(
+        text,
+        &format!("pullsecret_injector_replicated_copies_total{{action=\"{action}\"}}"),
+    )
+}
+
+fn conflicts_metric(text: &str) -> f64 {
+    metric(text, "pullsecret_injector_replication_conflicts_total")
+}
+
+fn leader_metric(text: &str) -> f64 {
+    metric(text, "pullsecret_injector_leader")
+}
+
+/// Every write the injector counted (created, updated, overwritten, deleted).
+fn writes(text: &str) -> f64 {
+    ["created", "updated", "overwritten", "deleted"]
+        .iter()
+        .map(|a| copies_metric(text, a))
+        .sum()
+}
+
+// ---------------------------------------------------------------------------
+// Helpers: Kubernetes objects
+// ---------------------------------------------------------------------------
+
+/// A `.dockerconfigjson` with one auths entry per `(registry, user, password)`.
+fn dockerconfig(auths: &[(&str, &str, &str)]) -> Vec<u8> {
+    let auths: serde_json::Map<String, Value> = auths
+        .iter()
+        .map(|(registry, user, password)| {
+            (
+                registry.to_string(),
+                json!({"username": user, "password": password}),
+            )
+        })
+        .collect();
+    serde_json::to_vec(&json!({ "auths": auths })).expect("JSON")
+}
+
+fn secret(name: &str, type_: &str, data: &[(&str, &[u8])]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        type_: Some(type_.into()),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+async fn create_source(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    auths: &[(&str, &str, &str)],
+) -> Secret {
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(
+            &PostParams::default(),
+            &secret(
+                name,
+                DOCKERCONFIGJSON,
+                &[(DOCKERCONFIGJSON_KEY, &dockerconfig(auths))],
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("creating source {namespace}/{name}: {e}"))
+}
+
+/// Replaces the source's `.dockerconfigjson`; returns the stored Secret.
+async fn rotate_source(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    auths: &[(&str, &str, &str)],
+) -> Secret {
+    let patch = json!({"data": {DOCKERCONFIGJSON_KEY: ByteString(dockerconfig(auths))}});
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("rotating source {namespace}/{name}: {e}"))
+}
+
+async fn set_label(client: &kube::Client, namespace: &str, key: &str, value: Option<&str>) {
+    let patch = json!({"metadata": {"labels": {key: value}}});
+    Api::<Namespace>::all(client.clone())
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("labelling namespace {namespace}: {e}"));
+}
+
+async fn get_secret(client: &kube::Client, namespace: &str, name: &str) -> Option<Secret> {
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .unwrap_or_else(|e| panic!("getting Secret {namespace}/{name}: {e}"))
+}
+
+fn data_of(secret: &Secret) -> BTreeMap<String, ByteString> {
+    secret.data.clone().unwrap_or_default()
+}
+
+fn annotation<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
+    secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+fn label<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
+    secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+/// Checks that `copy` is a managed copy of `source` (named `source_ref` = ns/name), with
+/// the source's type and exactly its data bytes.
+fn check_copy(copy: &Secret, source: &Secret, source_ref: &str) -> Result<(), String> {
+    let name = format!(
+        "{}/{}",
+        copy.metadata.namespace.as_deref().unwrap_or_default(),
+        copy.metadata.name.as_deref().unwrap_or_default()
+    );
+    if label(copy, MANAGED_BY) != Some("pullsecret-injector") {
+        return Err(format!(
+            "{name} lacks the managed-by label: {:?}",
+            copy.metadata.labels
+        ));
+    }
+    if annotation(copy, SOURCE_ANNOTATION) != Some(source_ref) {
+        return Err(format!(
+            "{name} has source annotation {:?}, expected {source_ref}",
+            annotation(copy, SOURCE_ANNOTATION)
+        ));
+    }
+    if annotation(copy, HASH_ANNOTATION).is_none_or(str::is_empty) {
+        return Err(format!("{name} lacks the source-hash annotation"));
+    }
+    if copy.type_ != source.type_ {
+        return Err(format!(
+            "{name} has type {:?}, the source {:?}",
+            copy.type_, source.type_
+        ));
+    }
+    if data_of(copy) != data_of(source) {
+        return Err(format!("{name}'s data differ from the source's"));
+    }
+    Ok(())
+}
+
+/// Waits until `namespace` holds an up-to-date copy `name` of `source`; returns it.
+async fn wait_copy(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    source: &Secret,
+    source_ref: &str,
+    timeout: Duration,
+) -> Secret {
+    eventually(
+        &format!("an up-to-date copy {namespace}/{name} of {source_ref}"),
+        timeout,
+        || async {
+            let copy = get_secret(client, namespace, name)
+                .await
+                .ok_or_else(|| "no such Secret".to_string())?;
+            check_copy(&copy, source, source_ref)?;
+            Ok::<_, String>(copy)
+        },
+    )
+    .await
+}
+
+async fn wait_absent(client: &kube::Client, namespace: &str, name: &str, timeout: Duration) {
+    eventually(
+        &format!("Secret {namespace}/{name} to be deleted"),
+        timeout,
+        || async {
+            match get_secret(client, namespace, name).await {
+                None => Ok(()),
+                Some(s) => Err(format!(
+                    "still there (resourceVersion {:?})",
+                    s.metadata.resource_version
+                )),
+            }
+        },
+    )
+    .await
+}
+
+/// Polls `check` every 10 ms until it yields a value, for at most `timeout`; returns the
+/// value and the time it took. For latency measurements, where `eventually`'s 200 ms
+/// interval would be the error bar.
+async fn timed<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return (value, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What must never change about a Secret the injector did not create.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    uid: Option<String>,
+    resource_version: Option<String>,
+    type_: Option<String>,
+    data: BTreeMap<String, ByteString>,
+    labels: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+impl Snapshot {
+    fn of(secret: &Secret) -> Self {
+        Self {
+            uid: secret.metadata.uid.clone(),
+            resource_version: secret.metadata.resource_version.clone(),
+            type_: secret.type_.clone(),
+            data: data_of(secret),
+            labels: secret.metadata.labels.clone(),
+            annotations: secret.metadata.annotations.clone(),
+        }
+    }
+}
+
+async fn assert_untouched(client: &kube::Client, namespace: &str, name: &str, before: &Snapshot) {
+    let now = get_secret(client, namespace, name)
+        .await
+        .unwrap_or_else(|| panic!("Secret {namespace}/{name} was deleted"));
+    assert_eq!(
+        &Snapshot::of(&now),
+        before,
+        "Secret {namespace}/{name} was modified"
+    );
+}
+
+/// A user's own Secret: no managed-by label, labels and an annotation of its own.
+fn user_secret(name: &str, type_: &str, data: &[(&str, &[u8])]) -> Secret {
+    let mut s = secret(name, type_, data);
+    s.metadata.labels = Some(BTreeMap::from([(
+        "team".to_string(),
+        "payments".to_string(),
+    )]));
+    s.metadata.annotations = Some(BTreeMap::from([(
+        "team.example/note".to_string(),
+        "hand made".to_string(),
+    )]));
+    s
+}
+
+async fn create_secret(client: &kube::Client, namespace: &str, secret: &Secret) -> Secret {
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), secret)
+        .await
+        .unwrap_or_else(|e| panic!("creating Secret in {namespace}: {e}"))
+}
+
+/// The PullSecretConflict Events about namespace `ns` (Events about a cluster-scoped object
+/// are stored in `default`; searched in all namespaces).
+async fn conflict_events(client: &kube::Client, ns: &str) -> Vec<Event> {
+    Api::<Event>::all(client.clone())
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.kind=Namespace,involvedObject.name={ns},reason=PullSecretConflict"
+        )))
+        .await
+        .expect("list events")
+        .items
+}
+
+// ---------------------------------------------------------------------------
+// Helpers: webhook registration and pods
+// ---------------------------------------------------------------------------
+
+fn webhook_configuration(id: &str, url: &str, ca_pem: &str) -> MutatingWebhookConfiguration {
+    MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(format!("pullsecret-injector-e2e-repl-{id}")),
+            ..ObjectMeta::default()
+        },
+        webhooks: Some(vec![MutatingWebhook {
+            name: format!("{id}.e2e-repl.pullsecret-injector.io"),
+            admission_review_versions: vec!["v1".into()],
+            // The webhook creates missing copies, except for dry runs.
+            side_effects: "NoneOnDryRun".into(),
+            failure_policy: Some("Fail".into()),
+            timeout_seconds: Some(5),
+            reinvocation_policy: Some("IfNeeded".into()),
+            client_config: WebhookClientConfig {
+                url: Some(url.into()),
+                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
+                ..WebhookClientConfig::default()
+            },
+            rules: Some(vec![RuleWithOperations {
+                operations: Some(vec!["CREATE".into()]),
+                api_groups: Some(vec!["".into()]),
+                api_versions: Some(vec!["v1".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(opt_in_label(id), "enabled".to_string())])),
+                ..LabelSelector::default()
+            }),
+            ..MutatingWebhook::default()
+        }]),
+    }
+}
+
+/// A registered webhook configuration, deleted by `delete` or, if the test panics, on drop.
+struct Registration {
+    api: Api<MutatingWebhookConfiguration>,
+    name: String,
+    deleted: bool,
+}
+
+async fn register(
+    client: &kube::Client,
+    configuration: &MutatingWebhookConfiguration,
+) -> Registration {
+    let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let created = api
+        .create(&PostParams::default(), configuration)
+        .await
+        .unwrap_or_else(|e| panic!("creating MutatingWebhookConfiguration: {e}"));
+    Registration {
+        api,
+        name: created.metadata.name.expect("name"),
+        deleted: false,
+    }
+}
+
+impl Registration {
+    async fn delete(mut self) {
+        self.api
+            .delete(&self.name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("deleting MutatingWebhookConfiguration {}: {e}", self.name));
+        self.deleted = true;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.deleted {
+            return;
+        }
+        let name = self.name.clone();
+        let config = controlplane::shared().config();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let client = kube::Client::try_from(config).ok()?;
+                Api::<MutatingWebhookConfiguration>::all(client)
+                    .delete(&name, &DeleteParams::default())
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+fn pod(name: &str, image: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "app".into(),
+                image: Some(image.into()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+fn secret_names(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.image_pull_secrets.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}
+
+fn dry_run() -> PostParams {
+    PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    }
+}
+
+/// The imagePullSecrets a dry-run create of a pod with `image` comes back with.
+async fn dry_run_secrets(pods: &Api<Pod>, image: &str) -> Result<Vec<String>, String> {
+    pods.create(&dry_run(), &pod("probe", image))
+        .await
+        .map(|p| secret_names(&p))
+        .map_err(|e| e.to_string())
+}
+
+/// Polls with dry-run creates until a pod with `image` comes back with exactly `expected`.
+async fn wait_dry_run(pods: &Api<Pod>, image: &str, expected: &[&str], timeout: Duration) {
+    eventually(
+        &format!("a dry-run pod with image {image} to get imagePullSecrets {expected:?}"),
+        timeout,
+        || async {
+            let names = dry_run_secrets(pods, image).await?;
+            if names == expected {
+                Ok(())
+            } else {
+                Err(format!("got {names:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn labelled_namespace_gets_copies_within_two_seconds_and_loses_them_when_unlabelled() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let id = "label";
+    let key = opt_in_label(id);
+    let source_ns = controlplane::namespace(&client, "e2e-repl-label-src", &[]).await;
+    let source = create_source(
+        &client,
+        &source_ns,
+        "regcred-source",
+        &[("registry.example.com", "robot", "s3cret")],
+    )
+    .await;
+    let source_ref = format!("{source_ns}/regcred-source");
+    let replicator = Replicator::start_leader(&config(id, &source_ns, REGCRED));
+    let _injector_logs = LogsOnFailure("", &replicator.injector);
+
+    // Several namespaces, labelled one after another; no pod anywhere.
+    let mut label_to_copy = Vec::new();
+    let mut namespaces = Vec::new();
+    for _ in 0..5 {
+        let ns = controlplane::namespace(&client, "e2e-repl-label", &[]).await;
+        assert!(get_secret(&client, &ns, "regcred").await.is_none());
+        set_label(&client, &ns, &key, Some("enabled")).await;
+        let (copy, took) = timed(
+            &format!("the copy in {ns}"),
+            Duration::from_secs(10),
+            || async { get_secret(&client, &ns, "regcred").await },
+        )
+        .await;
+        check_copy(&copy, &source, &source_ref).unwrap_or_else(|e| panic!("{e}"));
+        label_to_copy.push(took);
+        namespaces.push(ns);
+    }
+
+    // Unlabel the first: its copy goes; relabel it: the copy comes back.
+    let ns = &namespaces[0];
+    set_label(&client, ns, &key, None).await;
+    let ((), unlabel_to_gone) = timed(
+        &format!("the copy in {ns} to be deleted"),
+        Duration::from_secs(10),
+        || async {
+            get_secret(&client, ns, "regcred")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    set_label(&client, ns, &key, Some("enabled")).await;
+    let (copy, relabel_to_copy) = timed(
+        &format!("the copy in {ns} to be restored"),
+        Duration::from_secs(10),
+        || async { get_secret(&client, ns, "regcred").await },
+    )
+    .await;
+    check_copy(&copy, &source, &source_ref).unwrap_or_else(|e| panic!("{e}"));
+    // The other namespaces kept theirs.
+    for other in &namespaces[1..] {
+        assert!(
+            get_secret(&client, other, "regcred").await.is_some(),
+            "{other}"
+        );
+    }
+
+    println!(
+        "label -> copy: {:?}; unlabel -> copy deleted: {unlabel_to_gone:?}; relabel -> copy: {relabel_to_copy:?}",
+        label_to_copy
+    );
+    for took in label_to_copy.iter().chain([&relabel_to_copy]) {
+        assert!(*took < Duration::from_secs(2), "copy took {took:?}");
+    }
+    assert!(
+        unlabel_to_gone < Duration::from_secs(2),
+        "deletion took {unlabel_to_gone:?}"
+    );
+
+    let metrics = replicator.injector.metrics().await;
+    assert!(copies_metric(&metrics, "created") >= 6.0, "{metrics}");
+    assert!(copies_metric(&metrics, "deleted") >= 1.0, "{metrics}");
+    assert_eq!(leader_metric(&metrics), 1.0, "{metrics}");
+    let logs = replicator.injector.json_logs();
+    assert!(
+        logs.iter()
+            .any(|l| l["message"] == "copy deleted" && l["secret"] == "regcred"),
+        "no 'copy deleted' log line"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l["message"] == "copy created" && l["namespace"] == ns.as_str())
+    );
+}
+
+#[tokio::test]
+async fn source_rotation_reaches_every_copy() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let id = "rotate";
+    let key = opt_in_label(id);
+    let source_ns = controlplane::namespace(&client, "e2e-repl-rotate-src", &[]).await;
+    let auths = |password| [("registry.example.com", "robot", password)];
+    let source = create_source(
+        &client,
+        &source_ns,
+        "regcred-source",
+        &auths("old-password"),
+    )
+    .await;
+    let source_ref = format!("{source_ns}/regcred-source");
+    let replicator = Replicator::start_leader(&config(id, &source_ns, REGCRED));
+    let _injector_logs = LogsOnFailure("", &replicator.injector);
+
+    let mut namespaces = Vec::new();
+    for _ in 0..3 {
+        namespaces
+            .push(controlplane::namespace(&client, "e2e-repl-rotate", &[(&key, "enabled")]).await);
+    }
+    let mut old_hashes = Vec::new();
+    for ns in &namespaces {
+        let copy = wait_copy(&client, ns, "regcred", &source, &source_ref, CONVERGE).await;
+        old_hashes.push(annotation(&copy, HASH_ANNOTATION).unwrap().to_string());
+    }
+
+    let rotated = rotate_source(
+        &client,
+        &source_ns,
+        "regcred-source",
+        &auths("new-password"),
+    )
+    .await;
+    assert_ne!(data_of(&rotated), data_of(&source));
+    let started = Instant::now();
+    for (ns, old_hash) in namespaces.iter().zip(&old_hashes) {
+        let copy = wait_copy(&client, ns, "regcred", &rotated, &source_ref, CONVERGE).await;
+        assert_eq!(
+            data_of(&copy)[DOCKERCONFIGJSON_KEY].0,
+            dockerconfig(&auths("new-password")),
+            "{ns}: bytes"
+        );
+        assert_ne!(annotation(&copy, HASH_ANNOTATION), Some(old_hash.as_str()));
+    }
+    println!(
+        "rotation reached all {} copies in {:?}",
+        namespaces.len(),
+        started.elapsed()
+    );
+    let metrics = replicator.injector.metrics().await;
+    assert!(copies_metric(&metrics, "updated") >= 3.0, "{metrics}");
+
+    // A copy whose data someone edited by hand is put back to the source's bytes.
+    let ns = &namespaces[1];
+    let edited =
+        json!({"data": {DOCKERCONFIGJSON_KEY: ByteString(dockerconfig(&auths("edited")))}});
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch("regcred", &PatchParams::default(), &Patch::Merge(&edited))
+        .await
+        .expect("edit a copy");
+    wait_copy(&client, ns, "regcred", &rotated, &source_ref, CONVERGE).await;
+}
+
+/// One run of the race: a labelled namespace, then at once a Pod in it.
+struct Race {
+    /// Pod create latencies of the runs that passed.
+    latencies: Vec<Duration>,
+    failures: Vec<String>,
+    /// Pod creates refused by the ServiceAccount admission plugin and retried.
+    sa_retries: usize,
+}
+
+async fn race(
+    client: &kube::Client,
+    key: &str,
+    image: &str,
+    source: &Secret,
+    source_ref: &str,
+    runs: usize,
+) -> Race {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let mut result = Race {
+        latencies: Vec::new(),
+        failures: Vec::new(),
+        sa_retries: 0,
+    };
+    for run in 0..runs {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                generate_name: Some("e2e-repl-race-".into()),
+                labels: Some(BTreeMap::from([(key.to_string(), "enabled".to_string())])),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        let ns = namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace")
+            .metadata
+            .name
+            .expect("name");
+        // At once: no waiting for anything in the new namespace.
+        let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+        let started = Instant::now();
+        let created = loop {
+            match pods
+                .create(&PostParams::default(), &pod("app", image))
+                .await
+            {
+                // The ServiceAccount admission plugin (which runs before webhooks) refuses pods
+                // until kube-controller-manager has made the namespace's `default`
+                // ServiceAccount; only that refusal is retried.
+                Err(kube::Error::Api(status))
+                    if status
+                        .message
+                        .contains("serviceaccount \"default\" not found")
+                        && started.elapsed() < Duration::from_secs(10) =>
+                {
+                    result.sa_retries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => break other,
+            }
+        };
+        let latency = started.elapsed();
+        // Immediately after the create returned.
+        let present = get_secret(client, &ns, "regcred").await;
+        match created {
+            Err(e) => result
+                .failures
+                .push(format!("run {run} ({ns}): pod create failed: {e}")),
+            Ok(created) if secret_names(&created) != ["regcred"] => result.failures.push(format!(
+                "run {run} ({ns}): pod returned with imagePullSecrets {:?}",
+                secret_names(&created)
+            )),
+            Ok(_) => match present {
+                None => result.failures.push(format!(
+                    "run {run} ({ns}): Secret regcred missing right after the pod create"
+                )),
+                Some(copy) => match check_copy(&copy, source, source_ref) {
+                    Ok(()) => result.latencies.push(latency),
+                    Err(e) => result.failures.push(format!("run {run}: {e}")),
+                },
+            },
+        }
+    }
+    result.latencies.sort();
+    result
+}
+
+fn ensured(metrics: &str, result: &str) -> f64 {
+    metric(
+        metrics,
+        &format!("pullsecret_injector_ensured_at_admission_total{{result=\"{result}\"}}"),
+    )
+}
+
+/// Run twice: first with the Lease held by someone else, so that no controller runs and only
+/// the webhook's create-before-answer can make the Secret exist; then as deployed, with the
+/// webhook's injector also the leader (the controller usually wins the race).
+#[tokio::test]
+async fn pod_created_with_its_namespace_has_its_secret_present_and_referenced_50_of_50() {
+    const RUNS: usize = 50;
+    const IMAGE: &str = "race.registry.example/team/app:1";
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let id = "race";
+    let key = opt_in_label(id);
+    let source_ns = controlplane::namespace(&client, "e2e-repl-race-src", &[]).await;
+    let source = create_source(
+        &client,
+        &source_ns,
+        "regcred-source",
+        &[("race.registry.example", "robot", "s3cret")],
+    )
+    .await;
+    let source_ref = format!("{source_ns}/regcred-source");
+    let config = config(id, &source_ns, REGCRED);
+
+    // Someone else holds the Lease, for an hour.
+    let leases = Api::<Lease>::namespaced(client.clone(), &source_ns);
+    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    leases
+        .create(
+            &PostParams::default(),
+            &Lease {
+                metadata: ObjectMeta {
+                    name: Some(format!("e2e-repl-{id}")),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some("e2e-test-holds-the-lease".into()),
+                    lease_duration_seconds: Some(3600),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    ..LeaseSpec::default()
+                }),
+            },
+        )
+        .await
+        .expect("create the Lease");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let follower = Replicator::start_on(&config, &listen);
+    let registration = register(
+        &client,
+        &webhook_configuration(id, &follower.url(), &follower.ca_pem),
+    )
+    .await;
+    let probe_ns =
+        controlplane::namespace(&client, "e2e-repl-race-probe", &[(&key, "enabled")]).await;
+    let probe_pods = Api::<Pod>::namespaced(client.clone(), &probe_ns);
+    {
+        let _injector_logs = LogsOnFailure("no leader", &follower.injector);
+        wait_dry_run(&probe_pods, IMAGE, &["regcred"], PROPAGATION).await;
+        // A dry run has no side effects: nothing was created in the probe namespace.
+        assert!(get_secret(&client, &probe_ns, "regcred").await.is_none());
+        let race = race(&client, &key, IMAGE, &source, &source_ref, RUNS).await;
+        let metrics = follower.injector.metrics().await;
+        println!(
+            "no leader (admission only): {}/{RUNS} with the Secret present and referenced; pod \
+             create p50 {:?}, max {:?}; ServiceAccount-not-found retries: {}; ensured at \
+             admission: created {}, exists {}, failed {}",
+            race.latencies.len(),
+            race.latencies.get(RUNS / 2),
+            race.latencies.last(),
+            race.sa_retries,
+            ensured(&metrics, "created"),
+            ensured(&metrics, "exists"),
+            ensured(&metrics, "failed"),
+        );
+        assert!(
+            race.failures.is_empty(),
+            "failures:\n{}",
+            race.failures.join("\n")
+        );
+        assert_eq!(race.latencies.len(), RUNS);
+        assert_eq!(leader_metric(&metrics), 0.0, "{metrics}");
+        assert_eq!(ensured(&metrics, "created"), RUNS as f64, "{metrics}");
+        assert_eq!(ensured(&metrics, "failed"), 0.0, "{metrics}");
+    }
+
+    // As deployed: the Lease is free, the same injector (same port) restarts and leads.
+    let Replicator { injector, dir, .. } = follower;
+    assert!(injector.stop().success());
+    leases
+        .delete(&format!("e2e-repl-{id}"), &DeleteParams::default())
+        .await
+        .expect("delete the Lease");
+    let mut leader = start_in(&config, &listen, dir.path());
+    wait_leader_log(&mut leader);
+    let _injector_logs = LogsOnFailure("leader", &leader);
+    wait_dry_run(&probe_pods, IMAGE, &["regcred"], PROPAGATION).await;
+    let with_controller = race(&client, &key, IMAGE, &source, &source_ref, RUNS).await;
+    let metrics = leader.metrics().await;
+    println!(
+        "with the controller: {}/{RUNS} with the Secret present and referenced; pod create p50 \
+         {:?}, max {:?}; ServiceAccount-not-found retries: {}; ensured at admission: created \
+         {}, exists {}, failed {}",
+        with_controller.latencies.len(),
+        with_controller.latencies.get(RUNS / 2),
+        with_controller.latencies.last(),
+        with_controller.sa_retries,
+        ensured(&metrics, "created"),
+        ensured(&metrics, "exists"),
+        ensured(&metrics, "failed"),
+    );
+    assert!(
+        with_controller.failures.is_empty(),
+        "failures:\n{}",
+        with_controller.failures.join("\n")
+    );
+    assert_eq!(with_controller.latencies.len(), RUNS);
+    assert_eq!(ensured(&metrics, "failed"), 0.0, "{metrics}");
+    assert_eq!(leader_metric(&metrics), 1.0, "{metrics}");
+
+    registration.delete().await;
+}
+
+#[tokio::test]
+async fn user_owned_secret_of_the_same_name_is_never_touched() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let id = "userowned";
+    let key = opt_in_label(id);
+    let source_ns = controlplane::namespace(&client, "e2e-repl-user-src", &[]).await;
+    let auths = |password| [("registry.example.com", "robot", password)];
+    let source = create_source(&client, &source_ns, "regcred-source", &auths("one")).await;
+    let source_ref = format!("{source_ns}/regcred-source");
+    let secrets = "  - name: regcred\n    source: {name: regcred-source}\n  \
+                   - name: regcred-ow\n    source: {name: regcred-source}\n    overwriteExisting: true\n";
+    let replicator = Replicator::start_leader(&config(id, &source_ns, secrets));
+    let _injector_logs = LogsOnFailure("", &replicator.injector);
+    let user_config = dockerconfig(&[("registry.example.com", "me", "my-own-password")]);
+
+    // Before labelling: the user's Secret exists, then the namespace opts in.
+    let before = controlplane::namespace(&client, "e2e-repl-user-before", &[]).await;
+    let user_before = create_secret(
+        &client,
+        &before,
+        &user_secret(
+            "regcred",
+            DOCKERCONFIGJSON,
+            &[(DOCKERCONFIGJSON_KEY, &user_config)],
+        ),
+    )
+    .await;
+    let snapshot_before = Snapshot::of(&user_before);
+    set_label(&client, &before, &key, Some("enabled")).await;
+
+    // After labelling: the copy is there, and the user takes the name over (drops our label,
+    // writes their own data).
+    let after = controlplane::namespace(&client, "e2e-repl-user-after", &[(&key, "enabled")]).await;
+    let mut taken = wait_copy(&client, &after, "regcred", &source, &source_ref, CONVERGE).await;
+    taken.metadata.labels = Some(BTreeMap::from([(
+        "team".to_string(),
+        "payments".to_string(),
+    )]));
+    taken.metadata.annotations = None;
+    taken.data = Some(BTreeMap::from([(
+        DOCKERCONFIGJSON_KEY.to_string(),
+        ByteString(user_config.clone()),
+    )]));
+    let user_after = Api::<Secret>::namespaced(client.clone(), &after)
+        .replace("regcred", &PostParams::default(), &taken)
+        .await
+        .expect("the user takes the Secret over");
+    let snapshot_after = Snapshot::of(&user_after);
+
+    // The controller ran: a namespace labelled after these got its copy, the conflicts were
+    // counted, logged and reported as Events on the namespaces.
+    let control = controlplane::namespace(&client, "e2e-repl-user-control", &[]).await;
+    set_label(&client, &control, &key, Some("enabled")).await;
+    wait_copy(&client, &control, "regcred", &source, &source_ref, CONVERGE).await;
+    for ns in [&before, &after] {
+        eventually(
+            &format!("a PullSecretConflict Event about namespace {ns}"),
+            CONVERGE,
+            || async {
+                let events = conflict_events(&client, ns).await;
+                match events.first() {
+                    Some(e) if e.type_.as_deref() == Some("Warning") => Ok(()),
+                    Some(e) => Err(format!("event of type {:?}", e.type_)),
+                    None => Err("no event yet".to_string()),
+                }
+            },
+        )
+        .await;
+    }
+    let metrics = replicator.injector.metrics().await;
+    assert!(conflicts_metric(&metrics) >= 2.0, "{metrics}");
+    let logs = replicator.injector.json_logs();
+    for ns in [&before, &after] {
+        assert!(
+            logs.iter().any(|l| l["level"] == "WARN"
+                && l["namespace"] == ns.as_str()
+                && l["secret"] == "regcred"
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("not created by"))),
+            "no conflict warning logged for {ns}"
+        );
+    }
+
+    // One more full pass (a source rotation reconciles every namespace): the copies follow,
+    // the user's Secrets do not.
+    let rotated = rotate_source(&client, &source_ns, "regcred-source", &auths("two")).await;
+    wait_copy(
+        &client,
+        &control,
+        "regcred",
+        &rotated,
+        &source_ref,
+        CONVERGE,
+    )
+    .await;
+    wait_copy(
+        &client,
+        &before,
+        "regcred-ow",
+        &rotated,
+        &source_ref,
+        CONVERGE,
+    )
+    .await;
+    wait_copy(
+        &client,
+        &after,
+        "regcred-ow",
+        &rotated,
+        &source_ref,
+        CONVERGE,
+    )
+    .await;
+    assert_untouched(&client, &before, "regcred", &snapshot_before).await;
+    assert_untouched(&client, &after, "regcred", &snapshot_after).await;
+    assert_eq!(
+        data_of(&get_secret(&client, &before, "regcred").await.unwrap())[DOCKERCONFIGJSON_KEY].0,
+        user_config,
+        "byte for byte"
+    );
+
+    // overwriteExisting: true replaces a user's Secret of that entry's name, whatever its type.
+    let overwrite = controlplane::namespace(&client, "e2e-repl-user-ow", &[]).await;
+    let same_type = create_secret(
+        &client,
+        &overwrite,
+        &user_secret(
+            "regcred-ow",
+            DOCKERCONFIGJSON,
+            &[(DOCKERCONFIGJSON_KEY, &user_config)],
+        ),
+    )
+    .await;
+    let overwrite_opaque = controlplane::namespace(&client, "e2e-repl-user-ow-opaque", &[]).await;
+    create_secret(
+        &client,
+        &overwrite_opaque,
+        &user_secret("regcred-ow", "Opaque", &[("token", b"abc")]),
+    )
+    .await;
+    set_label(&client, &overwrite, &key, Some("enabled")).await;
+    set_label(&client, &overwrite_opaque, &key, Some("enabled")).await;
+    let replaced = wait_copy(
+        &client,
+        &overwrite,
+        "regcred-ow",
+        &rotated,
+        &source_ref,
+        CONVERGE,
+    )
+    .await;
+    assert_eq!(
+        replaced.metadata.uid, same_type.metadata.uid,
+        "replaced in place"
+    );
+    wait_copy(
+        &client,
+        &overwrite_opaque,
+        "regcred-ow",
+        &rotated,
+        &source_ref,
+        CONVERGE,
+    )
+    .await;
+    // The entry without overwriteExisting makes its copy there as usual.
+    wait_copy(
+        &client,
+        &overwrite,
+        "regcred",
+        &rotated,
+        &source_ref,
+        CONVERGE,
+    )
+    .await;
+    let metrics = replicator.injector.metrics().await;
+    assert!(copies_metric(&metrics, "overwritten") >= 2.0, "{metrics}");
+    // Overwriting is not a conflict.
+    let logs = replicator.injector.json_logs();
+    for ns in [&overwrite, &overwrite_opaque] {
+        assert!(
+            !logs
+                .iter()
+                .any(|l| l["level"] == "WARN" && l["namespace"] == ns.as_str()),
+            "a warning was logged for {ns}"
+        );
+        assert!(conflict_events(&client, ns).await.is_empty(), "{ns}");
+    }
+}
+
+#[tokio::test]
+async fn restart_after_downtime_converges_without_touching_others() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let id = "restart";
+    let key = opt_in_label(id);
+    let source_ns = controlplane::namespace(&client, "e2e-repl-restart-src", &[]).await;
+    let auths = |password| [("registry.example.com", "robot", password)];
+    let source = create_source(&client, &source_ns, "regcred-source", &auths("before")).await;
+    let source_ref = format!("{source_ns}/regcred-source");
+    let config = config(id, &source_ns, REGCRED);
+    let first = Replicator::start_leader(&config);
+
+    let deleted_copy =
+        controlplane::namespace(&client, "e2e-repl-restart-del", &[(&key, "enabled")]).await;
+    let kept =
+        controlplane::namespace(&client, "e2e-repl-restart-kept", &[(&key, "enabled")]).await;
+    let unlabelled =
+        controlplane::namespace(&client, "e2e-repl-restart-unl", &[(&key, "enabled")]).await;
+    let added = controlplane::namespace(&client, "e2e-repl-restart-add", &[]).await;
+    let user_ns = controlplane::namespace(&client, "e2e-repl-restart-user", &[]).await;
+    // A Secret of another name next to a copy.
+    let other = create_secret(
+        &client,
+        &kept,
+        &user_secret("app-config", "Opaque", &[("key", b"value")]),
+    )
+    .await;
+    {
+        let _injector_logs = LogsOnFailure("first", &first.injector);
+        for ns in [&deleted_copy, &kept, &unlabelled] {
+            wait_copy(&client, ns, "regcred", &source, &source_ref, CONVERGE).await;
+        }
+    }
+    let Replicator { injector, dir, .. } = first;
+    let first_logs = injector.logs().join("\n");
+    let status = injector.stop();
+    assert!(
+        status.success(),
+        "exit status {status}; logs:\n{first_logs}"
+    );
+
+    // While it is down.
+    Api::<Secret>::namespaced(client.clone(), &deleted_copy)
+        .delete("regcred", &DeleteParams::default())
+        .await
+        .expect("delete a copy");
+    set_label(&client, &added, &key, Some("enabled")).await;
+    set_label(&client, &unlabelled, &key, None).await;
+    let rotated = rotate_source(&client, &source_ns, "regcred-source", &auths("after")).await;
+    let user = create_secret(
+        &client,
+        &user_ns,
+        &user_secret(
+            "regcred",
+            DOCKERCONFIGJSON,
+            &[(
+                DOCKERCONFIGJSON_KEY,
+                &dockerconfig(&[("registry.example.com", "me", "mine")]),
+            )],
+        ),
+    )
+    .await;
+    set_label(&client, &user_ns, &key, Some("enabled")).await;
+
+    let started = Instant::now();
+    let mut second = start_in(&config, "127.0.0.1:0", dir.path());
+    wait_leader_log(&mut second);
+    let _injector_logs = LogsOnFailure("second", &second);
+    for ns in [&deleted_copy, &kept, &added] {
+        wait_copy(&client, ns, "regcred", &rotated, &source_ref, CONVERGE).await;
+    }
+    wait_absent(&client, &unlabelled, "regcred", CONVERGE).await;
+    println!("converged {:?} after the restart", started.elapsed());
+    eventually("the conflict to be counted", CONVERGE, || async {
+        let metrics = second.metrics().await;
+        (conflicts_metric(&metrics) >= 1.0)
+            .then_some(())
+            .ok_or(metrics)
+    })
+    .await;
+    assert_untouched(&client, &user_ns, "regcred", &Snapshot::of(&user)).await;
+    assert_untouched(&client, &kept, "app-config", &Snapshot::of(&other)).await;
+    let metrics = second.metrics().await;
+    assert!(copies_metric(&metrics, "created") >= 2.0, "{metrics}");
+    assert!(copies_metric(&metrics, "updated") >= 1.0, "{metrics}");
+    assert!(copies_metric(&metrics, "deleted") >= 1.0, "{metrics}");
+    assert_eq!(copies_metric(&metrics, "overwritten"), 0.0, "{metrics}");
+    drop(_injector_logs);
+    assert_eq!(second.stop().code(), Some(0));
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_and_the_other_takes_over() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let id = "leader";
+    let key = opt_in_label(id);
+    let source_ns = controlplane::namespace(&client, "e2e-repl-leader-src", &[]).await;
+    let source = create_source(
+        &client,
+        &source_ns,
+        "regcred-source",
+        &[("registry.example.com", "robot", "s3cret")],
+    )
+    .await;
+    let source_ref = format!("{source_ns}/regcred-source");
+    let config = config(id, &source_ns, REGCRED);
+    let a = Replicator::start(&config);
+    let b = Replicator::start(&config);
+    let a_is_leader = {
+        let _a_logs = LogsOnFailure("a", &a.injector);
+        let _b_logs = LogsOnFailure("b", &b.injector);
+        // Exactly one holds the Lease.
+        let a_is_leader = eventually(
+            "exactly one leader",
+            Duration::from_secs(4 * LEASE_SECONDS),
+            || async {
+                let (ma, mb) = (a.injector.metrics().await, b.injector.metrics().await);
+                match (leader_metric(&ma), leader_metric(&mb)) {
+                    (1.0, 0.0) => Ok(true),
+                    (0.0, 1.0) => Ok(false),
+                    other => Err(format!("leader gauges (a, b) = {other:?}")),
+                }
+            },
+        )
+        .await;
+        let (leader, follower) = if a_is_leader { (&a, &b) } else { (&b, &a) };
+        let first =
+            controlplane::namespace(&client, "e2e-repl-leader-1", &[(&key, "enabled")]).await;
+        wait_copy(&client, &first, "regcred", &source, &source_ref, CONVERGE).await;
+        let (lm, fm) = (
+            leader.injector.metrics().await,
+            follower.injector.metrics().await,
+        );
+        assert!(copies_metric(&lm, "created") >= 1.0, "leader:\n{lm}");
+        assert_eq!(writes(&fm), 0.0, "the follower wrote:\n{fm}");
+        assert_eq!((leader_metric(&lm), leader_metric(&fm)), (1.0, 0.0));
+        assert!(
+            !follower
+                .injector
+                .json_logs()
+                .iter()
+                .any(|l| l["message"] == "became the leader; replicating")
+        );
+        a_is_leader
+    };
+
+    // Stop the leader (SIGTERM: it releases the Lease); the other takes over.
+    let (leader, follower) = if a_is_leader { (a, b) } else { (b, a) };
+    let stopped = Instant::now();
+    let leader_logs = leader.injector.logs().join("\n");
+    let status = leader.injector.stop();
+    assert!(
+        status.success(),
+        "exit status {status}; logs:\n{leader_logs}"
+    );
+    let ((), took) = timed(
+        "the follower to take over",
+        Duration::from_secs(3 * LEASE_SECONDS),
+        || async { (leader_metric(&follower.injector.metrics().await) == 1.0).then_some(()) },
+    )
+    .await;
+    let took_from_stop = stopped.elapsed();
+    println!(
+        "take-over after SIGTERM: {took:?} after the leader exited ({took_from_stop:?} after SIGTERM)"
+    );
+    assert!(
+        took < Duration::from_secs(2 * LEASE_SECONDS),
+        "take-over took {took:?}"
+    );
+
+    {
+        let _follower_logs = LogsOnFailure("new leader", &follower.injector);
+        let second =
+            controlplane::namespace(&client, "e2e-repl-leader-2", &[(&key, "enabled")]).await;
+        wait_copy(&client, &second, "regcred", &source, &source_ref, CONVERGE).await;
+        let fm = follower.injector.metrics().await;
+        assert!(copies_metric(&fm, "created") >= 1.0, "new leader:\n{fm}");
+    }
+
+    // A leader that dies without releasing the Lease (SIGKILL) is replaced once it expires.
+    let c = Replicator::start(&config);
+    let _c_logs = LogsOnFailure("c", &c.injector);
+    assert_eq!(leader_metric(&c.injector.metrics().await), 0.0);
+    let mut killed = follower.injector;
+    killed.signal("KILL");
+    killed.wait(Duration::from_secs(10));
+    let ((), took) = timed(
+        "the third replica to take over",
+        Duration::from_secs(4 * LEASE_SECONDS),
+        || async { (leader_metric(&c.injector.metrics().await) == 1.0).then_some(()) },
+    )
+    .await;
+    println!("take-over after SIGKILL: {took:?}");
+    assert!(
+        took < Duration::from_secs(2 * LEASE_SECONDS) + Duration::from_secs(2),
+        "take-over took {took:?}"
+    );
+    let third = controlplane::namespace(&client, "e2e-repl-leader-3", &[(&key, "enabled")]).await;
+    wait_copy(&client, &third, "regcred", &source, &source_ref, CONVERGE).await;
+    assert!(copies_metric(&c.injector.metrics().await, "created") >= 1.0);
+}
+
+#[tokio::test]
+async fn patterns_come_from_the_sources_auths_keys() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let id = "patterns";
+    let key = opt_in_label(id);
+    let source_ns = controlplane::namespace(&client, "e2e-repl-patterns-src", &[]).await;
+    create_source(
+        &client,
+        &source_ns,
+        "regcred-source",
+        &[("registry.example.com:5000", "robot", "s3cret")],
+    )
+    .await;
+    let replicator = Replicator::start_leader(&config(id, &source_ns, REGCRED));
+    let _injector_logs = LogsOnFailure("", &replicator.injector);
+    let registration = register(
+        &client,
+        &webhook_configuration(id, &replicator.url(), &replicator.ca_pem),
+    )
+    .await;
+    let ns = controlplane::namespace(&client, "e2e-repl-patterns", &[(&key, "enabled")]).await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    wait_dry_run(
+        &pods,
+        "registry.example.com:5000/probe:1",
+        &["regcred"],
+        PROPAGATION,
+    )
+    .await;
+
+    let matching = pods
+        .create(
+            &PostParams::default(),
+            &pod("matching", "registry.example.com:5000/app"),
+        )
+        .await
+        .expect("create pod");
+    assert_eq!(secret_names(&matching), ["regcred"]);
+    let other = pods
+        .create(&PostParams::default(), &pod("other", "ghcr.io/x/y"))
+        .await
+        .expect("create pod");
+    assert_eq!(secret_names(&other), Vec::<String>::new());
+    // Kubelet semantics: a key with a port matches only that port.
+    assert_eq!(
+        dry_run_secrets(&pods, "registry.example.com/app")
+            .await
+            .unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        secret_names(&pods.get("matching").await.expect("get")),
+        ["regcred"]
+    );
+    assert_eq!(
+        secret_names(&pods.get("other").await.expect("get")),
+        Vec::<String>::new()
+    );
+
+    // The patterns are re-read when the source changes.
+    rotate_source(
+        &client,
+        &source_ns,
+        "regcred-source",
+        &[("ghcr.io", "robot", "s3cret")],
+    )
+    .await;
+    wait_dry_run(&pods, "ghcr.io/x/y", &["regcred"], CONVERGE).await;
+    assert_eq!(
+        dry_run_secrets(&pods, "registry.example.com:5000/app")
+            .await
+            .unwrap(),
+        Vec::<String>::new()
+    );
+
+    registration.delete().await;
+}
+
+#[tokio::test]
+async fn removed_entry_or_unlabelled_namespace_loses_only_its_own_copies() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let id = "removal";
+    let key = opt_in_label(id);
+    let source_ns = controlplane::namespace(&client, "e2e-repl-removal-src", &[]).await;
+    let a = create_source(
+        &client,
+        &source_ns,
+        "a-source",
+        &[("a.example", "robot", "a")],
+    )
+    .await;
+    let b = create_source(
+        &client,
+        &source_ns,
+        "b-source",
+        &[("b.example", "robot", "b")],
+    )
+    .await;
+    let (a_ref, b_ref) = (
+        format!("{source_ns}/a-source"),
+        format!("{source_ns}/b-source"),
+    );
+    let entry_a = "  - name: regcred-a\n    source: {name: a-source}\n";
+    let entry_b = "  - name: regcred-b\n    source: {name: b-source}\n";
+    let both = config(id, &source_ns, &format!("{entry_a}{entry_b}"));
+    let first = Replicator::start_leader(&both);
+
+    let one = controlplane::namespace(&client, "e2e-repl-removal-1", &[(&key, "enabled")]).await;
+    let two = controlplane::namespace(&client, "e2e-repl-removal-2", &[(&key, "enabled")]).await;
+    // Next to the copies: a user's Secret of another name, and a copy made by another
+    // installation (managed-by label, another source).
+    let user = create_secret(
+        &client,
+        &one,
+        &user_secret("team-own", "Opaque", &[("k", b"v")]),
+    )
+    .await;
+    let mut foreign = secret(
+        "regcred-foreign",
+        DOCKERCONFIGJSON,
+        &[(
+            DOCKERCONFIGJSON_KEY,
+            &dockerconfig(&[("c.example", "x", "y")]),
+        )],
+    );
+    foreign.metadata.labels = Some(BTreeMap::from([(
+        MANAGED_BY.to_string(),
+        "pullsecret-injector".to_string(),
+    )]));
+    foreign.metadata.annotations = Some(BTreeMap::from([
+        (
+            SOURCE_ANNOTATION.to_string(),
+            "elsewhere/c-source".to_string(),
+        ),
+        (HASH_ANNOTATION.to_string(), "0123".to_string()),
+        (
+            "pullsecret-injector.io/owner".to_string(),
+            "elsewhere/other-lease".to_string(),
+        ),
+    ]));
+    let foreign = create_secret(&client, &one, &foreign).await;
+    // In the injector's own namespace (never opted in), a Secret with the managed-by label
+    // and no owner, as the self-managed certificate keeper writes its certificate.
+    let mut certificate = secret(
+        "webhook-tls",
+        "kubernetes.io/tls",
+        &[("tls.crt", b"c"), ("tls.key", b"k")],
+    );
+    certificate.metadata.labels = Some(BTreeMap::from([(
+        MANAGED_BY.to_string(),
+        "pullsecret-injector".to_string(),
+    )]));
+    let certificate = create_secret(&client, &source_ns, &certificate).await;
+    let mut copies_a = BTreeMap::new();
+    {
+        let _injector_logs = LogsOnFailure("first", &first.injector);
+        for ns in [&one, &two] {
+            copies_a.insert(
+                ns.clone(),
+                wait_copy(&client, ns, "regcred-a", &a, &a_ref, CONVERGE).await,
+            );
+            wait_copy(&client, ns, "regcred-b", &b, &b_ref, CONVERGE).await;
+        }
+    }
+
+    // The entry is removed from config: its copies go, the rest stays as it was.
+    let Replicator { injector, dir, .. } = first;
+    assert!(injector.stop().success());
+    let mut second = start_in(&config(id, &source_ns, entry_a), "127.0.0.1:0", dir.path());
+    wait_leader_log(&mut second);
+    let _injector_logs = LogsOnFailure("second", &second);
+    for ns in [&one, &two] {
+        wait_absent(&client, ns, "regcred-b", CONVERGE).await;
+    }
+    for ns in [&one, &two] {
+        assert_untouched(&client, ns, "regcred-a", &Snapshot::of(&copies_a[ns])).await;
+    }
+    assert_untouched(&client, &one, "team-own", &Snapshot::of(&user)).await;
+    assert_untouched(&client, &one, "regcred-foreign", &Snapshot::of(&foreign)).await;
+    assert_untouched(
+        &client,
+        &source_ns,
+        "webhook-tls",
+        &Snapshot::of(&certificate),
+    )
+    .await;
+    // The source of the removed entry is not a copy: never touched.
+    assert_untouched(&client, &source_ns, "b-source", &Snapshot::of(&b)).await;
+
+    // A namespace that stops applying loses its copies; the other namespace keeps its own.
+    set_label(&client, &two, &key, None).await;
+    wait_absent(&client, &two, "regcred-a", CONVERGE).await;
+    assert_untouched(&client, &one, "regcred-a", &Snapshot::of(&copies_a[&one])).await;
+    assert_untouched(&client, &one, "team-own", &Snapshot::of(&user)).await;
+    assert_untouched(&client, &one, "regcred-foreign", &Snapshot::of(&foreign)).await;
+    let metrics = second.metrics().await;
+    assert!(copies_metric(&metrics, "deleted") >= 3.0, "{metrics}");
+}
