@@ -1,6 +1,7 @@
 //! The webhook listener: tokio-rustls accept loop, hyper connections, the axum router,
 //! request limits and the drain on shutdown.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use kube::ResourceExt;
 use rustls::ServerConfig;
 use serde_json::json;
 use thiserror::Error;
@@ -285,19 +287,23 @@ async fn review(
         return admission::answer(settings, &scope, decoded);
     };
     let keyring = cluster.keyring();
-    let labels = match decoded.pod_create_namespace() {
-        Some(namespace) => Some(cluster.namespace_labels(namespace).await),
+    let namespace = match decoded.pod_create_namespace() {
+        Some(namespace) => cluster.namespace(namespace).await,
         None => None,
     };
+    // A namespace that cannot be read counts as unlabelled: selector-narrowed entries skip it.
+    let no_labels = BTreeMap::new();
+    let labels = namespace.as_deref().map_or(&no_labels, |ns| ns.labels());
     let scope = admission::Scope {
         keyring: &keyring,
-        namespace_labels: labels.as_ref(),
+        namespace_labels: Some(labels),
     };
     let mut reviewed = admission::answer(settings, &scope, decoded)?;
     if !reviewed.dry_run && !reviewed.outcome.injected().is_empty() {
         let warnings = cluster
             .ensure_copies(
                 &reviewed.namespace,
+                labels,
                 reviewed.outcome.injected(),
                 ensure_budget(transport),
             )

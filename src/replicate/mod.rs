@@ -209,23 +209,22 @@ impl Cluster {
         self.source_changes.subscribe()
     }
 
-    /// A namespace's labels from the cache, or from the API when the cache has not seen it
-    /// yet (a namespace created an instant before its first pod).
-    pub async fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+    /// A namespace from the cache, or from the API when the cache has not seen it yet (a
+    /// namespace created an instant before its first pod). `None` when it cannot be read.
+    pub async fn namespace(&self, namespace: &str) -> Option<Arc<Namespace>> {
         if let Some(ns) = self.namespaces.get(&ObjectRef::new(namespace)) {
-            return ns.labels().clone();
+            return Some(ns);
         }
         let api = Api::<Namespace>::all(self.client.clone());
         match tokio::time::timeout(Duration::from_secs(1), api.get_opt(namespace)).await {
-            Ok(Ok(Some(ns))) => ns.labels().clone(),
-            Ok(Ok(None)) => BTreeMap::new(),
+            Ok(Ok(found)) => found.map(Arc::new),
             Ok(Err(error)) => {
                 tracing::warn!(namespace, %error, "cannot read the namespace's labels");
-                BTreeMap::new()
+                None
             }
             Err(_) => {
                 tracing::warn!(namespace, "reading the namespace's labels timed out");
-                BTreeMap::new()
+                None
             }
         }
     }
@@ -262,16 +261,16 @@ impl Cluster {
     pub async fn ensure_copies(
         &self,
         namespace: &str,
+        labels: &BTreeMap<String, String>,
         names: &[String],
         budget: Duration,
     ) -> Vec<String> {
-        let labels = self.namespace_labels(namespace).await;
         let mut warnings = Vec::new();
         for name in names {
             let Some(spec) = self.settings.secrets.iter().find(|s| &s.name == name) else {
                 continue;
             };
-            if !self.settings.replicates_into(spec, namespace, &labels)
+            if !self.settings.replicates_into(spec, namespace, labels)
                 || self.copy(namespace, name).is_some()
             {
                 continue;
