@@ -91,6 +91,9 @@ metricsListen: 0.0.0.0:8080
   "secretName" (include "pullsecret-injector.tlsSecretName" .)
   "webhookConfigurationName" $fullname
   "serviceName" $fullname }}
+{{- with .Values.certs.self }}
+{{- $certificates = merge $certificates . }}
+{{- end }}
 {{- dict "certificates" $certificates | toYaml | nindent 0 }}
 {{- else }}
 {{- dict "tls" (dict "certFile" "/certs/tls.crt" "keyFile" "/certs/tls.key") | toYaml | nindent 0 }}
