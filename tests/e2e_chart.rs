@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -34,6 +34,7 @@ use k8s_openapi::{ByteString, Resource};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use support::controlplane::{self, eventually};
 use support::pki::TestCa;
+use support::secrets::secret;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/pullsecret-injector");
 const PASSWORD: &str = "e2e-registry-password";
@@ -110,6 +111,17 @@ async fn allowed(
         .allowed
 }
 
+/// The (only) webhook of the MutatingWebhookConfiguration `name`.
+async fn webhook_of(client: &kube::Client, name: &str) -> MutatingWebhook {
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get(name)
+        .await
+        .expect("the MutatingWebhookConfiguration")
+        .webhooks
+        .expect("webhooks")
+        .remove(0)
+}
+
 /// Cluster-scoped objects of the release are gone after `helm uninstall`.
 async fn assert_uninstalled(client: &kube::Client, release: &str, namespace: &str) {
     let fullname = format!("{release}-pullsecret-injector");
@@ -165,24 +177,14 @@ async fn chart_installs_in_external_mode_with_every_optional_object() {
     let ca = TestCa::new("chart e2e CA");
     let service = format!("{fullname}.{namespace}.svc");
     let pair = ca.serving("webhook", &[&service]);
-    let tls = Secret {
-        metadata: ObjectMeta {
-            name: Some("webhook-tls".into()),
-            ..ObjectMeta::default()
-        },
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(
-            [
-                (
-                    "tls.crt".to_string(),
-                    ByteString(pair.cert_pem.into_bytes()),
-                ),
-                ("tls.key".to_string(), ByteString(pair.key_pem.into_bytes())),
-            ]
-            .into(),
-        ),
-        ..Secret::default()
-    };
+    let tls = secret(
+        "webhook-tls",
+        "kubernetes.io/tls",
+        &[
+            ("tls.crt", pair.cert_pem.as_bytes()),
+            ("tls.key", pair.key_pem.as_bytes()),
+        ],
+    );
     Api::<Secret>::namespaced(client.clone(), &namespace)
         .create(&PostParams::default(), &tls)
         .await
@@ -235,13 +237,7 @@ async fn chart_installs_in_external_mode_with_every_optional_object() {
     );
 
     // What the apiserver stored.
-    let webhook = Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .get(&fullname)
-        .await
-        .expect("the MutatingWebhookConfiguration")
-        .webhooks
-        .expect("webhooks")
-        .remove(0);
+    let webhook = webhook_of(&client, &fullname).await;
     assert_eq!(
         webhook.client_config.ca_bundle,
         Some(ByteString(ca.cert_pem.clone().into_bytes()))
@@ -348,13 +344,7 @@ async fn chart_installs_in_self_mode_with_least_privilege() {
         "--wait=false",
     ]);
 
-    let webhook = Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .get(&fullname)
-        .await
-        .expect("the MutatingWebhookConfiguration")
-        .webhooks
-        .expect("webhooks")
-        .remove(0);
+    let webhook = webhook_of(&client, &fullname).await;
     assert_eq!(
         webhook.client_config.ca_bundle, None,
         "the injector patches it in at run time"
@@ -452,13 +442,7 @@ async fn chart_installs_in_self_mode_with_least_privilege() {
         "--set",
         "webhook.timeoutSeconds=3",
     ]);
-    let webhook = Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .get(&fullname)
-        .await
-        .expect("the MutatingWebhookConfiguration")
-        .webhooks
-        .expect("webhooks")
-        .remove(0);
+    let webhook = webhook_of(&client, &fullname).await;
     assert_eq!(webhook.timeout_seconds, Some(3));
 
     assert_uninstalled(&client, release, &namespace).await;

@@ -3,15 +3,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use support::controlplane;
 use support::injector::BIN;
+use support::secrets::secret;
 
 #[tokio::test]
 async fn match_reads_patterns_from_the_source_through_kubeconfig() {
@@ -20,18 +18,11 @@ async fn match_reads_patterns_from_the_source_through_kubeconfig() {
     let client = cp.client();
     let ns = controlplane::namespace(&client, "cli-sources", &[]).await;
     let auths = r#"{"auths":{"registry.example.com:5000":{"auth":"dXNlcjpodW50ZXIy"}}}"#;
-    let source = Secret {
-        metadata: ObjectMeta {
-            name: Some("regcred-source".into()),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/dockerconfigjson".into()),
-        data: Some(BTreeMap::from([(
-            ".dockerconfigjson".to_string(),
-            ByteString(auths.as_bytes().to_vec()),
-        )])),
-        ..Default::default()
-    };
+    let source = secret(
+        "regcred-source",
+        "kubernetes.io/dockerconfigjson",
+        &[(".dockerconfigjson", auths.as_bytes())],
+    );
     Api::<Secret>::namespaced(client, &ns)
         .create(&PostParams::default(), &source)
         .await

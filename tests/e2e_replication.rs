@@ -19,17 +19,17 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Container, Event, Namespace, Pod, PodSpec, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::controlplane::{self, eventually};
-use support::injector::{self, Injector, Options, metric};
+use support::injector::{Injector, Instance, Options, free_port, metric};
+use support::pods::{dry_run_secrets, pod, secret_names, wait_dry_run};
+use support::secrets::secret;
+use support::webhook::{self, register};
 
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 const SOURCE_ANNOTATION: &str = "pullsecret-injector.io/source";
@@ -70,48 +70,21 @@ fn config(id: &str, source_ns: &str, secrets: &str) -> String {
 /// The usual single entry: `regcred`, copied from `regcred-source`, patterns from its auths.
 const REGCRED: &str = "  - name: regcred\n    source: {name: regcred-source}\n";
 
-/// A running injector with cluster access, its certificate directory kept for restarts.
-struct Replicator {
-    injector: Injector,
-    ca_pem: String,
-    dir: tempfile::TempDir,
+/// Starts an injector with cluster access (its certificate directory kept for restarts) and
+/// waits until its caches have synced.
+fn start_replicator(config: &str) -> Instance {
+    start_replicator_on(config, "127.0.0.1:0")
 }
 
-impl Replicator {
-    /// Starts an injector and waits until its caches have synced.
-    fn start(config: &str) -> Self {
-        Self::start_on(config, "127.0.0.1:0")
-    }
-
-    fn start_on(config: &str, listen: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = injector::certificates(dir.path());
-        let injector = start_in(config, listen, dir.path());
-        Self {
-            injector,
-            ca_pem: ca.cert_pem,
-            dir,
-        }
-    }
-
-    /// Starts an injector and waits until it holds the Lease (and its caches have synced).
-    fn start_leader(config: &str) -> Self {
-        let mut replicator = Self::start(config);
-        wait_leader_log(&mut replicator.injector);
-        replicator
-    }
-
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}/mutate", self.injector.addr.port())
-    }
+fn start_replicator_on(config: &str, listen: &str) -> Instance {
+    Instance::start(|dir| start_in(config, listen, dir))
 }
 
-/// A port that nothing listens on (bound, read and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding 127.0.0.1:0")
-        .port()
+/// Starts an injector and waits until it holds the Lease (and its caches have synced).
+fn start_leader(config: &str) -> Instance {
+    let mut replicator = start_replicator(config);
+    wait_leader_log(&mut replicator.injector);
+    replicator
 }
 
 /// Starts `serve` with `config` on `listen` in `dir` (certificates already there) against the test
@@ -134,21 +107,6 @@ fn wait_leader_log(injector: &mut Injector) {
     injector.wait_for_log(Duration::from_secs(4 * LEASE_SECONDS), |l| {
         l["message"] == "became the leader; replicating"
     });
-}
-
-/// Prints an injector's logs if the test panics while the guard is alive.
-struct LogsOnFailure<'a>(&'a str, &'a Injector);
-
-impl Drop for LogsOnFailure<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "==== injector {} logs ====\n{}",
-                self.0,
-                self.1.logs().join("\n")
-            );
-        }
-    }
 }
 
 fn copies_metric(text: &str, action: &str) -> f64 {
@@ -192,22 +150,6 @@ fn dockerconfig(auths: &[(&str, &str, &str)]) -> Vec<u8> {
     serde_json::to_vec(&json!({ "auths": auths })).expect("JSON")
 }
 
-fn secret(name: &str, type_: &str, data: &[(&str, &[u8])]) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        type_: Some(type_.into()),
-        data: Some(
-            data.iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
-                .collect(),
-        ),
-        ..Secret::default()
-    }
-}
-
 async fn create_source(
     client: &kube::Client,
     namespace: &str,
@@ -225,6 +167,19 @@ async fn create_source(
         )
         .await
         .unwrap_or_else(|e| panic!("creating source {namespace}/{name}: {e}"))
+}
+
+/// A test's source namespace (`<prefix>-<random>`, also the Lease's) with the source Secret
+/// `regcred-source` holding `auths`: the namespace, the Secret and its `namespace/name`.
+async fn regcred_source(
+    client: &kube::Client,
+    prefix: &str,
+    auths: &[(&str, &str, &str)],
+) -> (String, Secret, String) {
+    let source_ns = controlplane::namespace(client, prefix, &[]).await;
+    let source = create_source(client, &source_ns, "regcred-source", auths).await;
+    let source_ref = format!("{source_ns}/regcred-source");
+    (source_ns, source, source_ref)
 }
 
 /// Replaces the source's `.dockerconfigjson`; returns the stored Secret.
@@ -447,155 +402,18 @@ async fn conflict_events(client: &kube::Client, ns: &str) -> Vec<Event> {
 // ---------------------------------------------------------------------------
 
 fn webhook_configuration(id: &str, url: &str, ca_pem: &str) -> MutatingWebhookConfiguration {
-    MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(format!("pullsecret-injector-e2e-repl-{id}")),
-            ..ObjectMeta::default()
-        },
-        webhooks: Some(vec![MutatingWebhook {
-            name: format!("{id}.e2e-repl.pullsecret-injector.io"),
-            admission_review_versions: vec!["v1".into()],
-            // The webhook creates missing copies, except for dry runs.
-            side_effects: "NoneOnDryRun".into(),
-            failure_policy: Some("Fail".into()),
-            timeout_seconds: Some(5),
-            reinvocation_policy: Some("IfNeeded".into()),
-            client_config: WebhookClientConfig {
-                url: Some(url.into()),
-                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
-                ..WebhookClientConfig::default()
-            },
-            rules: Some(vec![RuleWithOperations {
-                operations: Some(vec!["CREATE".into()]),
-                api_groups: Some(vec!["".into()]),
-                api_versions: Some(vec!["v1".into()]),
-                resources: Some(vec!["pods".into()]),
-                scope: Some("Namespaced".into()),
-            }]),
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(opt_in_label(id), "enabled".to_string())])),
-                ..LabelSelector::default()
-            }),
-            ..MutatingWebhook::default()
-        }]),
+    let (name, webhook, label) = (
+        format!("pullsecret-injector-e2e-repl-{id}"),
+        format!("{id}.e2e-repl.pullsecret-injector.io"),
+        opt_in_label(id),
+    );
+    webhook::Spec {
+        ca_pem: Some(ca_pem),
+        // The webhook creates missing copies, except for dry runs.
+        side_effects: "NoneOnDryRun",
+        ..webhook::Spec::new(&name, &webhook, url, &label)
     }
-}
-
-/// A registered webhook configuration, deleted by `delete` or, if the test panics, on drop.
-struct Registration {
-    api: Api<MutatingWebhookConfiguration>,
-    name: String,
-    deleted: bool,
-}
-
-async fn register(
-    client: &kube::Client,
-    configuration: &MutatingWebhookConfiguration,
-) -> Registration {
-    let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    let created = api
-        .create(&PostParams::default(), configuration)
-        .await
-        .unwrap_or_else(|e| panic!("creating MutatingWebhookConfiguration: {e}"));
-    Registration {
-        api,
-        name: created.metadata.name.expect("name"),
-        deleted: false,
-    }
-}
-
-impl Registration {
-    async fn delete(mut self) {
-        self.api
-            .delete(&self.name, &DeleteParams::default())
-            .await
-            .unwrap_or_else(|e| panic!("deleting MutatingWebhookConfiguration {}: {e}", self.name));
-        self.deleted = true;
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        if self.deleted {
-            return;
-        }
-        let name = self.name.clone();
-        let config = controlplane::shared().config();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let client = kube::Client::try_from(config).ok()?;
-                Api::<MutatingWebhookConfiguration>::all(client)
-                    .delete(&name, &DeleteParams::default())
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-    }
-}
-
-fn pod(name: &str, image: &str) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "app".into(),
-                image: Some(image.into()),
-                ..Container::default()
-            }],
-            ..PodSpec::default()
-        }),
-        ..Pod::default()
-    }
-}
-
-fn secret_names(pod: &Pod) -> Vec<String> {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.image_pull_secrets.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect()
-}
-
-fn dry_run() -> PostParams {
-    PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    }
-}
-
-/// The imagePullSecrets a dry-run create of a pod with `image` comes back with.
-async fn dry_run_secrets(pods: &Api<Pod>, image: &str) -> Result<Vec<String>, String> {
-    pods.create(&dry_run(), &pod("probe", image))
-        .await
-        .map(|p| secret_names(&p))
-        .map_err(|e| e.to_string())
-}
-
-/// Polls with dry-run creates until a pod with `image` comes back with exactly `expected`.
-async fn wait_dry_run(pods: &Api<Pod>, image: &str, expected: &[&str], timeout: Duration) {
-    eventually(
-        &format!("a dry-run pod with image {image} to get imagePullSecrets {expected:?}"),
-        timeout,
-        || async {
-            let names = dry_run_secrets(pods, image).await?;
-            if names == expected {
-                Ok(())
-            } else {
-                Err(format!("got {names:?}"))
-            }
-        },
-    )
-    .await;
+    .configuration()
 }
 
 // ---------------------------------------------------------------------------
@@ -609,17 +427,14 @@ async fn labelled_namespace_gets_copies_within_two_seconds_and_loses_them_when_u
     let client = cp.client();
     let id = "label";
     let key = opt_in_label(id);
-    let source_ns = controlplane::namespace(&client, "e2e-repl-label-src", &[]).await;
-    let source = create_source(
+    let (source_ns, source, source_ref) = regcred_source(
         &client,
-        &source_ns,
-        "regcred-source",
+        "e2e-repl-label-src",
         &[("registry.example.com", "robot", "s3cret")],
     )
     .await;
-    let source_ref = format!("{source_ns}/regcred-source");
-    let replicator = Replicator::start_leader(&config(id, &source_ns, REGCRED));
-    let _injector_logs = LogsOnFailure("", &replicator.injector);
+    let replicator = start_leader(&config(id, &source_ns, REGCRED));
+    let _injector_logs = replicator.injector.logs_on_failure();
 
     // Several namespaces, labelled one after another; no pod anywhere.
     let mut label_to_copy = Vec::new();
@@ -704,18 +519,11 @@ async fn source_rotation_reaches_every_copy() {
     let client = cp.client();
     let id = "rotate";
     let key = opt_in_label(id);
-    let source_ns = controlplane::namespace(&client, "e2e-repl-rotate-src", &[]).await;
     let auths = |password| [("registry.example.com", "robot", password)];
-    let source = create_source(
-        &client,
-        &source_ns,
-        "regcred-source",
-        &auths("old-password"),
-    )
-    .await;
-    let source_ref = format!("{source_ns}/regcred-source");
-    let replicator = Replicator::start_leader(&config(id, &source_ns, REGCRED));
-    let _injector_logs = LogsOnFailure("", &replicator.injector);
+    let (source_ns, source, source_ref) =
+        regcred_source(&client, "e2e-repl-rotate-src", &auths("old-password")).await;
+    let replicator = start_leader(&config(id, &source_ns, REGCRED));
+    let _injector_logs = replicator.injector.logs_on_failure();
 
     let mut namespaces = Vec::new();
     for _ in 0..3 {
@@ -809,7 +617,7 @@ async fn race(
         let started = Instant::now();
         let created = loop {
             match pods
-                .create(&PostParams::default(), &pod("app", image))
+                .create(&PostParams::default(), &pod("app", &[image]))
                 .await
             {
                 // The ServiceAccount admission plugin (which runs before webhooks) refuses pods
@@ -872,15 +680,12 @@ async fn pod_created_with_its_namespace_has_its_secret_present_and_referenced_50
     let client = cp.client();
     let id = "race";
     let key = opt_in_label(id);
-    let source_ns = controlplane::namespace(&client, "e2e-repl-race-src", &[]).await;
-    let source = create_source(
+    let (source_ns, source, source_ref) = regcred_source(
         &client,
-        &source_ns,
-        "regcred-source",
+        "e2e-repl-race-src",
         &[("race.registry.example", "robot", "s3cret")],
     )
     .await;
-    let source_ref = format!("{source_ns}/regcred-source");
     let config = config(id, &source_ns, REGCRED);
 
     // Someone else holds the Lease, for an hour.
@@ -906,7 +711,7 @@ async fn pod_created_with_its_namespace_has_its_secret_present_and_referenced_50
         .await
         .expect("create the Lease");
     let listen = format!("127.0.0.1:{}", free_port());
-    let follower = Replicator::start_on(&config, &listen);
+    let follower = start_replicator_on(&config, &listen);
     let registration = register(
         &client,
         &webhook_configuration(id, &follower.url(), &follower.ca_pem),
@@ -916,7 +721,7 @@ async fn pod_created_with_its_namespace_has_its_secret_present_and_referenced_50
         controlplane::namespace(&client, "e2e-repl-race-probe", &[(&key, "enabled")]).await;
     let probe_pods = Api::<Pod>::namespaced(client.clone(), &probe_ns);
     {
-        let _injector_logs = LogsOnFailure("no leader", &follower.injector);
+        let _injector_logs = follower.injector.logs_on_failure().named("no leader");
         wait_dry_run(&probe_pods, IMAGE, &["regcred"], PROPAGATION).await;
         // A dry run has no side effects: nothing was created in the probe namespace.
         assert!(get_secret(&client, &probe_ns, "regcred").await.is_none());
@@ -946,15 +751,15 @@ async fn pod_created_with_its_namespace_has_its_secret_present_and_referenced_50
     }
 
     // As deployed: the Lease is free, the same injector (same port) restarts and leads.
-    let Replicator { injector, dir, .. } = follower;
-    assert!(injector.stop().success());
+    let Instance { injector, dir, .. } = follower;
+    injector.stop_cleanly();
     leases
         .delete(&format!("e2e-repl-{id}"), &DeleteParams::default())
         .await
         .expect("delete the Lease");
     let mut leader = start_in(&config, &listen, dir.path());
     wait_leader_log(&mut leader);
-    let _injector_logs = LogsOnFailure("leader", &leader);
+    let _injector_logs = leader.logs_on_failure().named("leader");
     wait_dry_run(&probe_pods, IMAGE, &["regcred"], PROPAGATION).await;
     let with_controller = race(&client, &key, IMAGE, &source, &source_ref, RUNS).await;
     let metrics = leader.metrics().await;
@@ -989,14 +794,13 @@ async fn user_owned_secret_of_the_same_name_is_never_touched() {
     let client = cp.client();
     let id = "userowned";
     let key = opt_in_label(id);
-    let source_ns = controlplane::namespace(&client, "e2e-repl-user-src", &[]).await;
     let auths = |password| [("registry.example.com", "robot", password)];
-    let source = create_source(&client, &source_ns, "regcred-source", &auths("one")).await;
-    let source_ref = format!("{source_ns}/regcred-source");
+    let (source_ns, source, source_ref) =
+        regcred_source(&client, "e2e-repl-user-src", &auths("one")).await;
     let secrets = "  - name: regcred\n    source: {name: regcred-source}\n  \
                    - name: regcred-ow\n    source: {name: regcred-source}\n    overwriteExisting: true\n";
-    let replicator = Replicator::start_leader(&config(id, &source_ns, secrets));
-    let _injector_logs = LogsOnFailure("", &replicator.injector);
+    let replicator = start_leader(&config(id, &source_ns, secrets));
+    let _injector_logs = replicator.injector.logs_on_failure();
     let user_config = dockerconfig(&[("registry.example.com", "me", "my-own-password")]);
 
     // Before labelling: the user's Secret exists, then the namespace opts in.
@@ -1181,12 +985,11 @@ async fn restart_after_downtime_converges_without_touching_others() {
     let client = cp.client();
     let id = "restart";
     let key = opt_in_label(id);
-    let source_ns = controlplane::namespace(&client, "e2e-repl-restart-src", &[]).await;
     let auths = |password| [("registry.example.com", "robot", password)];
-    let source = create_source(&client, &source_ns, "regcred-source", &auths("before")).await;
-    let source_ref = format!("{source_ns}/regcred-source");
+    let (source_ns, source, source_ref) =
+        regcred_source(&client, "e2e-repl-restart-src", &auths("before")).await;
     let config = config(id, &source_ns, REGCRED);
-    let first = Replicator::start_leader(&config);
+    let first = start_leader(&config);
 
     let deleted_copy =
         controlplane::namespace(&client, "e2e-repl-restart-del", &[(&key, "enabled")]).await;
@@ -1204,18 +1007,13 @@ async fn restart_after_downtime_converges_without_touching_others() {
     )
     .await;
     {
-        let _injector_logs = LogsOnFailure("first", &first.injector);
+        let _injector_logs = first.injector.logs_on_failure().named("first");
         for ns in [&deleted_copy, &kept, &unlabelled] {
             wait_copy(&client, ns, "regcred", &source, &source_ref, CONVERGE).await;
         }
     }
-    let Replicator { injector, dir, .. } = first;
-    let first_logs = injector.logs().join("\n");
-    let status = injector.stop();
-    assert!(
-        status.success(),
-        "exit status {status}; logs:\n{first_logs}"
-    );
+    let Instance { injector, dir, .. } = first;
+    injector.stop_cleanly();
 
     // While it is down.
     Api::<Secret>::namespaced(client.clone(), &deleted_copy)
@@ -1243,7 +1041,7 @@ async fn restart_after_downtime_converges_without_touching_others() {
     let started = Instant::now();
     let mut second = start_in(&config, "127.0.0.1:0", dir.path());
     wait_leader_log(&mut second);
-    let _injector_logs = LogsOnFailure("second", &second);
+    let _injector_logs = second.logs_on_failure().named("second");
     for ns in [&deleted_copy, &kept, &added] {
         wait_copy(&client, ns, "regcred", &rotated, &source_ref, CONVERGE).await;
     }
@@ -1264,7 +1062,7 @@ async fn restart_after_downtime_converges_without_touching_others() {
     assert!(copies_metric(&metrics, "deleted") >= 1.0, "{metrics}");
     assert_eq!(copies_metric(&metrics, "overwritten"), 0.0, "{metrics}");
     drop(_injector_logs);
-    assert_eq!(second.stop().code(), Some(0));
+    second.stop_cleanly();
 }
 
 #[tokio::test]
@@ -1274,21 +1072,18 @@ async fn only_the_leader_writes_and_the_other_takes_over() {
     let client = cp.client();
     let id = "leader";
     let key = opt_in_label(id);
-    let source_ns = controlplane::namespace(&client, "e2e-repl-leader-src", &[]).await;
-    let source = create_source(
+    let (source_ns, source, source_ref) = regcred_source(
         &client,
-        &source_ns,
-        "regcred-source",
+        "e2e-repl-leader-src",
         &[("registry.example.com", "robot", "s3cret")],
     )
     .await;
-    let source_ref = format!("{source_ns}/regcred-source");
     let config = config(id, &source_ns, REGCRED);
-    let a = Replicator::start(&config);
-    let b = Replicator::start(&config);
+    let a = start_replicator(&config);
+    let b = start_replicator(&config);
     let a_is_leader = {
-        let _a_logs = LogsOnFailure("a", &a.injector);
-        let _b_logs = LogsOnFailure("b", &b.injector);
+        let _a_logs = a.injector.logs_on_failure().named("a");
+        let _b_logs = b.injector.logs_on_failure().named("b");
         // Exactly one holds the Lease.
         let a_is_leader = eventually(
             "exactly one leader",
@@ -1327,12 +1122,7 @@ async fn only_the_leader_writes_and_the_other_takes_over() {
     // Stop the leader (SIGTERM: it releases the Lease); the other takes over.
     let (leader, follower) = if a_is_leader { (a, b) } else { (b, a) };
     let stopped = Instant::now();
-    let leader_logs = leader.injector.logs().join("\n");
-    let status = leader.injector.stop();
-    assert!(
-        status.success(),
-        "exit status {status}; logs:\n{leader_logs}"
-    );
+    leader.injector.stop_cleanly();
     let ((), took) = timed(
         "the follower to take over",
         Duration::from_secs(3 * LEASE_SECONDS),
@@ -1349,7 +1139,7 @@ async fn only_the_leader_writes_and_the_other_takes_over() {
     );
 
     {
-        let _follower_logs = LogsOnFailure("new leader", &follower.injector);
+        let _follower_logs = follower.injector.logs_on_failure().named("new leader");
         let second =
             controlplane::namespace(&client, "e2e-repl-leader-2", &[(&key, "enabled")]).await;
         wait_copy(&client, &second, "regcred", &source, &source_ref, CONVERGE).await;
@@ -1358,8 +1148,8 @@ async fn only_the_leader_writes_and_the_other_takes_over() {
     }
 
     // A leader that dies without releasing the Lease (SIGKILL) is replaced once it expires.
-    let c = Replicator::start(&config);
-    let _c_logs = LogsOnFailure("c", &c.injector);
+    let c = start_replicator(&config);
+    let _c_logs = c.injector.logs_on_failure().named("c");
     assert_eq!(leader_metric(&c.injector.metrics().await), 0.0);
     let mut killed = follower.injector;
     killed.signal("KILL");
@@ -1387,16 +1177,14 @@ async fn patterns_come_from_the_sources_auths_keys() {
     let client = cp.client();
     let id = "patterns";
     let key = opt_in_label(id);
-    let source_ns = controlplane::namespace(&client, "e2e-repl-patterns-src", &[]).await;
-    create_source(
+    let (source_ns, _, _) = regcred_source(
         &client,
-        &source_ns,
-        "regcred-source",
+        "e2e-repl-patterns-src",
         &[("registry.example.com:5000", "robot", "s3cret")],
     )
     .await;
-    let replicator = Replicator::start_leader(&config(id, &source_ns, REGCRED));
-    let _injector_logs = LogsOnFailure("", &replicator.injector);
+    let replicator = start_leader(&config(id, &source_ns, REGCRED));
+    let _injector_logs = replicator.injector.logs_on_failure();
     let registration = register(
         &client,
         &webhook_configuration(id, &replicator.url(), &replicator.ca_pem),
@@ -1415,13 +1203,13 @@ async fn patterns_come_from_the_sources_auths_keys() {
     let matching = pods
         .create(
             &PostParams::default(),
-            &pod("matching", "registry.example.com:5000/app"),
+            &pod("matching", &["registry.example.com:5000/app"]),
         )
         .await
         .expect("create pod");
     assert_eq!(secret_names(&matching), ["regcred"]);
     let other = pods
-        .create(&PostParams::default(), &pod("other", "ghcr.io/x/y"))
+        .create(&PostParams::default(), &pod("other", &["ghcr.io/x/y"]))
         .await
         .expect("create pod");
     assert_eq!(secret_names(&other), Vec::<String>::new());
@@ -1489,7 +1277,7 @@ async fn removed_entry_or_unlabelled_namespace_loses_only_its_own_copies() {
     let entry_a = "  - name: regcred-a\n    source: {name: a-source}\n";
     let entry_b = "  - name: regcred-b\n    source: {name: b-source}\n";
     let both = config(id, &source_ns, &format!("{entry_a}{entry_b}"));
-    let first = Replicator::start_leader(&both);
+    let first = start_leader(&both);
 
     let one = controlplane::namespace(&client, "e2e-repl-removal-1", &[(&key, "enabled")]).await;
     let two = controlplane::namespace(&client, "e2e-repl-removal-2", &[(&key, "enabled")]).await;
@@ -1539,7 +1327,7 @@ async fn removed_entry_or_unlabelled_namespace_loses_only_its_own_copies() {
     let certificate = create_secret(&client, &source_ns, &certificate).await;
     let mut copies_a = BTreeMap::new();
     {
-        let _injector_logs = LogsOnFailure("first", &first.injector);
+        let _injector_logs = first.injector.logs_on_failure().named("first");
         for ns in [&one, &two] {
             copies_a.insert(
                 ns.clone(),
@@ -1550,11 +1338,11 @@ async fn removed_entry_or_unlabelled_namespace_loses_only_its_own_copies() {
     }
 
     // The entry is removed from config: its copies go, the rest stays as it was.
-    let Replicator { injector, dir, .. } = first;
-    assert!(injector.stop().success());
+    let Instance { injector, dir, .. } = first;
+    injector.stop_cleanly();
     let mut second = start_in(&config(id, &source_ns, entry_a), "127.0.0.1:0", dir.path());
     wait_leader_log(&mut second);
-    let _injector_logs = LogsOnFailure("second", &second);
+    let _injector_logs = second.logs_on_failure().named("second");
     for ns in [&one, &two] {
         wait_absent(&client, ns, "regcred-b", CONVERGE).await;
     }

@@ -4,78 +4,37 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, PostParams};
 use support::controlplane::{self, eventually};
-use support::injector::{Injector, Options};
+use support::injector::{Injector, Options, free_port, mutate_url};
+use support::pods::{pod, secret_names, wait_dry_run};
+use support::webhook::{self, register};
 
 const SERVING_VALIDITY_S: u64 = 60;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+const IMAGE: &str = "ghcr.io/acme/app:1";
 
 fn configuration(name: &str, port: u16, label: &str) -> MutatingWebhookConfiguration {
-    MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        webhooks: Some(vec![MutatingWebhook {
-            name: format!("{name}.pullsecret-injector.io"),
-            admission_review_versions: vec!["v1".into()],
-            side_effects: "None".into(),
-            // Fail: a pod created while the webhook cannot be called is refused and counted.
-            failure_policy: Some("Fail".into()),
-            timeout_seconds: Some(5),
-            client_config: WebhookClientConfig {
-                url: Some(format!("https://127.0.0.1:{port}/mutate")),
-                ca_bundle: None,
-                ..Default::default()
-            },
-            rules: Some(vec![RuleWithOperations {
-                operations: Some(vec!["CREATE".into()]),
-                api_groups: Some(vec!["".into()]),
-                api_versions: Some(vec!["v1".into()]),
-                resources: Some(vec!["pods".into()]),
-                scope: Some("Namespaced".into()),
-            }]),
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(label.to_string(), "enabled".to_string())])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+    let (webhook, url) = (format!("{name}.pullsecret-injector.io"), mutate_url(port));
+    webhook::Spec {
+        // Fail: a pod created while the webhook cannot be called is refused and counted.
+        failure_policy: "Fail",
+        reinvocation_policy: None,
+        ..webhook::Spec::new(name, &webhook, &url, label)
     }
+    .configuration()
 }
 
-fn pod(i: usize) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(format!("p{i}")),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "app".into(),
-                image: Some("ghcr.io/acme/app:1".into()),
-                ..Default::default()
-            }],
-            automount_service_account_token: Some(false),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+fn app_pod(i: usize) -> Pod {
+    let mut pod = pod(&format!("p{i}"), &[IMAGE]);
+    pod.spec
+        .as_mut()
+        .expect("spec")
+        .automount_service_account_token = Some(false);
+    pod
 }
 
 #[tokio::test]
@@ -88,11 +47,8 @@ async fn self_managed_certificate_is_created_trusted_and_renewed_without_a_faile
     let apps = controlplane::namespace(&client, "selfcert-apps", &[(label, "enabled")]).await;
     let name = format!("selfcert-{}", std::process::id());
     let port = free_port();
-    let webhooks = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    webhooks
-        .create(&PostParams::default(), &configuration(&name, port, label))
-        .await
-        .expect("create webhook configuration");
+    let registration = register(&client, &configuration(&name, port, label)).await;
+    let webhooks = &registration.api;
 
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
@@ -167,36 +123,14 @@ secrets:
     let started = Instant::now();
     let (mut created, mut failures, mut renewed) = (0usize, Vec::new(), false);
     // The apiserver may need a moment to act on the caBundle change: wait for the first pod.
-    eventually(
-        "the first admitted pod",
-        Duration::from_secs(30),
-        || async {
-            pods.create(
-                &PostParams {
-                    dry_run: true,
-                    ..Default::default()
-                },
-                &pod(0),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-        },
-    )
-    .await;
+    wait_dry_run(&pods, IMAGE, &["acme"], Duration::from_secs(30)).await;
     // Renewal is due after two thirds of the validity, checked every 5 s.
     let deadline = Duration::from_secs(SERVING_VALIDITY_S * 2 / 3 + 15);
     while started.elapsed() < deadline {
         created += 1;
-        match pods.create(&PostParams::default(), &pod(created)).await {
+        match pods.create(&PostParams::default(), &app_pod(created)).await {
             Ok(pod) => {
-                let names: Vec<String> = pod
-                    .spec
-                    .and_then(|s| s.image_pull_secrets)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|r| r.name)
-                    .collect();
+                let names = secret_names(&pod);
                 if names != ["acme"] {
                     failures.push(format!("pod {created} not mutated: {names:?}"));
                 }
@@ -236,7 +170,6 @@ secrets:
         injector.logs().join("\n")
     );
 
-    let _ = webhooks.delete(&name, &DeleteParams::default()).await;
-    let status = injector.stop();
-    assert!(status.success());
+    registration.delete().await;
+    injector.stop_cleanly();
 }

@@ -15,21 +15,21 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Container, LocalObjectReference, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{LocalObjectReference, Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use serde_json::Value;
 use support::controlplane::{self, eventually};
-use support::injector::{self, Injector, Options, metric};
+use support::injector::{self, Injector, Instance, Options, free_port, metric, mutate_url};
+use support::pods::{
+    container, dry_run, message, pod, secret_names, wait_dry_run, wait_dry_run_refused,
+};
+use support::webhook::{self, Registration, register};
 
 /// The injector's secrets, as an operator would write them (see examples/config.yaml).
 const CONFIG: &str = r#"
@@ -42,7 +42,7 @@ secrets:
     registries: [quay.io/tools/]
 "#;
 
-/// An image that gets `PROBE_SECRET`: used by the dry-run probes.
+/// An image that gets `PROBE_SECRET` (and only it): used by the dry-run probes.
 const PROBE_IMAGE: &str = "ghcr.io/acme/probe:1";
 const PROBE_SECRET: &str = "acme-ghcr";
 /// The protocol the apiserver's webhook client (Go net/http) uses with the injector. Go's
@@ -69,158 +69,74 @@ fn webhook_configuration(
     ca_pem: &str,
     failure_policy: &str,
 ) -> MutatingWebhookConfiguration {
-    MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(format!("pullsecret-injector-e2e-{id}")),
-            ..ObjectMeta::default()
-        },
-        webhooks: Some(vec![MutatingWebhook {
-            name: webhook_name(id),
-            admission_review_versions: vec!["v1".into()],
-            side_effects: "None".into(),
-            failure_policy: Some(failure_policy.into()),
-            timeout_seconds: Some(5),
-            reinvocation_policy: Some("IfNeeded".into()),
-            client_config: WebhookClientConfig {
-                url: Some(url.into()),
-                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
-                ..WebhookClientConfig::default()
-            },
-            rules: Some(vec![RuleWithOperations {
-                operations: Some(vec!["CREATE".into()]),
-                api_groups: Some(vec!["".into()]),
-                api_versions: Some(vec!["v1".into()]),
-                resources: Some(vec!["pods".into()]),
-                scope: Some("Namespaced".into()),
-            }]),
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(opt_in_label(id), "enabled".to_string())])),
-                ..LabelSelector::default()
-            }),
-            ..MutatingWebhook::default()
-        }]),
+    let (name, webhook, label) = (
+        format!("pullsecret-injector-e2e-{id}"),
+        webhook_name(id),
+        opt_in_label(id),
+    );
+    webhook::Spec {
+        ca_pem: Some(ca_pem),
+        failure_policy,
+        ..webhook::Spec::new(&name, &webhook, url, &label)
     }
+    .configuration()
 }
 
 fn webhook_name(id: &str) -> String {
     format!("{id}.e2e.pullsecret-injector.io")
 }
 
-/// A registered webhook configuration. `delete` removes it at the end of a test; if the test
-/// panics first, dropping it removes it from a helper thread.
-struct Registration {
-    api: Api<MutatingWebhookConfiguration>,
-    name: String,
-    deleted: bool,
-}
-
-async fn register(
-    client: &kube::Client,
-    configuration: &MutatingWebhookConfiguration,
-) -> Registration {
-    let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    let created = api
-        .create(&PostParams::default(), configuration)
-        .await
-        .unwrap_or_else(|e| panic!("creating MutatingWebhookConfiguration: {e}"));
-    Registration {
-        api,
-        name: created.metadata.name.expect("name"),
-        deleted: false,
-    }
-}
-
-impl Registration {
-    /// Changes the failure policy of the (only) webhook.
-    async fn set_failure_policy(&self, policy: &str) {
-        let mut current = self
-            .api
-            .get(&self.name)
-            .await
-            .expect("get webhook configuration");
-        for hook in current.webhooks.iter_mut().flatten() {
-            hook.failure_policy = Some(policy.into());
-        }
-        self.api
-            .replace(&self.name, &PostParams::default(), &current)
-            .await
-            .expect("replace webhook configuration");
-    }
-
-    async fn delete(mut self) {
-        self.api
-            .delete(&self.name, &DeleteParams::default())
-            .await
-            .unwrap_or_else(|e| panic!("deleting MutatingWebhookConfiguration {}: {e}", self.name));
-        assert!(self.api.get_opt(&self.name).await.expect("get").is_none());
-        self.deleted = true;
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        if self.deleted {
-            return;
-        }
-        // Panicking test: its runtime may be unusable, so use a private one.
-        let name = self.name.clone();
-        let config = controlplane::shared().config();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let client = kube::Client::try_from(config).ok()?;
-                Api::<MutatingWebhookConfiguration>::all(client)
-                    .delete(&name, &DeleteParams::default())
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-    }
-}
-
-/// An injector with its own CA and certificate directory.
-struct Webhook {
-    injector: Injector,
-    ca_pem: String,
-    dir: tempfile::TempDir,
-}
-
-impl Webhook {
-    fn start() -> Self {
-        Self::start_on("127.0.0.1:0")
-    }
-
-    fn start_on(listen: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = injector::certificates(dir.path());
-        let injector = Injector::start(Options {
+/// An injector serving `CONFIG` on `listen`, with its own CA and certificate directory.
+fn start_webhook(listen: &str) -> Instance {
+    Instance::start(|dir| {
+        Injector::start(Options {
             listen,
-            ..Options::new(CONFIG, dir.path())
-        });
-        Self {
-            injector,
-            ca_pem: ca.cert_pem,
-            dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}/mutate", self.injector.addr.port())
-    }
+            ..Options::new(CONFIG, dir)
+        })
+    })
 }
 
-/// Prints an injector's logs if the test panics while it is alive.
-struct InjectorLogsOnFailure<'a>(&'a Injector);
+/// What most tests start from: an injector, a namespace `e2e-<id>` that opts in, and a
+/// webhook configuration (failurePolicy Fail) that is in effect for it. The fields drop in
+/// the order of a test's locals: the configuration is deleted first, then the logs guards
+/// print if the test panics.
+struct Setup {
+    registration: Registration,
+    pods: Api<Pod>,
+    ns: String,
+    _injector_logs: injector::LogsOnFailure,
+    webhook: Instance,
+    client: kube::Client,
+    _logs: controlplane::LogsOnFailure<'static>,
+}
 
-impl Drop for InjectorLogsOnFailure<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("==== injector logs ====\n{}", self.0.logs().join("\n"));
-        }
+async fn set_up(id: &str) -> Setup {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let webhook = start_webhook("127.0.0.1:0");
+    let _injector_logs = webhook.injector.logs_on_failure();
+    let ns = controlplane::namespace(
+        &client,
+        &format!("e2e-{id}"),
+        &[(&opt_in_label(id), "enabled")],
+    )
+    .await;
+    let registration = register(
+        &client,
+        &webhook_configuration(id, &webhook.url(), &webhook.ca_pem, "Fail"),
+    )
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    wait_until_mutating(&pods).await;
+    Setup {
+        registration,
+        pods,
+        ns,
+        _injector_logs,
+        webhook,
+        client,
+        _logs,
     }
 }
 
@@ -248,106 +164,29 @@ async fn review_of(injector: &Injector, namespace: &str, name: &str) -> Value {
     .await
 }
 
-fn container(i: usize, image: &str) -> Container {
-    Container {
-        name: format!("c{i}"),
-        image: Some(image.into()),
-        ..Container::default()
-    }
-}
-
-fn pod(name: &str, images: &[&str]) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            containers: images
-                .iter()
-                .enumerate()
-                .map(|(i, image)| container(i, image))
-                .collect(),
-            ..PodSpec::default()
-        }),
-        ..Pod::default()
-    }
-}
-
-fn secret_names(pod: &Pod) -> Vec<String> {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.image_pull_secrets.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect()
-}
-
-fn dry_run() -> PostParams {
-    PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    }
-}
-
 /// Polls with dry-run creates of a probe pod until the apiserver returns it mutated, i.e.
 /// until the webhook configuration is in effect for this namespace.
 async fn wait_until_mutating(pods: &Api<Pod>) {
-    let probe = pod("probe", &[PROBE_IMAGE]);
-    eventually(
-        "the webhook configuration to take effect (a dry-run probe pod comes back mutated)",
-        PROPAGATION,
-        || async {
-            let created = pods
-                .create(&dry_run(), &probe)
-                .await
-                .map_err(|e| e.to_string())?;
-            let names = secret_names(&created);
-            if names.iter().any(|n| n == PROBE_SECRET) {
-                Ok(())
-            } else {
-                Err(format!("probe came back with imagePullSecrets {names:?}"))
-            }
-        },
-    )
-    .await;
+    wait_dry_run(pods, PROBE_IMAGE, &[PROBE_SECRET], PROPAGATION).await;
 }
 
 /// Polls with dry-run creates of a probe pod until the apiserver refuses it, and returns the
 /// apiserver's error message.
 async fn wait_until_refused(pods: &Api<Pod>) -> String {
-    let probe = pod("probe", &[PROBE_IMAGE]);
-    eventually(
-        "the apiserver to refuse pods (failurePolicy Fail in effect)",
-        PROPAGATION,
-        || async {
-            match pods.create(&dry_run(), &probe).await {
-                Ok(created) => Err(format!(
-                    "probe still admitted, imagePullSecrets {:?}",
-                    secret_names(&created)
-                )),
-                Err(e) => Ok(message(e)),
-            }
-        },
-    )
-    .await
+    wait_dry_run_refused(pods, PROBE_IMAGE, PROPAGATION).await
 }
 
-/// The apiserver's message for a refused request (the Status message), else the error.
-fn message(error: kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) => status.message,
-        other => other.to_string(),
+/// Checks that each of the apiserver's refusals names webhook `id` at `url` and a refused
+/// connection.
+fn assert_connection_refused(messages: [&str; 2], id: &str, url: &str) {
+    for message in messages {
+        assert!(
+            message.contains(&format!("failed calling webhook \"{}\"", webhook_name(id))),
+            "{message}"
+        );
+        assert!(message.contains(url), "{message}");
+        assert!(message.contains("connection refused"), "{message}");
     }
-}
-
-/// A port that nothing listens on (bound, read and released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding 127.0.0.1:0")
-        .port()
 }
 
 // ---------------------------------------------------------------------------
@@ -356,21 +195,7 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn pod_in_opted_in_namespace_gets_matching_secrets_only() {
-    let cp = controlplane::shared();
-    let _logs = cp.logs_on_failure();
-    let client = cp.client();
-    let webhook = Webhook::start();
-    let _injector_logs = InjectorLogsOnFailure(&webhook.injector);
-    let id = "matching";
-    let ns =
-        controlplane::namespace(&client, "e2e-matching", &[(&opt_in_label(id), "enabled")]).await;
-    let registration = register(
-        &client,
-        &webhook_configuration(id, &webhook.url(), &webhook.ca_pem, "Fail"),
-    )
-    .await;
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    wait_until_mutating(&pods).await;
+    let t = set_up("matching").await;
 
     let mut app = pod(
         "app",
@@ -388,13 +213,14 @@ async fn pod_in_opted_in_namespace_gets_matching_secrets_only() {
             name: "corp".into(),
         },
     ]);
-    let created = pods
+    let created = t
+        .pods
         .create(&PostParams::default(), &app)
         .await
         .expect("create pod");
     assert_eq!(secret_names(&created), ["team-own", "corp", "acme-ghcr"]);
 
-    let stored = pods.get("app").await.expect("get pod");
+    let stored = t.pods.get("app").await.expect("get pod");
     assert_eq!(secret_names(&stored), ["team-own", "corp", "acme-ghcr"]);
     // The rest of the spec is the user's.
     let images: Vec<_> = stored
@@ -413,13 +239,13 @@ async fn pod_in_opted_in_namespace_gets_matching_secrets_only() {
         ]
     );
 
-    let line = review_of(&webhook.injector, &ns, "app").await;
+    let line = review_of(&t.webhook.injector, &t.ns, "app").await;
     assert_eq!(line["operation"], "CREATE", "{line}");
     assert_eq!(line["result"], "patched", "{line}");
     assert_eq!(line["injected"], "acme-ghcr", "{line}");
     assert_eq!(line["dry_run"], false, "{line}");
 
-    registration.delete().await;
+    t.registration.delete().await;
 }
 
 #[tokio::test]
@@ -427,8 +253,8 @@ async fn pod_in_namespace_without_the_label_is_untouched() {
     let cp = controlplane::shared();
     let _logs = cp.logs_on_failure();
     let client = cp.client();
-    let webhook = Webhook::start();
-    let _injector_logs = InjectorLogsOnFailure(&webhook.injector);
+    let webhook = start_webhook("127.0.0.1:0");
+    let _injector_logs = webhook.injector.logs_on_failure();
     let id = "unlabelled";
     let opted_in = controlplane::namespace(
         &client,
@@ -483,21 +309,7 @@ async fn pod_in_namespace_without_the_label_is_untouched() {
 
 #[tokio::test]
 async fn deployment_pods_created_by_the_replicaset_controller_carry_the_secrets() {
-    let cp = controlplane::shared();
-    let _logs = cp.logs_on_failure();
-    let client = cp.client();
-    let webhook = Webhook::start();
-    let _injector_logs = InjectorLogsOnFailure(&webhook.injector);
-    let id = "deployment";
-    let ns =
-        controlplane::namespace(&client, "e2e-deployment", &[(&opt_in_label(id), "enabled")]).await;
-    let registration = register(
-        &client,
-        &webhook_configuration(id, &webhook.url(), &webhook.ca_pem, "Fail"),
-    )
-    .await;
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    wait_until_mutating(&pods).await;
+    let t = set_up("deployment").await;
 
     let labels = BTreeMap::from([("app".to_string(), "e2e-deployment".to_string())]);
     let deployment = Deployment {
@@ -525,7 +337,7 @@ async fn deployment_pods_created_by_the_replicaset_controller_carry_the_secrets(
         }),
         ..Deployment::default()
     };
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let deployments = Api::<Deployment>::namespaced(t.client.clone(), &t.ns);
     deployments
         .create(&PostParams::default(), &deployment)
         .await
@@ -536,7 +348,8 @@ async fn deployment_pods_created_by_the_replicaset_controller_carry_the_secrets(
         "the 2 pods of deployment app",
         Duration::from_secs(60),
         || async {
-            let list = pods
+            let list = t
+                .pods
                 .list(&ListParams::default().labels("app=e2e-deployment"))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -557,34 +370,21 @@ async fn deployment_pods_created_by_the_replicaset_controller_carry_the_secrets(
     let template = stored.spec.unwrap().template.spec.unwrap();
     assert_eq!(template.image_pull_secrets, None);
 
-    let from_controller: Vec<_> = reviews(&webhook.injector)
+    let from_controller: Vec<_> = reviews(&t.webhook.injector)
         .into_iter()
-        .filter(|l| l["namespace"] == ns.as_str() && l["dry_run"] == false)
+        .filter(|l| l["namespace"] == t.ns.as_str() && l["dry_run"] == false)
         .collect();
     assert_eq!(from_controller.len(), 2, "{from_controller:?}");
 
-    registration.delete().await;
+    t.registration.delete().await;
 }
 
 #[tokio::test]
 async fn dry_run_create_returns_the_mutated_pod_and_leaves_nothing_behind() {
-    let cp = controlplane::shared();
-    let _logs = cp.logs_on_failure();
-    let client = cp.client();
-    let webhook = Webhook::start();
-    let _injector_logs = InjectorLogsOnFailure(&webhook.injector);
-    let id = "dryrun";
-    let ns =
-        controlplane::namespace(&client, "e2e-dryrun", &[(&opt_in_label(id), "enabled")]).await;
-    let registration = register(
-        &client,
-        &webhook_configuration(id, &webhook.url(), &webhook.ca_pem, "Fail"),
-    )
-    .await;
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    wait_until_mutating(&pods).await;
+    let t = set_up("dryrun").await;
 
-    let returned = pods
+    let returned = t
+        .pods
         .create(
             &dry_run(),
             &pod("dry", &["quay.io/tools/jq:1", "corp/api:2"]),
@@ -595,10 +395,11 @@ async fn dry_run_create_returns_the_mutated_pod_and_leaves_nothing_behind() {
     assert_eq!(returned.metadata.name.as_deref(), Some("dry"));
 
     assert!(
-        pods.get_opt("dry").await.expect("get").is_none(),
+        t.pods.get_opt("dry").await.expect("get").is_none(),
         "dry-run pod was stored"
     );
-    let left: Vec<_> = pods
+    let left: Vec<_> = t
+        .pods
         .list(&ListParams::default())
         .await
         .expect("list")
@@ -608,29 +409,16 @@ async fn dry_run_create_returns_the_mutated_pod_and_leaves_nothing_behind() {
         .collect();
     assert!(left.is_empty(), "pods left behind: {left:?}");
 
-    let line = review_of(&webhook.injector, &ns, "dry").await;
+    let line = review_of(&t.webhook.injector, &t.ns, "dry").await;
     assert_eq!(line["dry_run"], true, "{line}");
     assert_eq!(line["injected"], "corp,quay-tools", "{line}");
 
-    registration.delete().await;
+    t.registration.delete().await;
 }
 
 #[tokio::test]
 async fn init_containers_and_multiple_registries_are_matched() {
-    let cp = controlplane::shared();
-    let _logs = cp.logs_on_failure();
-    let client = cp.client();
-    let webhook = Webhook::start();
-    let _injector_logs = InjectorLogsOnFailure(&webhook.injector);
-    let id = "init";
-    let ns = controlplane::namespace(&client, "e2e-init", &[(&opt_in_label(id), "enabled")]).await;
-    let registration = register(
-        &client,
-        &webhook_configuration(id, &webhook.url(), &webhook.ca_pem, "Fail"),
-    )
-    .await;
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    wait_until_mutating(&pods).await;
+    let t = set_up("init").await;
 
     // Four images, three registries of one secret and two others; each secret once, in
     // config order.
@@ -639,11 +427,12 @@ async fn init_containers_and_multiple_registries_are_matched() {
         container(10, "myteam.azurecr.io/init:1"),
         container(11, "quay.io/tools/migrate:2"),
     ]);
-    pods.create(&PostParams::default(), &many)
+    t.pods
+        .create(&PostParams::default(), &many)
         .await
         .expect("create pod");
     assert_eq!(
-        secret_names(&pods.get("many").await.expect("get")),
+        secret_names(&t.pods.get("many").await.expect("get")),
         ["acme-ghcr", "corp", "quay-tools"]
     );
 
@@ -651,49 +440,37 @@ async fn init_containers_and_multiple_registries_are_matched() {
     let mut init_only = pod("init-only", &["gcr.io/elsewhere/app:1"]);
     init_only.spec.as_mut().unwrap().init_containers =
         Some(vec![container(10, "quay.io/tools/migrate:2")]);
-    pods.create(&PostParams::default(), &init_only)
+    t.pods
+        .create(&PostParams::default(), &init_only)
         .await
         .expect("create pod");
     assert_eq!(
-        secret_names(&pods.get("init-only").await.expect("get")),
+        secret_names(&t.pods.get("init-only").await.expect("get")),
         ["quay-tools"]
     );
 
-    registration.delete().await;
+    t.registration.delete().await;
 }
 
 #[tokio::test]
 async fn pod_opted_out_by_annotation_is_untouched() {
-    let cp = controlplane::shared();
-    let _logs = cp.logs_on_failure();
-    let client = cp.client();
-    let webhook = Webhook::start();
-    let _injector_logs = InjectorLogsOnFailure(&webhook.injector);
-    let id = "optout";
-    let ns =
-        controlplane::namespace(&client, "e2e-optout", &[(&opt_in_label(id), "enabled")]).await;
-    let registration = register(
-        &client,
-        &webhook_configuration(id, &webhook.url(), &webhook.ca_pem, "Fail"),
-    )
-    .await;
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    wait_until_mutating(&pods).await;
+    let t = set_up("optout").await;
 
     let mut opted_out = pod("opted-out", &["ghcr.io/acme/api:1"]);
     opted_out.metadata.annotations = Some(BTreeMap::from([(
         "pullsecret-injector.io/inject".to_string(),
         "false".to_string(),
     )]));
-    pods.create(&PostParams::default(), &opted_out)
+    t.pods
+        .create(&PostParams::default(), &opted_out)
         .await
         .expect("create pod");
     assert_eq!(
-        secret_names(&pods.get("opted-out").await.expect("get")),
+        secret_names(&t.pods.get("opted-out").await.expect("get")),
         Vec::<String>::new()
     );
     // It was sent to the webhook, which chose to leave it alone.
-    let line = review_of(&webhook.injector, &ns, "opted-out").await;
+    let line = review_of(&t.webhook.injector, &t.ns, "opted-out").await;
     assert_eq!(line["result"], "skipped", "{line}");
 
     let mut opted_in = opted_out.clone();
@@ -702,15 +479,16 @@ async fn pod_opted_out_by_annotation_is_untouched() {
         "pullsecret-injector.io/inject".to_string(),
         "true".to_string(),
     )]));
-    pods.create(&PostParams::default(), &opted_in)
+    t.pods
+        .create(&PostParams::default(), &opted_in)
         .await
         .expect("create pod");
     assert_eq!(
-        secret_names(&pods.get("opted-in").await.expect("get")),
+        secret_names(&t.pods.get("opted-in").await.expect("get")),
         ["acme-ghcr"]
     );
 
-    registration.delete().await;
+    t.registration.delete().await;
 }
 
 #[tokio::test]
@@ -718,7 +496,7 @@ async fn stopped_injector_with_failure_policy_ignore_lets_pods_through_and_fail_
     let cp = controlplane::shared();
     let _logs = cp.logs_on_failure();
     let client = cp.client();
-    let webhook = Webhook::start();
+    let webhook = start_webhook("127.0.0.1:0");
     let id = "stopped";
     let ns =
         controlplane::namespace(&client, "e2e-stopped", &[(&opt_in_label(id), "enabled")]).await;
@@ -729,16 +507,11 @@ async fn stopped_injector_with_failure_policy_ignore_lets_pods_through_and_fail_
     .await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     {
-        let _injector_logs = InjectorLogsOnFailure(&webhook.injector);
+        let _injector_logs = webhook.injector.logs_on_failure();
         wait_until_mutating(&pods).await;
     }
     let url = webhook.url();
-    let injector_logs = webhook.injector.logs().join("\n");
-    let status = webhook.injector.stop();
-    assert!(
-        status.success(),
-        "injector exit status {status}; logs:\n{injector_logs}"
-    );
+    webhook.injector.stop_cleanly();
 
     // Ignore: admitted, unmodified.
     let created = pods
@@ -780,14 +553,7 @@ async fn stopped_injector_with_failure_policy_ignore_lets_pods_through_and_fail_
         .expect_err("with failurePolicy Fail the pod is refused");
     let error = message(error);
     println!("pod create refused with failurePolicy Fail: {error}");
-    for message in [&dry_error, &error] {
-        assert!(
-            message.contains(&format!("failed calling webhook \"{}\"", webhook_name(id))),
-            "{message}"
-        );
-        assert!(message.contains(&url), "{message}");
-        assert!(message.contains("connection refused"), "{message}");
-    }
+    assert_connection_refused([&dry_error, &error], id, &url);
     assert!(pods.get_opt("refused").await.expect("get").is_none());
 
     registration.delete().await;
@@ -799,7 +565,7 @@ async fn apiserver_calls_use_http1_with_the_timeout_parameter_and_survive_a_webh
     let _logs = cp.logs_on_failure();
     let client = cp.client();
     let listen = format!("127.0.0.1:{}", free_port());
-    let first = Webhook::start_on(&listen);
+    let first = start_webhook(&listen);
     assert_eq!(first.injector.addr.to_string(), listen);
     let id = "restart";
     let ns =
@@ -812,7 +578,7 @@ async fn apiserver_calls_use_http1_with_the_timeout_parameter_and_survive_a_webh
     .await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     {
-        let _injector_logs = InjectorLogsOnFailure(&first.injector);
+        let _injector_logs = first.injector.logs_on_failure();
         wait_until_mutating(&pods).await;
         let created = pods
             .create(
@@ -844,14 +610,13 @@ async fn apiserver_calls_use_http1_with_the_timeout_parameter_and_survive_a_webh
     }
 
     // Restart on the same port, with the same CA (the Secret would not change either).
-    let Webhook { injector, dir, .. } = first;
-    let status = injector.stop();
-    assert!(status.success(), "first injector exit status {status}");
+    let Instance { injector, dir, .. } = first;
+    injector.stop_cleanly();
     let second = Injector::start(Options {
         listen: &listen,
         ..Options::new(CONFIG, dir.path())
     });
-    let _injector_logs = InjectorLogsOnFailure(&second);
+    let _injector_logs = second.logs_on_failure();
     assert_eq!(second.addr.to_string(), listen);
 
     let errors = Mutex::new(Vec::new());
@@ -904,7 +669,7 @@ async fn webhook_pointing_at_a_closed_port_with_fail_policy_refuses_pods() {
     let _logs = cp.logs_on_failure();
     let client = cp.client();
     let ca = support::pki::TestCa::new("nobody's CA");
-    let url = format!("https://127.0.0.1:{}/mutate", free_port());
+    let url = mutate_url(free_port());
     let id = "closedport";
     let ns =
         controlplane::namespace(&client, "e2e-closedport", &[(&opt_in_label(id), "enabled")]).await;
@@ -922,14 +687,7 @@ async fn webhook_pointing_at_a_closed_port_with_fail_policy_refuses_pods() {
         .expect_err("the apiserver must refuse the pod when it cannot call the webhook");
     let error = message(error);
     println!("pod create with the webhook at a closed port: {error}");
-    for message in [&dry_error, &error] {
-        assert!(
-            message.contains(&format!("failed calling webhook \"{}\"", webhook_name(id))),
-            "{message}"
-        );
-        assert!(message.contains(&url), "{message}");
-        assert!(message.contains("connection refused"), "{message}");
-    }
+    assert_connection_refused([&dry_error, &error], id, &url);
     assert!(pods.get_opt("app").await.expect("get").is_none());
 
     registration.delete().await;

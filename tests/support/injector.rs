@@ -190,6 +190,29 @@ impl Injector {
         }
     }
 
+    /// The URL of the injector's `/mutate` endpoint.
+    pub fn mutate_url(&self) -> String {
+        mutate_url(self.addr.port())
+    }
+
+    /// A guard that prints the injector's logs to stderr if it is dropped during a panic.
+    /// It holds the log buffer, not the injector: the injector can be stopped or moved while
+    /// the guard lives.
+    pub fn logs_on_failure(&self) -> LogsOnFailure {
+        LogsOnFailure {
+            name: String::new(),
+            logs: Arc::clone(&self.logs),
+        }
+    }
+
+    /// Sends SIGTERM and asserts that the injector exits successfully (with its logs in the
+    /// message if not).
+    pub fn stop_cleanly(self) {
+        let logs = self.logs().join("\n");
+        let status = self.stop();
+        assert!(status.success(), "exit status {status}; logs:\n{logs}");
+    }
+
     pub async fn metrics(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = tokio::net::TcpStream::connect(self.admin)
@@ -221,4 +244,67 @@ pub fn metric(text: &str, series: &str) -> f64 {
                 .and_then(|rest| rest.trim().parse().ok())
         })
         .unwrap_or(0.0)
+}
+
+/// See [`Injector::logs_on_failure`].
+pub struct LogsOnFailure {
+    name: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl LogsOnFailure {
+    /// Names the injector in the header (for tests that run several).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = format!(" {name}");
+        self
+    }
+}
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!("==== injector{} logs ====\n{}", self.name, logs.join("\n"));
+        }
+    }
+}
+
+/// The URL of the `/mutate` endpoint of an injector listening on 127.0.0.1:`port`.
+pub fn mutate_url(port: u16) -> String {
+    format!("https://127.0.0.1:{port}/mutate")
+}
+
+/// A port that nothing listens on (bound, read and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
+/// An injector with a CA and a certificate directory of its own. The directory outlives the
+/// injector, so that it can be restarted with the same certificate.
+pub struct Instance {
+    pub injector: Injector,
+    pub ca_pem: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Instance {
+    /// Writes a CA and a serving pair (see [`certificates`]) into a new directory, and starts
+    /// an injector there with `start`.
+    pub fn start(start: impl FnOnce(&Path) -> Injector) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = certificates(dir.path());
+        let injector = start(dir.path());
+        Self {
+            injector,
+            ca_pem: ca.cert_pem,
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.injector.mutate_url()
+    }
 }

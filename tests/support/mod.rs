@@ -6,3 +6,6 @@ pub mod client;
 pub mod controlplane;
 pub mod injector;
 pub mod pki;
+pub mod pods;
+pub mod secrets;
+pub mod webhook;
