@@ -29,6 +29,16 @@ IMAGE ?= ghcr.io/pullsecret-injector/pullsecret-injector:$(VERSION)
 HADOLINT_VERSION := 2.15.1
 HADOLINT_VENV := .cache/tools/hadolint-$(HADOLINT_VERSION)
 HADOLINT := $(HADOLINT_VENV)/bin/hadolint
+# cargo-fuzz and cargo-deny from crates.io, built once per version into .cache/tools/.
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ := .cache/tools/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY := .cache/tools/cargo-deny-$(CARGO_DENY_VERSION)/bin/cargo-deny
+# `make fuzz`: seconds per target; `make test` runs each for FUZZ_SMOKE_SECONDS.
+FUZZ_SECONDS ?= 300
+FUZZ_SMOKE_SECONDS ?= 30
+# Targets fuzzed at once (one core each).
+FUZZ_JOBS ?= 2
 
 .PHONY: help
 help: ## List the targets
@@ -102,9 +112,52 @@ install: $(HELM_DEPS) ## helm upgrade --install into the current kube context (N
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace $(HELM_ARGS)
 
 .PHONY: test
-test: lint controlplane ## Lint, then unit, integration and end-to-end tests (real control plane)
+test: lint deny controlplane fuzz-smoke ## Lint, deny, fuzz smoke, then unit, integration and end-to-end tests
 	cargo test --locked --all-targets
+
+# Installed once per version, like hadolint.
+$(CARGO_FUZZ):
+	cargo install --locked --quiet --version $(CARGO_FUZZ_VERSION) --root $(abspath $(dir $(@D))) cargo-fuzz
+
+$(CARGO_DENY):
+	cargo install --locked --quiet --version $(CARGO_DENY_VERSION) --root $(abspath $(dir $(@D))) cargo-deny
+
+.PHONY: fuzz
+fuzz: $(CARGO_FUZZ) ## Fuzz image, pattern, config and handler for FUZZ_SECONDS (300) each; reports executions
+	CARGO_FUZZ=$(abspath $(CARGO_FUZZ)) FUZZ_JOBS=$(FUZZ_JOBS) fuzz/run.sh $(FUZZ_SECONDS)
+
+.PHONY: fuzz-smoke
+fuzz-smoke: $(CARGO_FUZZ) ## The fuzz smoke `make test` runs: each target for FUZZ_SMOKE_SECONDS (30)
+	CARGO_FUZZ=$(abspath $(CARGO_FUZZ)) FUZZ_JOBS=$(FUZZ_JOBS) fuzz/run.sh $(FUZZ_SMOKE_SECONDS)
+
+.PHONY: deny
+deny: $(CARGO_DENY) ## cargo deny check licenses bans sources, offline (advisories need the network: see deny.toml)
+	$(CARGO_DENY) --frozen --log-level error check --hide-inclusion-graph licenses bans sources
+
+.PHONY: bench
+bench: controlplane ## Benchmarks beside a floor server: load, criterion, apiserver (~15 min; see BENCHMARKS.md)
+	benches/run.sh
+
+# Adversarial load needs thousands of fds on both ends: the soft limit is raised for the run.
+STRESS_DIR := target/stress
+SOAK_SECONDS ?= 600
+ADVERSARY = [[ $$(ulimit -n) -ge 8192 ]] || ulimit -n 8192; \
+	python3 benches/fixtures/generate.py $(STRESS_DIR)/fixtures >/dev/null; \
+	cargo bench --locked --bench adversary --
+
+.PHONY: stress
+stress: ## Attacks on the release binary while valid reviews flow, then 20 cert rotations at 1,000 rps (~6 min)
+	$(ADVERSARY) stress --fixture $(STRESS_DIR)/fixtures/typical.json --out $(STRESS_DIR)/stress.md
+
+.PHONY: soak
+soak: ## Mixed valid and hostile traffic for SOAK_SECONDS (600): no valid review fails, RSS growth < 10 %
+	$(ADVERSARY) soak --seconds $(SOAK_SECONDS) --fixture $(STRESS_DIR)/fixtures/typical.json --out $(STRESS_DIR)/soak.md
+
+.PHONY: peers
+peers: ## Compare with Kyverno and imagepullsecret-patcher, built from pinned Go modules (COMPARISON.md; ~30 min)
+	tests/peers/run.sh
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps the Go and control-plane caches in .cache/)
 	cargo clean
+	rm -rf fuzz/target

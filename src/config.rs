@@ -19,6 +19,9 @@ pub const DEFAULT_OPT_IN_LABEL: &str = "pullsecret-injector.io/inject-pull-secre
 pub const DEFAULT_OPT_IN_VALUE: &str = "enabled";
 /// Two 3 MiB objects (object and oldObject) plus the review envelope, as controller-runtime.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
+/// Request bodies held in memory at once, across connections: four of the largest, and far
+/// under the chart's 128Mi memory limit.
+pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -131,6 +134,8 @@ pub struct TlsConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// Bodies being read or decoded, all connections together, by their announced length.
+    pub max_buffered_body_bytes: usize,
     pub max_connections: usize,
     pub tls_handshake_timeout_seconds: u64,
     pub header_read_timeout_seconds: u64,
@@ -142,6 +147,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
             max_connections: 4096,
             tls_handshake_timeout_seconds: 10,
             // Idle keep-alive connections are closed after this too; the apiserver reopens
@@ -306,6 +312,15 @@ impl Config {
             error(
                 "limits.maxBodyBytes".into(),
                 "must be greater than 0".into(),
+            );
+        }
+        if self.limits.max_buffered_body_bytes < self.limits.max_body_bytes {
+            error(
+                "limits.maxBufferedBodyBytes".into(),
+                format!(
+                    "must be at least limits.maxBodyBytes ({}), or a body of that size is never read",
+                    self.limits.max_body_bytes
+                ),
             );
         }
         if self.limits.max_connections == 0 {
@@ -582,6 +597,7 @@ mod tests {
         assert_eq!(s.metrics_listen.to_string(), "0.0.0.0:8080");
         assert_eq!(s.opt_out_annotation, DEFAULT_OPT_OUT_ANNOTATION);
         assert_eq!(s.limits.max_body_bytes, 7 * 1024 * 1024);
+        assert_eq!(s.limits.max_buffered_body_bytes, 32 * 1024 * 1024);
         assert_eq!(s.keyring.len(), 1);
     }
 
@@ -619,6 +635,20 @@ secrets:
         ] {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn the_body_budget_holds_at_least_one_body_of_the_maximum_size() {
+        let err = settings("limits: {maxBodyBytes: 1000, maxBufferedBodyBytes: 999}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "limits.maxBufferedBodyBytes: must be at least limits.maxBodyBytes (1000)"
+            ),
+            "{err}"
+        );
+        settings("limits: {maxBodyBytes: 1000, maxBufferedBodyBytes: 1000}").unwrap();
     }
 
     #[test]

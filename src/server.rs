@@ -51,6 +51,8 @@ pub struct AppState {
     /// Ready once the certificate is loaded and the listener bound; false while draining.
     pub ready: Arc<AtomicBool>,
     pub draining: Arc<AtomicBool>,
+    /// Bytes of request bodies that may be in memory at once (`limits.maxBufferedBodyBytes`).
+    pub body_budget: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -59,7 +61,12 @@ impl AppState {
         metrics: Arc<Metrics>,
         cluster: Option<Arc<Cluster>>,
     ) -> Self {
+        let budget = settings
+            .limits
+            .max_buffered_body_bytes
+            .min(Semaphore::MAX_PERMITS);
         Self {
+            body_budget: Arc::new(Semaphore::new(budget)),
             settings,
             metrics,
             cluster,
@@ -208,6 +215,28 @@ async fn mutate_inner(
             ),
         );
     }
+    // Without a budget, slow senders of large bodies hold maxConnections × maxBodyBytes. The
+    // announced length (the maximum for a chunked body) is reserved before a byte is read,
+    // and a body that does not fit now is refused at once, not queued.
+    let reserve = announced.map_or(limits.max_body_bytes, |length| length as usize);
+    let Ok(_reserved) = Arc::clone(&state.body_budget)
+        .try_acquire_many_owned(u32::try_from(reserve).unwrap_or(u32::MAX))
+    else {
+        let mut response = refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "body_budget_exhausted",
+            format!(
+                "{} bytes of request bodies are in memory already (limits.maxBufferedBodyBytes); retry",
+                limits
+                    .max_buffered_body_bytes
+                    .saturating_sub(state.body_budget.available_permits())
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
     let read = tokio::time::timeout(
         Duration::from_secs(limits.body_read_timeout_seconds),
         axum::body::to_bytes(body, limits.max_body_bytes),
@@ -489,6 +518,45 @@ mod tests {
                 .render()
                 .contains("bad_requests_total{reason=\"panic\"} 1")
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_does_not_fit_the_budget_is_refused_at_once_and_admitted_once_freed() {
+        let settings = Config::from_yaml(
+            "secrets: []\nlimits: {maxBodyBytes: 1000, maxBufferedBodyBytes: 1000}",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let state = AppState::new(Arc::new(settings), Arc::new(Metrics::new()), None);
+        let app = router(state.clone());
+        let post = || {
+            axum::http::Request::post("/mutate")
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CONTENT_LENGTH, "11")
+                .body(Body::from("{not json}!"))
+                .unwrap()
+        };
+        // Another connection's body holds all but 10 bytes of the budget.
+        let held = Arc::clone(&state.body_budget)
+            .try_acquire_many_owned(990)
+            .unwrap();
+        let refused = app.clone().oneshot(post()).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        let body = axum::body::to_bytes(refused.into_body(), 1024)
+            .await
+            .unwrap();
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(error["reason"], "body_budget_exhausted");
+        assert!(
+            error["error"].as_str().unwrap().contains("990 bytes"),
+            "{error}"
+        );
+        drop(held);
+        let read = app.oneshot(post()).await.unwrap();
+        assert_eq!(read.status(), StatusCode::BAD_REQUEST, "read and decoded");
+        assert_eq!(state.body_budget.available_permits(), 1000, "released");
     }
 
     #[tokio::test]

@@ -27,6 +27,9 @@ use crate::config::{SecretSpec, SourceRef};
 
 /// A full re-sync now and then, in case a watch missed something.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Backoff while the Lease cannot be read or created (apiserver unreachable, RBAC).
+const LEASE_RETRY_MIN: Duration = Duration::from_secs(1);
+const LEASE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 struct Context {
     cluster: Arc<Cluster>,
@@ -42,20 +45,33 @@ pub async fn run_with_leader_election(
     let settings = Arc::clone(cluster.settings());
     let le = &settings.leader_election;
     let duration = le.lease_duration_seconds;
-    let manager = LeaseManagerBuilder::new(cluster.client(), &le.lease_name)
-        .with_namespace(&settings.namespace)
-        .with_identity(&identity)
-        .with_duration(duration)
-        .with_grace(duration / 3)
-        .with_field_manager(FIELD_MANAGER)
-        .build()
-        .await;
-    let manager = match manager {
-        Ok(manager) => manager,
-        Err(error) => {
-            cluster.metrics().replication_error("lease");
-            tracing::error!(%error, "cannot set up leader election; not replicating");
-            return;
+    // Building the manager reads (or creates) the Lease: when the apiserver cannot be reached
+    // yet, try again with backoff instead of never replicating.
+    let mut retry_in = LEASE_RETRY_MIN;
+    let manager = loop {
+        let built = LeaseManagerBuilder::new(cluster.client(), &le.lease_name)
+            .with_namespace(&settings.namespace)
+            .with_identity(&identity)
+            .with_duration(duration)
+            .with_grace(duration / 3)
+            .with_field_manager(FIELD_MANAGER)
+            .build()
+            .await;
+        match built {
+            Ok(manager) => break manager,
+            Err(error) => {
+                cluster.metrics().replication_error("lease");
+                tracing::error!(
+                    %error,
+                    retry_in_seconds = retry_in.as_secs(),
+                    "cannot set up leader election; retrying"
+                );
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(retry_in) => {}
+                }
+                retry_in = (retry_in * 2).min(LEASE_RETRY_MAX);
+            }
         }
     };
     let (mut leader, lease_task) = manager.watch().await;

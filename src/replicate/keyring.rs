@@ -44,12 +44,26 @@ impl std::fmt::Display for SourceProblem {
                 secret,
                 source,
                 keys,
-            } => write!(
-                f,
-                "secret {secret}: source {source}: auths keys {keys:?} are not registry patterns and were skipped, as the kubelet skips them"
-            ),
+            } => {
+                let keys: Vec<String> = keys.iter().map(|k| redact_user_info(k)).collect();
+                write!(
+                    f,
+                    "secret {secret}: source {source}: auths keys {keys:?} are not registry patterns and were skipped, as the kubelet skips them"
+                )
+            }
         }
     }
+}
+
+/// An `auths` key fit to be shown: a key with `@` may carry `user:password@` (a URL pasted
+/// with its credentials, which the kubelet skips as it does here), so everything between the
+/// scheme and the last `@` is replaced. Registry keys have no other use for `@`.
+pub fn redact_user_info(key: &str) -> String {
+    let Some(at) = key.rfind('@') else {
+        return key.to_string();
+    };
+    let start = key.find("://").map_or(0, |i| i + 3).min(at);
+    format!("{}<redacted>{}", &key[..start], &key[at..])
 }
 
 /// Builds the keyring from config and whatever `source` finds for each source reference.
@@ -93,4 +107,36 @@ pub fn build(
         }
     }
     (Keyring::new(entries), problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_keys_never_show_user_info() {
+        for (key, shown) in [
+            (
+                "https://robot:s3cret@registry.example.com",
+                "https://<redacted>@registry.example.com",
+            ),
+            (
+                "robot:s3/cr@et@registry.example.com/v2/",
+                "<redacted>@registry.example.com/v2/",
+            ),
+            ("http://@host", "http://<redacted>@host"),
+            ("registry example.com", "registry example.com"),
+        ] {
+            assert_eq!(redact_user_info(key), shown);
+        }
+        let problem = SourceProblem::SkippedKeys {
+            secret: "regcred".into(),
+            source: SourceRef {
+                namespace: "ns".into(),
+                name: "src".into(),
+            },
+            keys: vec!["https://robot:s3cret@registry.example.com".into()],
+        };
+        assert!(!problem.to_string().contains("s3cret"), "{problem}");
+    }
 }

@@ -44,6 +44,17 @@ impl TlsClient {
     }
 
     pub fn with_alpn(ca_pem: &str, alpn: Vec<Vec<u8>>) -> Self {
+        Self::build(ca_pem, alpn, true)
+    }
+
+    /// As the kube-apiserver connects: HTTP/1.1 and no TLS session resumption (Go's
+    /// `tls.Config` without a `ClientSessionCache`), so every connection is a full handshake
+    /// and sees the certificate the server serves now.
+    pub fn without_resumption(ca_pem: &str) -> Self {
+        Self::build(ca_pem, vec![b"http/1.1".to_vec()], false)
+    }
+
+    fn build(ca_pem: &str, alpn: Vec<Vec<u8>>, resume: bool) -> Self {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
             roots.add(cert.expect("CA PEM")).expect("add CA");
@@ -55,6 +66,9 @@ impl TlsClient {
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = alpn;
+        if !resume {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
         Self {
             connector: TlsConnector::from(Arc::new(config)),
         }

@@ -86,6 +86,11 @@ pub struct ControlPlane {
     /// the others, only see EOF at process exit: the etcd wrapper then removes
     /// the state directory, which the running servers use.
     retired: Vec<Proc>,
+    /// kube-apiserver's command line, to start it again on the same port (fault tests).
+    apiserver_args: Vec<String>,
+    controller_manager_args: Vec<String>,
+    /// Servers stopped on purpose (fault tests), kept like `retired`.
+    stopped: Mutex<Vec<Proc>>,
 }
 
 /// One server under its wrapper. Dropping it closes the wrapper's stdin,
@@ -196,6 +201,233 @@ impl ControlPlane {
         let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
         check_running(&mut procs)
     }
+
+    // -----------------------------------------------------------------------
+    // Faults (tests/e2e_faults.rs). They break this test binary's control plane for every
+    // test in it: a binary that uses them must run its tests one at a time.
+    // -----------------------------------------------------------------------
+
+    /// Kills kube-apiserver with SIGKILL and waits until it is gone. etcd keeps the data; the
+    /// returned guard starts it again (same port, same flags) with [`Stopped::start`], or, if
+    /// the test panics first, on drop.
+    pub fn kill_apiserver(&self) -> Stopped<'_> {
+        self.stop_server("kube-apiserver", "KILL");
+        Stopped {
+            cp: self,
+            started: false,
+        }
+    }
+
+    /// Sends `signal` to server `name` and waits until it has exited.
+    fn stop_server(&self, name: &str, signal_name: &str) {
+        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        let at = procs
+            .iter()
+            .position(|p| p.name == name)
+            .unwrap_or_else(|| panic!("{name} is running"));
+        let mut proc = procs.remove(at);
+        drop(procs);
+        signal(server_pid(&proc), signal_name);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(proc.wrapper.try_wait(), Ok(Some(_))) {
+            assert!(Instant::now() < deadline, "{name} did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(proc);
+    }
+
+    /// Starts kube-apiserver again with its original flags (same port, same etcd) and waits
+    /// for `/readyz`.
+    fn restart_apiserver(&self) -> Result<(), String> {
+        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        spawn(
+            &mut procs,
+            "kube-apiserver",
+            &self.bin_dir,
+            &self.log_dir,
+            &self.apiserver_args,
+            None,
+        )?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        let config = self.config.clone();
+        wait_until_async(
+            &rt,
+            &mut procs,
+            "kube-apiserver /readyz after a restart",
+            || {
+                let config = config.clone();
+                async move {
+                    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+                    let req = hyper::Request::get("/readyz")
+                        .body(Vec::new())
+                        .map_err(|e| e.to_string())?;
+                    match tokio::time::timeout(Duration::from_secs(5), client.request_text(req))
+                        .await
+                    {
+                        Ok(Ok(body)) if body.trim() == "ok" => Ok(()),
+                        Ok(Ok(body)) => Err(body),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("request timed out".to_string()),
+                    }
+                }
+            },
+        )
+    }
+
+    /// Makes the whole control plane work again after a fault, for the next test: restarts
+    /// kube-controller-manager, whose watches may otherwise sit in a backoff of up to half a
+    /// minute after an apiserver restart, and waits until a new namespace gets its `default`
+    /// ServiceAccount.
+    pub async fn wait_recovered(&self) {
+        let started = Instant::now();
+        self.stop_server("kube-controller-manager", "TERM");
+        {
+            let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+            spawn(
+                &mut procs,
+                "kube-controller-manager",
+                &self.bin_dir,
+                &self.log_dir,
+                &self.controller_manager_args,
+                None,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let client = self.client();
+        let probe = Api::<Namespace>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &Namespace {
+                    metadata: ObjectMeta {
+                        generate_name: Some("recovered-".into()),
+                        ..ObjectMeta::default()
+                    },
+                    ..Namespace::default()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("creating a probe namespace: {e}"))
+            .metadata
+            .name
+            .expect("name");
+        let sas = Api::<ServiceAccount>::namespaced(client, &probe);
+        eventually(
+            "kube-controller-manager to work again",
+            START_TIMEOUT,
+            || async {
+                match sas.get_opt("default").await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err("no ServiceAccount yet".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await;
+        eprintln!(
+            "controlplane: recovered in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Freezes etcd (SIGSTOP): every apiserver request that reaches storage waits. The guard
+    /// thaws it (SIGCONT) on [`Paused::resume`] or on drop.
+    pub fn pause_etcd(&self) -> Paused<'_> {
+        let pid = {
+            let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+            let etcd = procs
+                .iter()
+                .find(|p| p.name == "etcd")
+                .expect("etcd is running");
+            server_pid(etcd)
+        };
+        signal(pid, "STOP");
+        Paused {
+            cp: self,
+            pid,
+            resumed: false,
+        }
+    }
+}
+
+/// kube-apiserver killed by [`ControlPlane::kill_apiserver`].
+pub struct Stopped<'a> {
+    cp: &'a ControlPlane,
+    started: bool,
+}
+
+impl Stopped<'_> {
+    /// Starts it again and waits until it is ready. Blocking: call it from
+    /// `spawn_blocking` in an async test.
+    pub fn start(mut self) {
+        self.started = true;
+        if let Err(e) = self.cp.restart_apiserver() {
+            panic!("kube-apiserver did not start again: {e}");
+        }
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        if !self.started {
+            let _ = self.cp.restart_apiserver();
+        }
+    }
+}
+
+/// etcd frozen by [`ControlPlane::pause_etcd`].
+pub struct Paused<'a> {
+    cp: &'a ControlPlane,
+    pid: u32,
+    resumed: bool,
+}
+
+impl Paused<'_> {
+    pub fn resume(mut self) {
+        self.resumed = true;
+        signal(self.pid, "CONT");
+    }
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        if !self.resumed {
+            signal(self.pid, "CONT");
+        }
+    }
+}
+
+/// The server's pid, from the wrapper's "started <binary> as pid N (wrapper pid W)" line.
+fn server_pid(proc: &Proc) -> u32 {
+    let wrapper = proc.wrapper.id();
+    let log = fs::read_to_string(&proc.log).unwrap_or_default();
+    let marker = format!("(wrapper pid {wrapper})");
+    log.lines()
+        .rev()
+        .filter(|line| line.starts_with("[controlplane] started") && line.ends_with(&marker))
+        .find_map(|line| {
+            line.split(" as pid ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no pid for {} (wrapper {wrapper}) in its log", proc.name))
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 /// See [`ControlPlane::logs_on_failure`].
@@ -408,16 +640,17 @@ fn start() -> Result<ControlPlane, String> {
         });
         match ready {
             Ok(()) => {
-                started = Some((url, config));
+                started = Some((url, config, args));
                 break;
             }
             Err(e) if attempt == 1 && port_clash(&procs) => retry(&mut procs, &mut retired, e),
             Err(e) => return Err(e),
         }
     }
-    let (url, config) = started.expect("kube-apiserver started or returned");
+    let (url, config, apiserver_args) = started.expect("kube-apiserver started or returned");
 
     // kube-controller-manager
+    let mut controller_manager_args = Vec::new();
     for attempt in 1..=2 {
         let [port] = free_ports();
         let p = |f: &str| pki.dir.join(f).display().to_string();
@@ -469,7 +702,10 @@ fn start() -> Result<ControlPlane, String> {
             },
         );
         match ready {
-            Ok(()) => break,
+            Ok(()) => {
+                controller_manager_args = args;
+                break;
+            }
             Err(e) if attempt == 1 && port_clash(&procs) => retry(&mut procs, &mut retired, e),
             Err(e) => return Err(e),
         }
@@ -490,6 +726,9 @@ fn start() -> Result<ControlPlane, String> {
         bin_dir,
         procs: Mutex::new(procs),
         retired,
+        apiserver_args,
+        controller_manager_args,
+        stopped: Mutex::new(Vec::new()),
     })
 }
 

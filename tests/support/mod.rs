@@ -7,5 +7,6 @@ pub mod controlplane;
 pub mod injector;
 pub mod pki;
 pub mod pods;
+pub mod scenario;
 pub mod secrets;
 pub mod webhook;

@@ -1,0 +1,401 @@
+//! Pod-create latency through a real kube-apiserver (tests/support/controlplane.rs), four
+//! ways: no webhook, an allow-only webhook (examples/floor_server.rs `--allow-only`: the
+//! protocol floor), the same returning the injector's patch (`--patch`: the floor for a
+//! mutating answer, which the apiserver must apply), and the injector. Creates are sequential
+//! and interleaved across the four, so drift in the control plane touches all alike. Writes
+//! `target/bench/apiserver.json`. `make bench` runs it; see BENCHMARKS.md.
+//!
+//! `cargo bench --bench apiserver` (needs `make controlplane` and
+//! `cargo build --release --example floor_server`). BENCH_CREATES overrides the 500 creates.
+//! Under `cargo test` it does nothing: a control plane per test run is not worth a smoke test.
+
+// The parts of the end-to-end harness (tests/support/) this benchmark uses, at the crate
+// root so that `super::pki` in injector.rs resolves; the rest of the harness stays out.
+// (controlplane.rs allows dead code itself.)
+#[allow(dead_code)]
+#[path = "../tests/support/client.rs"]
+mod client;
+#[path = "../tests/support/controlplane.rs"]
+mod controlplane;
+#[allow(dead_code)]
+#[path = "../tests/support/injector.rs"]
+mod injector;
+#[allow(dead_code)]
+#[path = "../tests/support/pki.rs"]
+mod pki;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use client::TlsClient;
+use controlplane::eventually;
+use http_body_util::Full;
+use injector::{Injector, Options};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, ObjectMeta, PostParams};
+
+const DEFAULT_CREATES: usize = 500;
+/// Creates per setup before measuring: connections to the webhooks and etcd are warm.
+const WARM_UP: usize = 20;
+/// How long the apiserver may take to act on a new webhook configuration.
+const PROPAGATION: Duration = Duration::from_secs(30);
+/// The injector's secrets, as in examples/config.yaml.
+const CONFIG: &str = r#"
+secrets:
+  - name: acme-ghcr
+    registries: [ghcr.io/acme/, "*.azurecr.io", "registry.example.com:5000"]
+  - name: corp
+    registries: [docker.io/corp]
+"#;
+/// The images of every created pod: one secret each from the config above.
+const IMAGES: [&str; 2] = ["ghcr.io/acme/web:1.4.2", "corp/log-shipper:3.2.0"];
+/// The injector's patch for that pod, which the patching floor sends too.
+const PATCH: &str = r#"[{"op":"add","path":"/spec/imagePullSecrets","value":[{"name":"acme-ghcr"},{"name":"corp"}]}]"#;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("apiserver benchmark: skipped (run it with `cargo bench --bench apiserver`)");
+        return;
+    }
+    let creates = std::env::var("BENCH_CREATES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_CREATES);
+    let cp = controlplane::shared();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let report = runtime.block_on(measure(cp, creates));
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/apiserver.json");
+    std::fs::create_dir_all(out.parent().expect("parent")).expect("create target/bench");
+    std::fs::write(&out, &report).expect("write target/bench/apiserver.json");
+    println!("{report}");
+    println!("written to {}", out.display());
+}
+
+/// The allow-only floor server, as a child process.
+struct AllowOnly {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl AllowOnly {
+    /// `patch`: the JSON patch to send with every answer, if any.
+    fn start(dir: &Path, patch: Option<&str>) -> Self {
+        let binary = std::env::var_os("FLOOR_SERVER").map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/examples/floor_server"),
+            PathBuf::from,
+        );
+        assert!(
+            binary.is_file(),
+            "{} not found: build it with `cargo build --release --example floor_server`",
+            binary.display()
+        );
+        let mut command = Command::new(&binary);
+        command
+            .args(["--allow-only", "--cert"])
+            .arg(dir.join("tls.crt"))
+            .arg("--key")
+            .arg(dir.join("tls.key"));
+        if let Some(patch) = patch {
+            let file = dir.join("patch.json");
+            std::fs::write(&file, patch).expect("write patch.json");
+            command.arg("--patch").arg(file);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("reading the floor server's address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("floor server printed {line:?}, not its address"));
+        Self { child, addr }
+    }
+
+    async fn reviews(&self, client: &TlsClient) -> u64 {
+        let request = hyper::Request::get("/reviews")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let response = client.connect(self.addr).await.send(request).await;
+        String::from_utf8_lossy(&response.body)
+            .trim()
+            .parse()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for AllowOnly {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn opt_in_label(id: &str) -> String {
+    format!("pullsecret-injector.io/bench-{id}")
+}
+
+/// Pods CREATE in namespaces labelled `opt_in_label(id)=enabled`, sent to `addr`.
+fn webhook_configuration(id: &str, addr: SocketAddr, ca_pem: &str) -> MutatingWebhookConfiguration {
+    MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(format!("bench-{id}")),
+            ..ObjectMeta::default()
+        },
+        webhooks: Some(vec![MutatingWebhook {
+            name: format!("{id}.bench.pullsecret-injector.io"),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "None".into(),
+            failure_policy: Some("Fail".into()),
+            timeout_seconds: Some(5),
+            reinvocation_policy: Some("IfNeeded".into()),
+            client_config: WebhookClientConfig {
+                url: Some(format!("https://127.0.0.1:{}/mutate", addr.port())),
+                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
+                ..WebhookClientConfig::default()
+            },
+            rules: Some(vec![RuleWithOperations {
+                operations: Some(vec!["CREATE".into()]),
+                api_groups: Some(vec!["".into()]),
+                api_versions: Some(vec!["v1".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(opt_in_label(id), "enabled".to_string())])),
+                ..LabelSelector::default()
+            }),
+            ..MutatingWebhook::default()
+        }]),
+    }
+}
+
+fn pod(name: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([("app".to_string(), "bench".to_string())])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: IMAGES
+                .iter()
+                .enumerate()
+                .map(|(i, image)| Container {
+                    name: format!("c{i}"),
+                    image: Some(image.to_string()),
+                    ..Container::default()
+                })
+                .collect(),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+fn dry_run() -> PostParams {
+    PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    }
+}
+
+fn pull_secrets(pod: &Pod) -> usize {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.image_pull_secrets.as_ref())
+        .map_or(0, Vec::len)
+}
+
+struct Setup {
+    id: &'static str,
+    name: &'static str,
+    pods: Api<Pod>,
+    latencies: Vec<Duration>,
+}
+
+async fn measure(cp: &controlplane::ControlPlane, creates: usize) -> String {
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
+
+    let ours_dir = tempfile::tempdir().expect("tempdir");
+    let ours_ca = injector::certificates(ours_dir.path());
+    let ours = Injector::start(Options::new(CONFIG, ours_dir.path()));
+    let floor_dir = tempfile::tempdir().expect("tempdir");
+    let floor_ca = injector::certificates(floor_dir.path());
+    let floor = AllowOnly::start(floor_dir.path(), None);
+    let patching_dir = tempfile::tempdir().expect("tempdir");
+    let patching_ca = injector::certificates(patching_dir.path());
+    let patching = AllowOnly::start(patching_dir.path(), Some(PATCH));
+
+    for (id, addr, ca) in [
+        ("ours", ours.addr, &ours_ca.cert_pem),
+        ("allow-only", floor.addr, &floor_ca.cert_pem),
+        ("allow-patch", patching.addr, &patching_ca.cert_pem),
+    ] {
+        configs
+            .create(&PostParams::default(), &webhook_configuration(id, addr, ca))
+            .await
+            .unwrap_or_else(|e| panic!("creating the {id} webhook configuration: {e}"));
+    }
+    let namespace = |id: &'static str| {
+        let client = client.clone();
+        async move {
+            let label = opt_in_label(id);
+            let labels: Vec<(&str, &str)> = match id {
+                "none" => Vec::new(),
+                _ => vec![(label.as_str(), "enabled")],
+            };
+            let ns = controlplane::namespace(&client, &format!("bench-{id}"), &labels).await;
+            Api::<Pod>::namespaced(client, &ns)
+        }
+    };
+    let mut setups = vec![
+        Setup {
+            id: "none",
+            name: "no webhook",
+            pods: namespace("none").await,
+            latencies: Vec::with_capacity(creates),
+        },
+        Setup {
+            id: "allow-only",
+            name: "allow-only webhook (floor)",
+            pods: namespace("allow-only").await,
+            latencies: Vec::with_capacity(creates),
+        },
+        Setup {
+            id: "allow-patch",
+            name: "allow-only webhook + the same patch (floor)",
+            pods: namespace("allow-patch").await,
+            latencies: Vec::with_capacity(creates),
+        },
+        Setup {
+            id: "ours",
+            name: "pullsecret-injector",
+            pods: namespace("ours").await,
+            latencies: Vec::with_capacity(creates),
+        },
+    ];
+
+    // Both webhooks in effect before measuring.
+    let probe = pod("probe");
+    eventually(
+        "the injector's webhook to take effect",
+        PROPAGATION,
+        || async {
+            let created = setups[2]
+                .pods
+                .create(&dry_run(), &probe)
+                .await
+                .map_err(|e| e.to_string())?;
+            match pull_secrets(&created) {
+                0 => Err("probe not mutated yet".to_string()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
+    let floor_client = TlsClient::new(&floor_ca.cert_pem);
+    eventually(
+        "the allow-only webhook to take effect",
+        PROPAGATION,
+        || async {
+            setups[1]
+                .pods
+                .create(&dry_run(), &probe)
+                .await
+                .map_err(|e| e.to_string())?;
+            match floor.reviews(&floor_client).await {
+                0 => Err("no review reached the allow-only webhook yet".to_string()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
+
+    let started = Instant::now();
+    for i in 0..WARM_UP + creates {
+        for setup in &mut setups {
+            let name = format!("p-{i}");
+            let sent = Instant::now();
+            let created = setup
+                .pods
+                .create(&PostParams::default(), &pod(&name))
+                .await
+                .unwrap_or_else(|e| panic!("{}: creating pod {name}: {e}", setup.name));
+            let elapsed = sent.elapsed();
+            let want = if setup.name == "pullsecret-injector" {
+                2
+            } else {
+                0
+            };
+            assert_eq!(pull_secrets(&created), want, "{}: pod {name}", setup.name);
+            if i >= WARM_UP {
+                setup.latencies.push(elapsed);
+            }
+        }
+    }
+    let took = started.elapsed();
+    let reviewed = floor.reviews(&floor_client).await;
+    drop(ours);
+    drop(floor);
+    drop(patching);
+    report(&mut setups, creates, took, reviewed)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The summary benches/report.py renders, as JSON.
+fn report(setups: &mut [Setup], creates: usize, took: Duration, reviewed: u64) -> String {
+    let setups: Vec<_> = setups
+        .iter_mut()
+        .map(|setup| {
+            setup.latencies.sort();
+            let l = &setup.latencies;
+            let mean = l.iter().sum::<Duration>() / l.len() as u32;
+            serde_json::json!({
+                "id": setup.id,
+                "name": setup.name,
+                "p50_ms": ms(percentile(l, 50.0)),
+                "p99_ms": ms(percentile(l, 99.0)),
+                "mean_ms": ms(mean),
+                "max_ms": ms(*l.last().expect("latencies")),
+            })
+        })
+        .collect();
+    let report = serde_json::json!({
+        "creates": creates,
+        "warm_up": WARM_UP,
+        "seconds": took.as_secs_f64(),
+        "allow_only_reviews": reviewed,
+        "setups": setups,
+    });
+    serde_json::to_string_pretty(&report).expect("JSON")
+}

@@ -1,0 +1,2164 @@
+//! The comparison of COMPARISON.md: pullsecret-injector beside the tools users run today, on one
+//! real control plane (tests/support/controlplane.rs: etcd, kube-apiserver and
+//! kube-controller-manager, pinned), in one run.
+//!
+//! - **patcher**: titansoft-pte-ltd/imagepullsecret-patcher, a loop that copies one secret into
+//!   every namespace and patches ServiceAccounts every 10 s. It only reads in-cluster
+//!   credentials, so it runs with `KUBERNETES_SERVICE_HOST/PORT` and a ServiceAccount token
+//!   mounted at the in-cluster path inside a private mount namespace (`unshare --mount`).
+//! - **Kyverno**: its admission controller and background controller (which runs generate
+//!   rules), outside the cluster in its local development mode (`--kubeconfig`, `--serverIP`:
+//!   webhooks registered by URL on 127.0.0.1), with the args and ConfigMaps its Helm chart
+//!   renders by default, and two ClusterPolicies: generate the secret into each namespace with
+//!   `synchronize: true`, and add `imagePullSecrets` to every Pod whose containers have an image.
+//! - **us**: `pullsecret-injector serve` with a `source:` entry (copies kept in sync by the
+//!   leader, a missing copy created at admission), registered as a webhook.
+//!
+//! Three measurements, printed as markdown tables and written to `target/bench/peers.md` and
+//! `target/bench/peers.json`:
+//!
+//! 1. the race: N times, a namespace and at once a Pod in it whose image needs the secret;
+//!    Pods without a usable pull secret (no reference, or a reference to a Secret created
+//!    after the Pod), and the time until the namespace was usable;
+//! 2. latency and cost: Pod creates through the apiserver, 8 at a time, with no webhook,
+//!    Kyverno's mutate policy, and us, in interleaved chunks (as benches/apiserver.rs
+//!    interleaves), with the webhook process's CPU time and peak RSS;
+//! 3. matching: the Pods of tests/fixtures/matching-cases.tsv through Kyverno's wildcard image
+//!    rules and through our decision code, against what the kubelet would use.
+//!
+//! Each peer's phase runs only with what it needs; the patcher (which writes into every
+//! namespace) runs last. A peer that `make peers` could not build is reported as such.
+//!
+//! `make peers` runs it (tests/peers/run.sh); by hand: `tests/peers/build.sh` then
+//! `cargo bench --bench peers`. PEERS_RACE_RUNS (100), PEERS_CREATES (500) and
+//! PEERS_CONCURRENCY (8) override the sizes. Under `cargo test` it does nothing.
+
+mod support {
+    #![allow(dead_code)]
+    #[path = "/work/main/tests/support/client.rs"]
+    pub mod client;
+    #[path = "/work/main/tests/support/controlplane.rs"]
+    pub mod controlplane;
+    #[path = "/work/main/tests/support/injector.rs"]
+    pub mod injector;
+    #[path = "/work/main/tests/support/pki.rs"]
+    pub mod pki;
+}
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+    ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, Pod, PodSpec, Secret, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, PostParams,
+};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use support::controlplane::{self, ControlPlane, eventually};
+use support::injector::{self, Injector, Options};
+
+// ---------------------------------------------------------------------------
+// What is measured
+// ---------------------------------------------------------------------------
+
+const DEFAULT_RACE_RUNS: usize = 100;
+const DEFAULT_CREATES: usize = 500;
+const DEFAULT_CONCURRENCY: usize = 8;
+/// Creates per setup in one interleaved chunk of the latency phase.
+const CHUNK: usize = 50;
+/// Creates per setup before measuring: connections warm, caches filled.
+const WARM_UP: usize = 24;
+/// The image of every Pod of the race and latency phases; the secret's registry.
+const IMAGE: &str = "race.registry.example/team/app:1";
+const REGISTRY: &str = "race.registry.example";
+/// The source secret (in SOURCE_NS) and the name every tool gives its copies.
+const SOURCE_NS: &str = "peers-source";
+const SOURCE_NAME: &str = "regcred-source";
+const SECRET: &str = "regcred";
+/// Namespace labels that route a namespace to one tool (value `enabled`).
+const OURS_LABEL: &str = "peers.pullsecret-injector.io/ours";
+const KYVERNO_LABEL: &str = "peers.pullsecret-injector.io/kyverno";
+/// Selects the namespace of the matching phase for the per-registry Kyverno policy.
+const KYVERNO_MATCHING_LABEL: &str = "peers.pullsecret-injector.io/kyverno-matching";
+/// How long the apiserver may take to act on webhook and policy changes, and a peer to start.
+const PROPAGATION: Duration = Duration::from_secs(180);
+/// How long a race run waits for its namespace to become usable.
+const USABLE_TIMEOUT: Duration = Duration::from_secs(30);
+const KYVERNO_NS: &str = "kyverno";
+
+const CASES: &str = include_str!("../tests/fixtures/matching-cases.tsv");
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "peers comparison: skipped (run it with `make peers` or `cargo bench --bench peers`)"
+        );
+        return;
+    }
+    let sizes = Sizes {
+        race_runs: env_usize("PEERS_RACE_RUNS", DEFAULT_RACE_RUNS),
+        creates: env_usize("PEERS_CREATES", DEFAULT_CREATES),
+        concurrency: env_usize("PEERS_CONCURRENCY", DEFAULT_CONCURRENCY),
+    };
+    let cp = controlplane::shared();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let report = runtime.block_on(compare(cp, &sizes));
+    let out = repo().join("target/bench");
+    std::fs::create_dir_all(&out).expect("create target/bench");
+    std::fs::write(out.join("peers.md"), &report.markdown).expect("write peers.md");
+    std::fs::write(
+        out.join("peers.json"),
+        serde_json::to_string_pretty(&report.json).expect("JSON"),
+    )
+    .expect("write peers.json");
+    println!("{}", report.markdown);
+    println!("written to {0}/peers.md and {0}/peers.json", out.display());
+}
+
+struct Sizes {
+    race_runs: usize,
+    creates: usize,
+    concurrency: usize,
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn peers_dir() -> PathBuf {
+    repo().join(".cache/peers")
+}
+
+/// `Ok(binary)` if `make peers` built it, else why not (from `<peer>.unavailable`).
+fn peer_binary(peer: &str, binary: &str) -> Result<PathBuf, String> {
+    let path = peers_dir().join("bin").join(binary);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let why = std::fs::read_to_string(peers_dir().join(format!("{peer}.unavailable")))
+        .unwrap_or_else(|_| format!("{} not found: run tests/peers/build.sh", path.display()));
+    Err(why)
+}
+
+fn stamp_version(peer: &str) -> Option<String> {
+    std::fs::read_to_string(peers_dir().join(format!("{peer}.stamp")))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("version ").map(str::to_string))
+}
+
+struct Report {
+    markdown: String,
+    json: Value,
+}
+
+async fn compare(cp: &'static ControlPlane, sizes: &Sizes) -> Report {
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let kube_version = client
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let source = create_source(&client).await;
+
+    // Us and Kyverno run through the latency, matching and race phases; the patcher, which
+    // writes into every namespace, only through its own race, last.
+    let ours = Ours::start(cp, &client).await;
+    let kyverno = match peer_binary("kyverno", "kyverno") {
+        Ok(_) => Some(Kyverno::start(cp, &client).await),
+        Err(why) => {
+            eprintln!("peers: Kyverno not built, its rows are skipped: {why}");
+            None
+        }
+    };
+
+    eprintln!("== latency and cost");
+    let latency = latency(&client, sizes, &ours, kyverno.as_ref()).await;
+    eprintln!("== matching");
+    let matching = matching(&client, kyverno.as_ref()).await;
+    if let Some(kyverno) = &kyverno {
+        kyverno.delete_policies(&client, "peers-matching").await;
+    }
+
+    eprintln!("== race: us");
+    let mut races = vec![race(&client, Tool::Ours, sizes.race_runs).await];
+    ours.stop(&client).await;
+    match &kyverno {
+        Some(_) => {
+            eprintln!("== race: Kyverno");
+            races.push(race(&client, Tool::Kyverno, sizes.race_runs).await);
+        }
+        None => races.push(RaceResult::skipped(Tool::Kyverno, "not built")),
+    }
+    drop(kyverno);
+    match peer_binary("patcher", "imagepullsecret-patcher") {
+        Ok(binary) => match Patcher::start(cp, &client, &binary, &source).await {
+            Ok(patcher) => {
+                eprintln!("== race: patcher");
+                races.push(race(&client, Tool::Patcher, sizes.race_runs).await);
+                drop(patcher);
+            }
+            Err(why) => races.push(RaceResult::skipped(Tool::Patcher, &why)),
+        },
+        Err(why) => races.push(RaceResult::skipped(
+            Tool::Patcher,
+            &format!("not built: {}", first_reason(&why)),
+        )),
+    }
+
+    render(sizes, &kube_version, &races, &latency, &matching)
+}
+
+/// The line of a build failure that says why (the proxy's answer), not the whole log.
+fn first_reason(why: &str) -> String {
+    why.lines()
+        .rev()
+        .find(|l| l.contains("server response") || l.contains("403") || l.contains("error"))
+        .or_else(|| why.lines().next())
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Objects
+// ---------------------------------------------------------------------------
+
+fn dockerconfigjson() -> Vec<u8> {
+    serde_json::to_vec(&json!({"auths": {REGISTRY: {"username": "robot", "password": "s3cret"}}}))
+        .expect("JSON")
+}
+
+/// The source `kubernetes.io/dockerconfigjson` Secret every tool copies.
+async fn create_source(client: &kube::Client) -> Secret {
+    create_namespace(client, SOURCE_NS, &[]).await;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(SOURCE_NAME.into()),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/dockerconfigjson".into()),
+        data: Some(BTreeMap::from([(
+            ".dockerconfigjson".to_string(),
+            ByteString(dockerconfigjson()),
+        )])),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), SOURCE_NS)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the source secret")
+}
+
+async fn create_namespace(client: &kube::Client, name: &str, labels: &[(&str, &str)]) {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+}
+
+fn pod(name: &str, image: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "app".into(),
+                image: Some(image.into()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+fn secret_names(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.image_pull_secrets.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}
+
+fn dry_run() -> PostParams {
+    PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    }
+}
+
+/// Polls dry-run creates of a pod with `image` in `namespace` until it comes back with `secret`.
+async fn wait_injected(client: &kube::Client, namespace: &str, image: &str, secret: &str) {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    eventually(
+        &format!("a dry-run pod in {namespace} to get imagePullSecret {secret}"),
+        PROPAGATION,
+        || async {
+            let created = pods
+                .create(&dry_run(), &pod("probe", image))
+                .await
+                .map_err(|e| e.to_string())?;
+            let names = secret_names(&created);
+            if names.iter().any(|n| n == secret) {
+                Ok(())
+            } else {
+                Err(format!("got {names:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+fn rv(meta: &ObjectMeta) -> u64 {
+    meta.resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+// ---------------------------------------------------------------------------
+// Processes: a peer under a small sh wrapper that stops it when the bench exits
+// ---------------------------------------------------------------------------
+
+/// Runs `"$@"`, writes its pid to $PIDFILE, and stops it (SIGTERM, SIGKILL after 3 s) when
+/// stdin, a pipe held by this process, closes: also if the bench is killed.
+const WRAPPER: &str = r#"
+exec 3<&0 0</dev/null
+"$@" 3<&- &
+child=$!
+echo "$child" > "$PIDFILE"
+(
+    read -r _ <&3 || :
+    kill -TERM "$child" 2>/dev/null
+    i=0
+    while kill -0 "$child" 2>/dev/null; do
+        if [ "$i" -ge 30 ]; then kill -KILL "$child" 2>/dev/null; break; fi
+        sleep 0.1
+        i=$((i + 1))
+    done
+) &
+exec 3<&-
+wait "$child"
+"#;
+
+struct Daemon {
+    name: String,
+    wrapper: Child,
+    stdin: Option<ChildStdin>,
+    pid: u32,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(name: &str, program: &Path, args: &[String], env: &[(String, String)]) -> Self {
+        let dir = repo().join("target/peers-logs");
+        std::fs::create_dir_all(&dir).expect("create target/peers-logs");
+        let log = dir.join(format!("{name}.log"));
+        let pidfile = dir.join(format!("{name}.pid"));
+        let _ = std::fs::remove_file(&pidfile);
+        let out = std::fs::File::create(&log).expect("create log");
+        let err = out.try_clone().expect("clone log");
+        let mut wrapper = Command::new("sh")
+            .arg("-c")
+            .arg(WRAPPER)
+            .arg(format!("peer-{name}"))
+            .arg(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("PIDFILE", &pidfile)
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .stdin(Stdio::piped())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let stdin = wrapper.stdin.take();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid = loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "{name} did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Self {
+            name: name.to_string(),
+            wrapper,
+            stdin,
+            pid,
+            log,
+        }
+    }
+
+    fn check_running(&mut self) -> Result<(), String> {
+        match self.wrapper.try_wait() {
+            Ok(Some(status)) => Err(format!(
+                "{} exited ({status}); log tail:\n{}",
+                self.name,
+                tail(&self.log, 30)
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.wrapper.wait();
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// CPU seconds (user + system) a process has used, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start with field 3, state.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| -> f64 {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (field(14) + field(15)) / ticks
+}
+
+/// A `VmHWM`/`VmRSS`-style field of /proc/<pid>/status, in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
+// ---------------------------------------------------------------------------
+// Us
+// ---------------------------------------------------------------------------
+
+struct Ours {
+    injector: Injector,
+    _dir: tempfile::TempDir,
+}
+
+impl Ours {
+    async fn start(cp: &ControlPlane, client: &kube::Client) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = injector::certificates(dir.path());
+        let config = format!(
+            "namespace: {SOURCE_NS}\n\
+             namespaceSelector:\n  matchLabels: {{\"{OURS_LABEL}\": enabled}}\n\
+             excludeNamespaces: []\n\
+             leaderElection: {{leaseName: peers-ours, leaseDurationSeconds: 15}}\n\
+             secrets:\n  - name: {SECRET}\n    source: {{name: {SOURCE_NAME}}}\n"
+        );
+        let mut injector = Injector::start(Options {
+            env: vec![(
+                "KUBECONFIG".into(),
+                cp.kubeconfig_path().display().to_string(),
+            )],
+            ..Options::new(&config, dir.path())
+        });
+        injector.wait_for_log(Duration::from_secs(60), |l| {
+            l["message"] == "became the leader; replicating"
+        });
+        let url = format!("https://127.0.0.1:{}/mutate", injector.addr.port());
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .create(&PostParams::default(), &our_webhook(&url, &ca.cert_pem))
+            .await
+            .expect("register our webhook");
+        create_namespace(client, "peers-ours-probe", &[(OURS_LABEL, "enabled")]).await;
+        wait_injected(client, "peers-ours-probe", IMAGE, SECRET).await;
+        eprintln!("peers: pullsecret-injector serving on {}", injector.addr);
+        Self {
+            injector,
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.injector.pid()
+    }
+
+    async fn stop(self, client: &kube::Client) {
+        let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete("peers-ours", &DeleteParams::default())
+            .await;
+        drop(self.injector);
+    }
+}
+
+/// As the chart registers it: Pod CREATE in opted-in namespaces, side effects only when not
+/// a dry run (the missing copy), never denying.
+fn our_webhook(url: &str, ca_pem: &str) -> MutatingWebhookConfiguration {
+    MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some("peers-ours".into()),
+            ..ObjectMeta::default()
+        },
+        webhooks: Some(vec![MutatingWebhook {
+            name: "peers.pullsecret-injector.io".into(),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "NoneOnDryRun".into(),
+            failure_policy: Some("Fail".into()),
+            timeout_seconds: Some(5),
+            reinvocation_policy: Some("IfNeeded".into()),
+            client_config: WebhookClientConfig {
+                url: Some(url.into()),
+                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
+                ..WebhookClientConfig::default()
+            },
+            rules: Some(vec![RuleWithOperations {
+                operations: Some(vec!["CREATE".into()]),
+                api_groups: Some(vec!["".into()]),
+                api_versions: Some(vec!["v1".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(OURS_LABEL.into(), "enabled".into())])),
+                ..LabelSelector::default()
+            }),
+            ..MutatingWebhook::default()
+        }]),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Kyverno
+// ---------------------------------------------------------------------------
+
+struct Kyverno {
+    admission: Daemon,
+    background: Daemon,
+}
+
+fn cluster_policy_api(client: &kube::Client) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("kyverno.io", "v1", "ClusterPolicy");
+    Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(&gvk, "clusterpolicies"),
+    )
+}
+
+/// Generate the secret into each (routed) namespace and keep it in sync: Kyverno's
+/// "sync secrets" pattern.
+fn generate_policy() -> Value {
+    json!({
+        "apiVersion": "kyverno.io/v1",
+        "kind": "ClusterPolicy",
+        "metadata": {"name": "peers-sync-regcred"},
+        "spec": {
+            "rules": [{
+                "name": "sync-regcred",
+                "match": {"any": [{"resources": {
+                    "kinds": ["Namespace"],
+                    "selector": {"matchLabels": {KYVERNO_LABEL: "enabled"}}
+                }}]},
+                "generate": {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "name": SECRET,
+                    "namespace": "{{request.object.metadata.name}}",
+                    "synchronize": true,
+                    "clone": {"namespace": SOURCE_NS, "name": SOURCE_NAME}
+                }
+            }]
+        }
+    })
+}
+
+/// Add the secret to every Pod whose containers have any image: Kyverno's
+/// "add imagePullSecrets" pattern with the wildcard `*`.
+fn mutate_policy() -> Value {
+    json!({
+        "apiVersion": "kyverno.io/v1",
+        "kind": "ClusterPolicy",
+        "metadata": {"name": "peers-add-imagepullsecrets"},
+        "spec": {
+            "rules": [{
+                "name": "add-imagepullsecret",
+                "match": {"any": [{"resources": {
+                    "kinds": ["Pod"],
+                    "namespaceSelector": {"matchLabels": {KYVERNO_LABEL: "enabled"}}
+                }}]},
+                "mutate": {"patchStrategicMerge": {"spec": {
+                    "containers": [{"<(image)": "*"}],
+                    "imagePullSecrets": [{"name": SECRET}]
+                }}}
+            }]
+        }
+    })
+}
+
+/// One rule per row of matching-cases.tsv, scoped to the matching namespace: the row's
+/// registry pattern as a user writes it in Kyverno's image wildcard (`<pattern>/*`). In
+/// policies of 8 rules: Kyverno's policy webhook validates one of 57 rules past the
+/// apiserver's 10 s webhook timeout on this machine.
+fn matching_policies(cases: &[Case]) -> Vec<Value> {
+    cases
+        .chunks(8)
+        .enumerate()
+        .map(|(k, chunk)| {
+            let rules: Vec<Value> = chunk
+                .iter()
+                .map(|case| {
+                    json!({
+                        "name": format!("row-{}", case.line),
+                        "match": {"any": [{"resources": {
+                            "kinds": ["Pod"],
+                            "namespaceSelector": {"matchLabels": {KYVERNO_MATCHING_LABEL: "enabled"}}
+                        }}]},
+                        "mutate": {"patchStrategicMerge": {"spec": {
+                            "containers": [{"<(image)": kyverno_glob(case.pattern)}],
+                            "imagePullSecrets": [{"name": format!("row-{}", case.line)}]
+                        }}}
+                    })
+                })
+                .collect();
+            json!({
+                "apiVersion": "kyverno.io/v1",
+                "kind": "ClusterPolicy",
+                "metadata": {"name": format!("peers-matching-{k}")},
+                "spec": {"rules": rules}
+            })
+        })
+        .collect()
+}
+
+/// A kubelet registry pattern as a Kyverno image wildcard: scheme and `/v1/`, `/v2/` dropped
+/// (they are not part of image references), then `/*` for everything under it.
+fn kyverno_glob(pattern: &str) -> String {
+    let mut p = pattern;
+    for scheme in ["https://", "http://"] {
+        p = p.strip_prefix(scheme).unwrap_or(p);
+    }
+    for suffix in ["/v1/", "/v2/"] {
+        p = p.strip_suffix(suffix).unwrap_or(p);
+    }
+    format!("{}/*", p.trim_end_matches('/'))
+}
+
+impl Kyverno {
+    async fn start(cp: &ControlPlane, client: &kube::Client) -> Self {
+        let started = Instant::now();
+        let bin = peers_dir().join("bin");
+        create_namespace(client, KYVERNO_NS, &[]).await;
+        apply_crds(client).await;
+        let chart = read_chart();
+        create_configmaps(client, &chart).await;
+        // Policy validation checks, by SubjectAccessReview, that Kyverno's ServiceAccounts may
+        // read and manage what the policies clone and generate (the chart's RBAC, plus the
+        // extra permissions its docs ask for generated kinds). Here the controllers use the
+        // admin kubeconfig, so those accounts get cluster-admin.
+        bind_cluster_admin(
+            client,
+            "peers-kyverno-controllers",
+            &[
+                "kyverno-admission-controller",
+                "kyverno-background-controller",
+                "kyverno-reports-controller",
+            ],
+            KYVERNO_NS,
+        )
+        .await;
+
+        let kubeconfig = cp.kubeconfig_path().display().to_string();
+        let port = free_port();
+        let mut admission_args = deployment_args(&chart, "kyverno-admission-controller");
+        admission_args.extend([
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--serverIP=127.0.0.1:{port}"),
+            "--webhookServerHost=127.0.0.1".into(),
+            format!("--webhookServerPort={port}"),
+            "--metricsHost=127.0.0.1".into(),
+            format!("--metricsPort={}", free_port()),
+            format!(
+                "--controllerRuntimeMetricsAddress=127.0.0.1:{}",
+                free_port()
+            ),
+        ]);
+        let admission = Daemon::spawn(
+            "kyverno-admission-controller",
+            &bin.join("kyverno"),
+            &admission_args,
+            &kyverno_env("kyverno-admission-controller"),
+        );
+        let mut background_args = deployment_args(&chart, "kyverno-background-controller");
+        background_args.extend([
+            format!("--kubeconfig={kubeconfig}"),
+            "--metricsHost=127.0.0.1".into(),
+            format!("--metricsPort={}", free_port()),
+            format!(
+                "--controllerRuntimeMetricsAddress=127.0.0.1:{}",
+                free_port()
+            ),
+        ]);
+        let background = Daemon::spawn(
+            "kyverno-background-controller",
+            &bin.join("background-controller"),
+            &background_args,
+            &kyverno_env("kyverno-background-controller"),
+        );
+        let mut kyverno = Self {
+            admission,
+            background,
+        };
+
+        // Ready as a user would wait for it: its serving certificate made and its policy
+        // webhook registered, so that the policies below are validated as usual.
+        let tls = Api::<Secret>::namespaced(client.clone(), KYVERNO_NS);
+        let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+        {
+            let this = &mut kyverno;
+            eventually(
+                "Kyverno's certificate and policy webhook",
+                PROPAGATION,
+                || {
+                    let running = this.check_running();
+                    let (tls, validating) = (tls.clone(), validating.clone());
+                    async move {
+                        running.map_err(|e| format!("PEER EXITED: {e}"))?;
+                        tls.get_opt("kyverno-svc.kyverno.svc.kyverno-tls-pair")
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .ok_or("no TLS pair yet")?;
+                        validating
+                            .get_opt("kyverno-policy-validating-webhook-cfg")
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .ok_or("no policy webhook yet")?;
+                        Ok::<_, String>(())
+                    }
+                },
+            )
+            .await;
+        }
+        let policies = cluster_policy_api(client);
+        for policy in [generate_policy(), mutate_policy()] {
+            let object: DynamicObject = serde_json::from_value(policy).expect("policy");
+            let name = object.metadata.name.clone().expect("name");
+            let this = &mut kyverno;
+            eventually(
+                &format!("Kyverno to accept ClusterPolicy {name}"),
+                PROPAGATION,
+                || {
+                    let running = this.check_running();
+                    let policies = policies.clone();
+                    let object = object.clone();
+                    async move {
+                        running.map_err(|e| format!("PEER EXITED: {e}"))?;
+                        match policies.create(&PostParams::default(), &object).await {
+                            Ok(_) => Ok(()),
+                            Err(kube::Error::Api(s)) if s.reason == "AlreadyExists" => Ok(()),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                },
+            )
+            .await;
+        }
+        wait_policy_ready(client, "peers-sync-regcred").await;
+        wait_policy_ready(client, "peers-add-imagepullsecrets").await;
+        // Both rules in effect: a pod is mutated, a new namespace gets the secret.
+        eventually("Kyverno to admit a namespace", PROPAGATION, || async {
+            let ns = Namespace {
+                metadata: ObjectMeta {
+                    name: Some("peers-kyverno-probe".into()),
+                    labels: Some(BTreeMap::from([(KYVERNO_LABEL.into(), "enabled".into())])),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            };
+            match Api::<Namespace>::all(client.clone())
+                .create(&PostParams::default(), &ns)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.reason == "AlreadyExists" => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+        wait_injected(client, "peers-kyverno-probe", IMAGE, SECRET).await;
+        let secrets = Api::<Secret>::namespaced(client.clone(), "peers-kyverno-probe");
+        eventually("Kyverno to generate the secret", PROPAGATION, || async {
+            match secrets.get_opt(SECRET).await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err("not yet".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+        kyverno.check_running().unwrap_or_else(|e| panic!("{e}"));
+        eprintln!(
+            "peers: Kyverno ready in {:.0}s (webhooks on 127.0.0.1:{port}; logs in {})",
+            started.elapsed().as_secs_f64(),
+            kyverno.admission.log.parent().expect("dir").display()
+        );
+        kyverno
+    }
+
+    fn check_running(&mut self) -> Result<(), String> {
+        self.admission.check_running()?;
+        self.background.check_running()
+    }
+
+    async fn create_matching_policies(&self, client: &kube::Client, cases: &[Case]) {
+        for policy in matching_policies(cases) {
+            create_policy(client, policy).await;
+        }
+    }
+
+    async fn delete_policies(&self, client: &kube::Client, prefix: &str) {
+        delete_policies(client, prefix).await;
+    }
+}
+
+/// Creates a ClusterPolicy (retried while Kyverno's policy webhook fails) and waits until
+/// Kyverno reports it ready.
+async fn create_policy(client: &kube::Client, policy: Value) {
+    let object: DynamicObject = serde_json::from_value(policy).expect("policy");
+    let name = object.metadata.name.clone().expect("name");
+    let policies = cluster_policy_api(client);
+    eventually(
+        &format!("Kyverno to accept ClusterPolicy {name}"),
+        PROPAGATION,
+        || async {
+            match policies.create(&PostParams::default(), &object).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.reason == "AlreadyExists" => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    wait_policy_ready(client, &name).await;
+}
+
+async fn delete_policies(client: &kube::Client, prefix: &str) {
+    let policies = cluster_policy_api(client);
+    let Ok(list) = policies.list(&Default::default()).await else {
+        return;
+    };
+    for name in list.items.into_iter().filter_map(|p| p.metadata.name) {
+        if name.starts_with(prefix) {
+            let _ = policies.delete(&name, &DeleteParams::default()).await;
+        }
+    }
+}
+
+impl Drop for Kyverno {
+    /// Its webhooks would outlive it and fail every matching request: remove them.
+    fn drop(&mut self) {
+        let config = controlplane::shared().config();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let client = kube::Client::try_from(config).ok()?;
+                delete_policies(&client, "peers-").await;
+                Some(())
+            })
+        })
+        .join();
+        // Stop the processes first, so that they do not put their webhooks back.
+        drop(self.admission.stdin.take());
+        drop(self.background.stdin.take());
+        let _ = self.admission.wrapper.wait();
+        let _ = self.background.wrapper.wait();
+        let config = controlplane::shared().config();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let client = kube::Client::try_from(config).ok()?;
+                // Kyverno names its webhook configurations kyverno-*.
+                let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone());
+                for c in mutating.list(&Default::default()).await.ok()?.items {
+                    if let Some(name) = c.metadata.name.filter(|n| n.starts_with("kyverno-")) {
+                        let _ = mutating.delete(&name, &DeleteParams::default()).await;
+                    }
+                }
+                let validating = Api::<ValidatingWebhookConfiguration>::all(client);
+                for c in validating.list(&Default::default()).await.ok()?.items {
+                    if let Some(name) = c.metadata.name.filter(|n| n.starts_with("kyverno-")) {
+                        let _ = validating.delete(&name, &DeleteParams::default()).await;
+                    }
+                }
+                Some(())
+            })
+        })
+        .join();
+    }
+}
+
+fn kyverno_env(deployment: &str) -> Vec<(String, String)> {
+    [
+        ("KYVERNO_NAMESPACE", KYVERNO_NS),
+        ("KYVERNO_SERVICEACCOUNT_NAME", deployment),
+        ("KYVERNO_DEPLOYMENT", deployment),
+        ("KYVERNO_POD_NAME", &format!("{deployment}-local")),
+        ("KYVERNO_SVC", "kyverno-svc"),
+        ("INIT_CONFIG", "kyverno"),
+        ("METRICS_CONFIG", "kyverno-metrics"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// The documents tests/peers/build.sh rendered from Kyverno's chart.
+fn read_chart() -> Vec<Value> {
+    let path = peers_dir().join("kyverno-chart.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run tests/peers/build.sh)", path.display()));
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+/// The container args of a Deployment of the chart (ours are appended after them: for Go's
+/// flag package the last value of a flag wins).
+fn deployment_args(chart: &[Value], name: &str) -> Vec<String> {
+    chart
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == name)
+        .and_then(|d| d.pointer("/spec/template/spec/containers/0/args"))
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("Deployment {name} with args not found in the rendered chart"))
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect()
+}
+
+async fn apply_crds(client: &kube::Client) {
+    let dir = peers_dir().join("kyverno-crds");
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let mut names = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (run tests/peers/build.sh)", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read CRD");
+        for doc in serde_saphyr::from_multiple::<Value>(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        {
+            if doc.is_null() {
+                continue;
+            }
+            let crd: CustomResourceDefinition =
+                serde_json::from_value(doc).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let name = crd.metadata.name.clone().expect("CRD name");
+            match crds.create(&PostParams::default(), &crd).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.reason == "AlreadyExists" => {}
+                Err(e) => panic!("creating CRD {name}: {e}"),
+            }
+            names.push(name);
+        }
+    }
+    for name in &names {
+        eventually(
+            &format!("CRD {name} to be established"),
+            PROPAGATION,
+            || async {
+                let crd = crds.get(name).await.map_err(|e| e.to_string())?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    Ok(())
+                } else {
+                    Err("not established".to_string())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+/// The chart's ConfigMaps, with Kyverno's webhooks routed to the namespaces labelled for it
+/// (the chart's `config.webhooks` setting; by default every namespace but kube-system and
+/// kyverno), so that the no-webhook and our namespaces never reach Kyverno.
+async fn create_configmaps(client: &kube::Client, chart: &[Value]) {
+    let api = Api::<ConfigMap>::namespaced(client.clone(), KYVERNO_NS);
+    for doc in chart.iter().filter(|d| d["kind"] == "ConfigMap") {
+        let mut cm: ConfigMap = serde_json::from_value(doc.clone()).expect("ConfigMap");
+        if cm.metadata.name.as_deref() == Some("kyverno") {
+            let webhooks =
+                json!({"namespaceSelector": {"matchLabels": {KYVERNO_LABEL: "enabled"}}});
+            cm.data
+                .get_or_insert_with(BTreeMap::new)
+                .insert("webhooks".into(), webhooks.to_string());
+        }
+        api.create(&PostParams::default(), &cm)
+            .await
+            .unwrap_or_else(|e| panic!("creating ConfigMap {:?}: {e}", cm.metadata.name));
+    }
+}
+
+async fn bind_cluster_admin(client: &kube::Client, name: &str, accounts: &[&str], namespace: &str) {
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: "cluster-admin".into(),
+        },
+        subjects: Some(
+            accounts
+                .iter()
+                .map(|a| Subject {
+                    kind: "ServiceAccount".into(),
+                    name: a.to_string(),
+                    namespace: Some(namespace.into()),
+                    ..Subject::default()
+                })
+                .collect(),
+        ),
+    };
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap_or_else(|e| panic!("creating ClusterRoleBinding {name}: {e}"));
+}
+
+async fn wait_policy_ready(client: &kube::Client, name: &str) {
+    let policies = cluster_policy_api(client);
+    eventually(
+        &format!("ClusterPolicy {name} to be ready"),
+        PROPAGATION,
+        || async {
+            let policy = policies.get(name).await.map_err(|e| e.to_string())?;
+            let ready = policy.data["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+            if ready {
+                Ok(())
+            } else {
+                Err(format!("status: {}", policy.data["status"]))
+            }
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// The patcher
+// ---------------------------------------------------------------------------
+
+struct Patcher {
+    _daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+impl Patcher {
+    /// As its deploy example runs it (CONFIG_FORCE, CONFIG_ALLSERVICEACCOUNT, the secret from
+    /// a mounted file), with its example RBAC; in-cluster credentials come from a
+    /// TokenRequest, mounted at the in-cluster path in a private mount namespace.
+    async fn start(
+        cp: &ControlPlane,
+        client: &kube::Client,
+        binary: &Path,
+        source: &Secret,
+    ) -> Result<Self, String> {
+        let ns = "imagepullsecret-patcher";
+        create_namespace(client, ns, &[]).await;
+        let sa = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(ns.into()),
+                ..ObjectMeta::default()
+            },
+            ..ServiceAccount::default()
+        };
+        let sas = Api::<ServiceAccount>::namespaced(client.clone(), ns);
+        sas.create(&PostParams::default(), &sa)
+            .await
+            .map_err(|e| format!("creating its ServiceAccount: {e}"))?;
+        let role = ClusterRole {
+            metadata: ObjectMeta {
+                name: Some(ns.into()),
+                ..ObjectMeta::default()
+            },
+            rules: Some(vec![
+                PolicyRule {
+                    api_groups: Some(vec!["".into()]),
+                    resources: Some(vec!["secrets".into(), "serviceaccounts".into()]),
+                    verbs: ["list", "patch", "create", "get", "delete"]
+                        .map(String::from)
+                        .to_vec(),
+                    ..PolicyRule::default()
+                },
+                PolicyRule {
+                    api_groups: Some(vec!["".into()]),
+                    resources: Some(vec!["namespaces".into()]),
+                    verbs: ["list", "get"].map(String::from).to_vec(),
+                    ..PolicyRule::default()
+                },
+            ]),
+            ..ClusterRole::default()
+        };
+        Api::<ClusterRole>::all(client.clone())
+            .create(&PostParams::default(), &role)
+            .await
+            .map_err(|e| format!("creating its ClusterRole: {e}"))?;
+        let binding = ClusterRoleBinding {
+            metadata: ObjectMeta {
+                name: Some(ns.into()),
+                ..ObjectMeta::default()
+            },
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "ClusterRole".into(),
+                name: ns.into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: ns.into(),
+                namespace: Some(ns.into()),
+                ..Subject::default()
+            }]),
+        };
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .map_err(|e| format!("creating its ClusterRoleBinding: {e}"))?;
+        let token = sas
+            .create_token_request(
+                ns,
+                &PostParams::default(),
+                &TokenRequest {
+                    spec: Some(TokenRequestSpec {
+                        expiration_seconds: Some(3 * 3600),
+                        ..TokenRequestSpec::default()
+                    }),
+                    ..TokenRequest::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("TokenRequest: {e}"))?
+            .status
+            .and_then(|s| s.token)
+            .ok_or("TokenRequest without a token")?;
+
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let files = dir.path();
+        let data = source
+            .data
+            .as_ref()
+            .and_then(|d| d.get(".dockerconfigjson"))
+            .ok_or("source without .dockerconfigjson")?;
+        std::fs::write(files.join(".dockerconfigjson"), &data.0).map_err(|e| e.to_string())?;
+        std::fs::write(files.join("token"), token).map_err(|e| e.to_string())?;
+        std::fs::write(files.join("ca.crt"), cp.ca_pem()).map_err(|e| e.to_string())?;
+        std::fs::write(files.join("namespace"), ns).map_err(|e| e.to_string())?;
+        let port = cp
+            .apiserver_url()
+            .rsplit_once(':')
+            .map(|(_, p)| p.to_string())
+            .ok_or("apiserver URL without a port")?;
+        // client-go's rest.InClusterConfig reads these two files at fixed paths. /run is
+        // replaced by a fresh tmpfs in the patcher's own mount namespace only.
+        let mount = r#"mount -t tmpfs -o mode=755 tmpfs /run &&
+            d=/run/secrets/kubernetes.io/serviceaccount && mkdir -p "$d" &&
+            cp "$FILES/token" "$FILES/ca.crt" "$FILES/namespace" "$d/" && exec "$0" "$@""#;
+        let check = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "true"])
+            .output()
+            .map_err(|e| format!("unshare: {e}"))?;
+        if !check.status.success() {
+            return Err(format!(
+                "cannot create a mount namespace for its in-cluster credentials (needs root): {}",
+                String::from_utf8_lossy(&check.stderr).trim()
+            ));
+        }
+        let args: Vec<String> = ["--mount", "--propagation", "private", "sh", "-c", mount]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([binary.display().to_string()])
+            .collect();
+        let env: Vec<(String, String)> = [
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1".to_string()),
+            ("KUBERNETES_SERVICE_PORT", port),
+            ("FILES", files.display().to_string()),
+            ("CONFIG_FORCE", "true".into()),
+            ("CONFIG_DEBUG", "false".into()),
+            ("CONFIG_ALLSERVICEACCOUNT", "true".into()),
+            ("CONFIG_SECRETNAME", SECRET.into()),
+            (
+                "CONFIG_DOCKERCONFIGJSONPATH",
+                files.join(".dockerconfigjson").display().to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut daemon =
+            Daemon::spawn("imagepullsecret-patcher", Path::new("unshare"), &args, &env);
+        // Running: its first loop has copied the secret into an existing namespace.
+        let secrets = Api::<Secret>::namespaced(client.clone(), "default");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            daemon.check_running()?;
+            if let Ok(Some(_)) = secrets.get_opt(SECRET).await {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no {SECRET} in namespace default after 60 s; log tail:\n{}",
+                    tail(&daemon.log, 20)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Self {
+            _daemon: daemon,
+            _dir: dir,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. The race
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tool {
+    Patcher,
+    Kyverno,
+    Ours,
+}
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Patcher => "imagepullsecret-patcher (ServiceAccount loop)",
+            Tool::Kyverno => "Kyverno (generate + mutate policies)",
+            Tool::Ours => "pullsecret-injector",
+        }
+    }
+
+    fn labels(self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            Tool::Patcher => Vec::new(), // it serves every namespace
+            Tool::Kyverno => vec![(KYVERNO_LABEL, "enabled")],
+            Tool::Ours => vec![(OURS_LABEL, "enabled")],
+        }
+    }
+}
+
+struct RaceResult {
+    tool: Tool,
+    skipped: Option<String>,
+    runs: usize,
+    no_reference: usize,
+    missing_at_creation: usize,
+    /// From the namespace create to the namespace being usable, per run that became usable.
+    usable: Vec<Duration>,
+    not_usable: usize,
+    pod_create: Vec<Duration>,
+    sa_retries: usize,
+}
+
+impl RaceResult {
+    fn skipped(tool: Tool, why: &str) -> Self {
+        Self {
+            tool,
+            skipped: Some(why.to_string()),
+            runs: 0,
+            no_reference: 0,
+            missing_at_creation: 0,
+            usable: Vec::new(),
+            not_usable: 0,
+            pod_create: Vec::new(),
+            sa_retries: 0,
+        }
+    }
+
+    fn failed(&self) -> usize {
+        self.no_reference + self.missing_at_creation
+    }
+}
+
+/// When each namespace's copy of the secret was first seen, and its creation revision (the
+/// resourceVersion of its ADDED event), from a watch on every Secret named SECRET.
+type Created = Arc<Mutex<HashMap<String, (u64, Instant)>>>;
+
+fn watch_copies(client: &kube::Client) -> (Created, tokio::task::JoinHandle<()>) {
+    let seen: Created = Arc::default();
+    let sink = Arc::clone(&seen);
+    let api = Api::<Secret>::all(client.clone());
+    let task = tokio::spawn(async move {
+        let config = watcher::Config::default().fields(&format!("metadata.name={SECRET}"));
+        let mut events = watcher(api, config).boxed();
+        while let Ok(Some(event)) = events.try_next().await {
+            if let watcher::Event::Apply(s) | watcher::Event::InitApply(s) = event {
+                let ns = s.metadata.namespace.clone().unwrap_or_default();
+                sink.lock()
+                    .expect("lock")
+                    .entry(ns)
+                    .or_insert((rv(&s.metadata), Instant::now()));
+            }
+        }
+    });
+    (seen, task)
+}
+
+async fn race(client: &kube::Client, tool: Tool, runs: usize) -> RaceResult {
+    let (seen, watch) = watch_copies(client);
+    tokio::time::sleep(Duration::from_secs(1)).await; // the watch is established
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let mut result = RaceResult::skipped(tool, "");
+    result.skipped = None;
+    result.runs = runs;
+    let prefix = match tool {
+        Tool::Patcher => "race-patcher",
+        Tool::Kyverno => "race-kyverno",
+        Tool::Ours => "race-ours",
+    };
+    for run in 0..runs {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{prefix}-")),
+                labels: Some(
+                    tool.labels()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        let started = Instant::now();
+        let ns = namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace")
+            .metadata
+            .name
+            .expect("name");
+        // At once: no waiting for anything in the new namespace.
+        let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+        let sent = Instant::now();
+        let created = loop {
+            match pods
+                .create(&PostParams::default(), &pod("app", IMAGE))
+                .await
+            {
+                // The ServiceAccount admission plugin (before any webhook) refuses pods until
+                // kube-controller-manager has made the `default` ServiceAccount: retried.
+                Err(kube::Error::Api(status))
+                    if status
+                        .message
+                        .contains("serviceaccount \"default\" not found")
+                        && sent.elapsed() < Duration::from_secs(10) =>
+                {
+                    result.sa_retries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => break other,
+            }
+        };
+        result.pod_create.push(sent.elapsed());
+        let created = match created {
+            Ok(pod) => pod,
+            Err(e) => {
+                eprintln!("race {prefix} run {run} ({ns}): pod create failed: {e}");
+                result.no_reference += 1;
+                continue;
+            }
+        };
+        let pod_rv = rv(&created.metadata);
+        let referenced = secret_names(&created).iter().any(|n| n == SECRET);
+
+        // Usable: the Secret exists and (for the patcher) the ServiceAccount refers to it.
+        let sas = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
+        let mut secret = None;
+        let mut sa_patched = tool != Tool::Patcher;
+        let mut usable_at = None;
+        while started.elapsed() < USABLE_TIMEOUT {
+            if secret.is_none() {
+                secret = seen.lock().expect("lock").get(&ns).copied();
+            }
+            if !sa_patched
+                && let Ok(Some(sa)) = sas.get_opt("default").await
+                && sa
+                    .image_pull_secrets
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|r| r.name == SECRET)
+            {
+                sa_patched = true;
+                usable_at = Some(started.elapsed());
+            }
+            if let Some((_, at)) = secret
+                && sa_patched
+            {
+                let secret_at = at.duration_since(started);
+                usable_at = Some(usable_at.map_or(secret_at, |u: Duration| u.max(secret_at)));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match (secret.is_some() && sa_patched, usable_at) {
+            (true, Some(at)) => result.usable.push(at),
+            _ => result.not_usable += 1,
+        }
+        if !referenced {
+            result.no_reference += 1;
+        } else if secret.is_none_or(|(secret_rv, _)| secret_rv > pod_rv) {
+            result.missing_at_creation += 1;
+        }
+        if (run + 1) % 25 == 0 {
+            eprintln!(
+                "race {prefix}: {}/{runs} runs, {} without a usable pull secret",
+                run + 1,
+                result.failed()
+            );
+        }
+    }
+    watch.abort();
+    result.usable.sort();
+    result.pod_create.sort();
+    result
+}
+
+// ---------------------------------------------------------------------------
+// 2. Latency and cost
+// ---------------------------------------------------------------------------
+
+struct Setup {
+    name: &'static str,
+    pods: Api<Pod>,
+    want: Vec<String>,
+    /// The webhook process, measured while this setup's chunks run.
+    pid: Option<u32>,
+    latencies: Vec<Duration>,
+    cpu: f64,
+    next: usize,
+}
+
+/// One setup's sorted latencies, and its webhook process's CPU seconds and peak RSS (MiB).
+struct Measured {
+    name: String,
+    latencies: Vec<Duration>,
+    cpu: Option<f64>,
+    peak_rss: Option<f64>,
+}
+
+struct LatencyResult {
+    setups: Vec<Measured>,
+    /// Peak RSS (MiB) of the other processes of each tool.
+    extra: Vec<(String, f64, f64)>,
+    seconds: f64,
+}
+
+async fn latency(
+    client: &kube::Client,
+    sizes: &Sizes,
+    ours: &Ours,
+    kyverno: Option<&Kyverno>,
+) -> LatencyResult {
+    let mut setups = Vec::new();
+    let mut add = |name, ns: &str, want: &[&str], pid| {
+        setups.push(Setup {
+            name,
+            pods: Api::<Pod>::namespaced(client.clone(), ns),
+            want: want.iter().map(|s| s.to_string()).collect(),
+            pid,
+            latencies: Vec::with_capacity(sizes.creates),
+            cpu: 0.0,
+            next: 0,
+        });
+    };
+    create_namespace(client, "latency-none", &[]).await;
+    add("no webhook", "latency-none", &[], None);
+    if let Some(k) = kyverno {
+        create_namespace(client, "latency-kyverno", &[(KYVERNO_LABEL, "enabled")]).await;
+        add(
+            "Kyverno mutate policy",
+            "latency-kyverno",
+            &[SECRET],
+            Some(k.admission.pid),
+        );
+    }
+    create_namespace(client, "latency-ours", &[(OURS_LABEL, "enabled")]).await;
+    add(
+        "pullsecret-injector",
+        "latency-ours",
+        &[SECRET],
+        Some(ours.pid()),
+    );
+    for setup in &setups {
+        if !setup.want.is_empty() {
+            wait_injected(
+                client,
+                setup.pods.namespace().unwrap_or_default(),
+                IMAGE,
+                SECRET,
+            )
+            .await;
+        }
+    }
+    wait_no_benchmark().await;
+
+    for setup in &mut setups {
+        chunk(setup, WARM_UP, sizes.concurrency, false).await;
+    }
+    let started = Instant::now();
+    let rounds = sizes.creates.div_ceil(CHUNK);
+    for round in 0..rounds {
+        let n = CHUNK.min(sizes.creates - round * CHUNK);
+        let count = setups.len();
+        for k in 0..count {
+            let setup = &mut setups[(round + k) % count];
+            chunk(setup, n, sizes.concurrency, true).await;
+        }
+        eprintln!(
+            "latency: {}/{} creates per setup",
+            (round * CHUNK + n),
+            sizes.creates
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mut extra = Vec::new();
+    if let Some(k) = kyverno {
+        extra.push((
+            "Kyverno background controller".to_string(),
+            status_mib(k.background.pid, "VmHWM:"),
+            cpu_seconds(k.background.pid),
+        ));
+    }
+    LatencyResult {
+        setups: setups
+            .into_iter()
+            .map(|mut s| {
+                s.latencies.sort();
+                Measured {
+                    name: s.name.to_string(),
+                    cpu: s.pid.map(|_| s.cpu),
+                    peak_rss: s.pid.map(|pid| status_mib(pid, "VmHWM:")),
+                    latencies: s.latencies,
+                }
+            })
+            .collect(),
+        extra,
+        seconds,
+    }
+}
+
+/// `n` creates, `concurrency` at a time; with `record`, their latencies and the webhook
+/// process's CPU time go into `setup`.
+async fn chunk(setup: &mut Setup, n: usize, concurrency: usize, record: bool) {
+    let cpu_before = setup.pid.map(cpu_seconds);
+    let first = setup.next;
+    setup.next += n;
+    let pods = setup.pods.clone();
+    let name = setup.name;
+    let want = setup.want.clone();
+    let latencies: Vec<Duration> = futures::stream::iter(first..first + n)
+        .map(|i| {
+            let pods = pods.clone();
+            let want = want.clone();
+            async move {
+                let pod_name = format!("p-{i}");
+                let sent = Instant::now();
+                let created = pods
+                    .create(&PostParams::default(), &pod(&pod_name, IMAGE))
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}: creating pod {pod_name}: {e}"));
+                let elapsed = sent.elapsed();
+                assert_eq!(secret_names(&created), want, "{name}: pod {pod_name}");
+                elapsed
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    if record {
+        setup.latencies.extend(latencies);
+        if let (Some(pid), Some(before)) = (setup.pid, cpu_before) {
+            setup.cpu += cpu_seconds(pid) - before;
+        }
+    }
+}
+
+/// Other engineers benchmark on this machine: wait (up to 20 min) until none of their load
+/// generators runs, so that the timed phase does not share the cores with them.
+async fn wait_no_benchmark() {
+    let busy = || -> Option<String> {
+        let out = Command::new("pgrep")
+            .args([
+                "-a",
+                "-f",
+                "oha|floor_server|benches/run.sh|bench adversary|adversary-",
+            ])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let mine = std::process::id().to_string();
+        let others: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{mine} ")) && !l.contains("pgrep"))
+            .collect();
+        (!others.is_empty()).then(|| others.join("; "))
+    };
+    if std::env::var_os("PEERS_NO_WAIT").is_some() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20 * 60);
+    while let Some(what) = busy() {
+        if Instant::now() > deadline {
+            eprintln!("latency: still busy after 20 min ({what}); measuring anyway");
+            return;
+        }
+        eprintln!("latency: another benchmark is running ({what}); waiting a minute");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. Matching
+// ---------------------------------------------------------------------------
+
+struct Case {
+    line: usize,
+    image: &'static str,
+    pattern: &'static str,
+    expected: &'static str,
+}
+
+fn cases() -> Vec<Case> {
+    CASES
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|(i, l)| {
+            let f: Vec<&str> = l.split('\t').collect();
+            Case {
+                line: i + 1,
+                image: f[0],
+                pattern: f[1],
+                expected: f[2],
+            }
+        })
+        .collect()
+}
+
+/// What one tool did with a row's pod.
+#[derive(Clone, PartialEq)]
+enum Injected {
+    Yes,
+    No,
+    Error(String),
+}
+
+struct MatchRow {
+    case: Case,
+    kubelet_uses: bool,
+    ours: Injected,
+    kyverno_registry: Option<Injected>,
+    kyverno_any: Option<Injected>,
+}
+
+async fn matching(client: &kube::Client, kyverno: Option<&Kyverno>) -> Vec<MatchRow> {
+    let cases = cases();
+    let mut rows: Vec<MatchRow> = cases
+        .into_iter()
+        .map(|case| {
+            let ours = ours_decision(&case);
+            MatchRow {
+                kubelet_uses: matches!(case.expected, "yes" | "fallback"),
+                case,
+                ours,
+                kyverno_registry: None,
+                kyverno_any: None,
+            }
+        })
+        .collect();
+    let Some(kyverno) = kyverno else {
+        return rows;
+    };
+    let cases_again = self::cases();
+    kyverno.create_matching_policies(client, &cases_again).await;
+    let ns = "matching-kyverno";
+    create_namespace(
+        client,
+        ns,
+        &[
+            (KYVERNO_LABEL, "enabled"),
+            (KYVERNO_MATCHING_LABEL, "enabled"),
+        ],
+    )
+    .await;
+    // In effect once a pod that the last rule's wildcard matches is mutated by it.
+    let last = cases_again.last().expect("cases");
+    let probe = kyverno_glob(last.pattern).replace('*', "x");
+    wait_injected(client, ns, &probe, &format!("row-{}", last.line)).await;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    for row in &mut rows {
+        let secret = format!("row-{}", row.case.line);
+        let mut attempt = 0;
+        let outcome = loop {
+            attempt += 1;
+            match pods
+                .create(
+                    &dry_run(),
+                    &pod(&format!("m-{}", row.case.line), row.case.image),
+                )
+                .await
+            {
+                Ok(created) => {
+                    let names = secret_names(&created);
+                    let flag = |name: &str| {
+                        if names.iter().any(|n| n == name) {
+                            Injected::Yes
+                        } else {
+                            Injected::No
+                        }
+                    };
+                    break (flag(&secret), flag(SECRET));
+                }
+                Err(e) if attempt < 3 && e.to_string().contains("connection") => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    let e = Injected::Error(short_error(&e));
+                    break (e.clone(), e);
+                }
+            }
+        };
+        row.kyverno_registry = Some(outcome.0);
+        row.kyverno_any = Some(outcome.1);
+    }
+    rows
+}
+
+fn short_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => {
+            let m = s.message.replace('\n', " ");
+            if m.len() > 120 {
+                format!(
+                    "{}…",
+                    &m[..m.char_indices().nth(120).map_or(m.len(), |(i, _)| i)]
+                )
+            } else {
+                m
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Our webhook's decision for the row's pod with a one-secret config of the row's pattern:
+/// `pullsecret-injector mutate` runs the decision code `serve` runs (admission::decide).
+/// One config per row, because the Docker Hub fallback depends on the other patterns.
+fn ours_decision(case: &Case) -> Injected {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    let pattern = serde_json::to_string(case.pattern).expect("JSON string");
+    std::fs::write(
+        &config,
+        format!("secrets:\n  - name: row\n    registries: [{pattern}]\n"),
+    )
+    .expect("write config");
+    let pod_file = dir.path().join("pod.json");
+    std::fs::write(
+        &pod_file,
+        serde_json::to_vec(&pod("m", case.image)).expect("JSON"),
+    )
+    .expect("write pod");
+    let out = Command::new(injector::BIN)
+        .args(["mutate", "--config"])
+        .arg(&config)
+        .arg("-f")
+        .arg(&pod_file)
+        .args(["-o", "json"])
+        .output()
+        .expect("run pullsecret-injector mutate");
+    if !out.status.success() {
+        return Injected::Error(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let mutated: Pod = serde_json::from_slice(&out.stdout).expect("mutate prints the pod");
+    if secret_names(&mutated).iter().any(|n| n == "row") {
+        Injected::Yes
+    } else {
+        Injected::No
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------
+
+fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn fmt_ms(d: Option<Duration>) -> String {
+    d.map_or("–".into(), |d| {
+        let v = ms(d);
+        if v >= 1000.0 {
+            format!("{:.2} s", v / 1000.0)
+        } else {
+            format!("{v:.1} ms")
+        }
+    })
+}
+
+fn fmt_injected(i: &Option<Injected>) -> String {
+    match i {
+        None => "–".into(),
+        Some(Injected::Yes) => "injects".into(),
+        Some(Injected::No) => "no".into(),
+        Some(Injected::Error(e)) => format!("error: {e}"),
+    }
+}
+
+/// A wrong answer: a secret injected that the kubelet never uses, or one it uses missed.
+/// An error (the pod refused) counts as a miss when the kubelet would use the secret.
+fn wrong(kubelet_uses: bool, got: &Injected) -> Option<&'static str> {
+    match (kubelet_uses, got) {
+        (false, Injected::Yes) => Some("injects unused"),
+        (true, Injected::No) => Some("misses"),
+        (_, Injected::Error(_)) => Some("pod refused"),
+        _ => None,
+    }
+}
+
+fn render(
+    sizes: &Sizes,
+    kube_version: &str,
+    races: &[RaceResult],
+    latency: &LatencyResult,
+    matching: &[MatchRow],
+) -> Report {
+    let mut md = String::new();
+    let kyverno_version = stamp_version("kyverno").unwrap_or_else(|| "not built".into());
+    let _ = writeln!(
+        md,
+        "Control plane: kube-apiserver {kube_version} (etcd, kube-controller-manager); \
+         Kyverno {kyverno_version}; machine: {} cores.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // 1. Race
+    let _ = writeln!(
+        md,
+        "### 1. The race: a namespace, then at once a Pod that needs the secret (N = {})\n",
+        sizes.race_runs
+    );
+    let _ = writeln!(
+        md,
+        "| tool | Pods without a usable pull secret | no reference | reference to a Secret created after the Pod | namespace usable after: p50 / p99 / max | never usable (30 s) | Pod create p50 |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for r in races {
+        if let Some(why) = &r.skipped {
+            let _ = writeln!(
+                md,
+                "| {} | not run: {} | | | | | |",
+                r.tool.name(),
+                why.replace('|', "/")
+            );
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {} | **{}/{}** | {} | {} | {} / {} / {} | {} | {} |",
+            r.tool.name(),
+            r.failed(),
+            r.runs,
+            r.no_reference,
+            r.missing_at_creation,
+            fmt_ms(percentile(&r.usable, 50.0)),
+            fmt_ms(percentile(&r.usable, 99.0)),
+            fmt_ms(r.usable.last().copied()),
+            r.not_usable,
+            fmt_ms(percentile(&r.pod_create, 50.0)),
+        );
+    }
+
+    // 2. Latency
+    let _ = writeln!(
+        md,
+        "\n### 2. Latency and cost: {} Pod creates per setup, {} concurrent, through kube-apiserver\n",
+        sizes.creates, sizes.concurrency
+    );
+    let _ = writeln!(
+        md,
+        "| setup | p50 | p99 | added p50 | added p99 | webhook CPU seconds | webhook peak RSS |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let base = latency.setups.first().map(|s| &s.latencies);
+    let added = |l: &[Duration], p: f64| -> String {
+        match (percentile(l, p), base.and_then(|b| percentile(b, p))) {
+            (Some(a), Some(b)) => format!("{:+.1} ms", ms(a) - ms(b)),
+            _ => "–".into(),
+        }
+    };
+    for Measured {
+        name,
+        latencies: l,
+        cpu,
+        peak_rss: hwm,
+    } in &latency.setups
+    {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            fmt_ms(percentile(l, 50.0)),
+            fmt_ms(percentile(l, 99.0)),
+            if cpu.is_some() {
+                added(l, 50.0)
+            } else {
+                "–".into()
+            },
+            if cpu.is_some() {
+                added(l, 99.0)
+            } else {
+                "–".into()
+            },
+            cpu.map_or("–".into(), |c| format!("{c:.2} s")),
+            hwm.map_or("–".into(), |h| format!("{h:.1} MiB")),
+        );
+    }
+    for (name, hwm, cpu) in &latency.extra {
+        let _ = writeln!(
+            md,
+            "| ({name}, not in the Pod path) | | | | | {cpu:.2} s since start | {hwm:.1} MiB |"
+        );
+    }
+
+    // 3. Matching
+    let rows = matching.len();
+    let count = |f: &dyn Fn(&MatchRow) -> Option<&'static str>, what: &str| {
+        matching.iter().filter(|r| f(r) == Some(what)).count()
+    };
+    let ours_wrong = |r: &MatchRow| wrong(r.kubelet_uses, &r.ours);
+    let ky_reg = |r: &MatchRow| {
+        r.kyverno_registry
+            .as_ref()
+            .and_then(|k| wrong(r.kubelet_uses, k))
+    };
+    let ky_any = |r: &MatchRow| {
+        r.kyverno_any
+            .as_ref()
+            .and_then(|k| wrong(r.kubelet_uses, k))
+    };
+    let _ = writeln!(
+        md,
+        "\n### 3. Matching: the {rows} Pods of matching-cases.tsv, one registry pattern each\n"
+    );
+    let _ = writeln!(
+        md,
+        "| rule | injects a secret the kubelet never uses | misses one the kubelet uses | Pod refused | right |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    let kyverno_ran = matching.iter().any(|r| r.kyverno_registry.is_some());
+    let mut line = |name: &str, f: &dyn Fn(&MatchRow) -> Option<&'static str>, ran: bool| {
+        if !ran {
+            let _ = writeln!(md, "| {name} | not run | | | |");
+            return;
+        }
+        let (a, b, c) = (
+            count(f, "injects unused"),
+            count(f, "misses"),
+            count(f, "pod refused"),
+        );
+        let _ = writeln!(
+            md,
+            "| {name} | {a} | {b} | {c} | {}/{rows} |",
+            rows - a - b - c
+        );
+    };
+    line(
+        "Kyverno `<(image): \"*\"` (the policy above)",
+        &ky_any,
+        kyverno_ran,
+    );
+    line(
+        "Kyverno `<(image): \"<pattern>/*\"` per registry",
+        &ky_reg,
+        kyverno_ran,
+    );
+    line("pullsecret-injector (kubelet rules)", &ours_wrong, true);
+
+    let _ = writeln!(
+        md,
+        "\nRows where a per-registry Kyverno rule or ours disagrees with the kubelet:\n"
+    );
+    let _ = writeln!(
+        md,
+        "| line | image | pattern (Kyverno wildcard) | kubelet | Kyverno | ours |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for r in matching
+        .iter()
+        .filter(|r| ky_reg(r).is_some() || ours_wrong(r).is_some())
+    {
+        let _ = writeln!(
+            md,
+            "| {} | `{}` | `{}` (`{}`) | {} | {} | {} |",
+            r.case.line,
+            r.case.image,
+            r.case.pattern,
+            kyverno_glob(r.case.pattern),
+            r.case.expected,
+            fmt_injected(&r.kyverno_registry),
+            fmt_injected(&Some(r.ours.clone())),
+        );
+    }
+
+    let json = json!({
+        "kube_version": kube_version,
+        "kyverno_version": kyverno_version,
+        "race": races.iter().map(|r| json!({
+            "tool": r.tool.name(),
+            "skipped": r.skipped,
+            "runs": r.runs,
+            "without_usable_secret": r.failed(),
+            "no_reference": r.no_reference,
+            "missing_at_creation": r.missing_at_creation,
+            "usable_ms": r.usable.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            "not_usable": r.not_usable,
+            "pod_create_p50_ms": percentile(&r.pod_create, 50.0).map(ms),
+            "sa_retries": r.sa_retries,
+        })).collect::<Vec<_>>(),
+        "latency": {
+            "creates": sizes.creates,
+            "concurrency": sizes.concurrency,
+            "seconds": latency.seconds,
+            "setups": latency.setups.iter().map(|s| json!({
+                "name": s.name,
+                "p50_ms": percentile(&s.latencies, 50.0).map(ms),
+                "p99_ms": percentile(&s.latencies, 99.0).map(ms),
+                "max_ms": s.latencies.last().map(|d| ms(*d)),
+                "cpu_seconds": s.cpu,
+                "peak_rss_mib": s.peak_rss,
+            })).collect::<Vec<_>>(),
+        },
+        "matching": matching.iter().map(|r| json!({
+            "line": r.case.line,
+            "image": r.case.image,
+            "pattern": r.case.pattern,
+            "kubelet": r.case.expected,
+            "kyverno_any": fmt_injected(&r.kyverno_any),
+            "kyverno_registry": fmt_injected(&r.kyverno_registry),
+            "ours": fmt_injected(&Some(r.ours.clone())),
+        })).collect::<Vec<_>>(),
+    });
+    Report { markdown: md, json }
+}

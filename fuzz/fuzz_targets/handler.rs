@@ -1,0 +1,153 @@
+//! The whole request handler, bytes in, response out, twice: through `admission::review`
+//! (the pure core) with a fixed configuration, and through the axum router (`server::router`,
+//! no cluster) with `oneshot`. Nothing panics; a body is answered 200 exactly when the core
+//! accepts it, with the same review; every answer allows; and a patch applies to the pod
+//! the request carried (a patch that does not apply makes the apiserver reject the pod even
+//! with failurePolicy Ignore), adding only configured names that were not there.
+#![no_main]
+
+use std::sync::{Arc, LazyLock};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1::Pod;
+use libfuzzer_sys::fuzz_target;
+use pullsecret_injector::admission::{self, Outcome};
+use pullsecret_injector::config::{Config, Settings};
+use pullsecret_injector::metrics::Metrics;
+use pullsecret_injector::server::{AppState, router};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// Literal hosts, globs, paths with and without a trailing slash, a port, the Docker Hub
+/// fallback, and an entry with an exclusion.
+const CONFIG: &str = r#"
+secrets:
+  - name: acme-ghcr
+    registries: [ghcr.io/acme/, "*.azurecr.io", "registry.example.com:5000"]
+  - name: corp
+    registries: [docker.io/corp, "https://index.docker.io/v1/"]
+  - name: k8s
+    registries: [k8s.gcr.io, "registry.k8s.io/"]
+  - name: narrowed
+    registries: ["*.example.com", quay.io]
+    excludeNamespaces: [default]
+"#;
+
+static SETTINGS: LazyLock<Arc<Settings>> = LazyLock::new(|| {
+    let config = Config::from_yaml(CONFIG).expect("the fuzz config parses");
+    Arc::new(config.validate().expect("the fuzz config is valid"))
+});
+static STATE: LazyLock<AppState> =
+    LazyLock::new(|| AppState::new(Arc::clone(&SETTINGS), Arc::new(Metrics::new()), None));
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+});
+
+fuzz_target!(|data: &[u8]| {
+    let core = admission::review(&SETTINGS, data);
+    if let Ok(reviewed) = &core {
+        check_review(data, reviewed);
+    }
+    let (status, body) = RUNTIME.block_on(serve(data));
+    let body: Value = serde_json::from_slice(&body).expect("every answer is JSON");
+    match core {
+        Ok(reviewed) => {
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let expected = serde_json::to_value(&reviewed.response).expect("review encodes");
+            assert_eq!(body, expected, "the router answers what the core decided");
+        }
+        Err(error) => {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(body["reason"], error.reason());
+        }
+    }
+});
+
+async fn serve(data: &[u8]) -> (StatusCode, bytes::Bytes) {
+    let request = Request::post("/mutate?timeout=10s")
+        .header("content-type", "application/json")
+        .body(Body::from(data.to_vec()))
+        .expect("request");
+    let response = router(STATE.clone())
+        .oneshot(request)
+        .await
+        .expect("the router is infallible");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("response body")
+        .to_bytes();
+    (status, body)
+}
+
+fn check_review(data: &[u8], reviewed: &admission::Reviewed) {
+    let response = reviewed
+        .response
+        .response
+        .as_ref()
+        .expect("a review answers with a response");
+    assert!(response.allowed, "the injector never denies");
+    assert_eq!(response.uid, reviewed.uid, "the uid is echoed");
+    let Outcome::Patched(patched) = &reviewed.outcome else {
+        assert!(
+            response.patch.is_none(),
+            "a patch without a Patched outcome"
+        );
+        return;
+    };
+    let patch: json_patch::Patch = serde_json::from_slice(
+        response
+            .patch
+            .as_deref()
+            .expect("a Patched outcome has a patch"),
+    )
+    .expect("the patch is a JSON patch");
+    // serde_json skips ignored fields without checking their strings, so an accepted body can
+    // hold invalid UTF-8 or lone surrogates there (the apiserver never sends either). Apply
+    // the patch to the body as the apiserver would have re-encoded it.
+    let Ok(request) = serde_json::from_str::<Value>(&String::from_utf8_lossy(data)) else {
+        return;
+    };
+    let mut pod = request["request"]["object"].clone();
+    let before = pull_secret_names(&pod);
+    json_patch::patch(&mut pod, &patch)
+        .unwrap_or_else(|e| panic!("the patch {patch:?} does not apply to {pod}: {e}"));
+    let after = pull_secret_names(&pod);
+    assert_eq!(
+        after[..before.len()],
+        before[..],
+        "existing entries keep their order"
+    );
+    assert_eq!(
+        after[before.len()..],
+        patched.added[..],
+        "appended exactly the added names"
+    );
+    for name in &patched.added {
+        assert!(!before.contains(name), "{name} added although present");
+        assert!(
+            SETTINGS.secrets.iter().any(|s| &s.name == name),
+            "{name} not configured"
+        );
+    }
+    serde_json::from_value::<Pod>(pod).expect("the patched object is still a Pod");
+}
+
+fn pull_secret_names(pod: &Value) -> Vec<String> {
+    pod["spec"]["imagePullSecrets"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| e["name"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}

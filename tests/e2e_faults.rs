@@ -1,0 +1,562 @@
+//! Control-plane faults, through the real control plane (tests/support/controlplane.rs) and the
+//! real `pullsecret-injector serve` binary: kube-apiserver killed and started again while the
+//! replicator watches, kube-apiserver down when the injector starts, etcd frozen while pods
+//! are admitted, RBAC refusing the replicator's writes, and the source Secret deleted.
+//!
+//! Each test binary has a control plane of its own, so breaking it here disturbs no other
+//! suite. Within this binary, the tests that break it hold `FAULTS` for writing and the others
+//! for reading: nothing runs while the control plane is broken but the test that broke it.
+//!
+//! Needs `make controlplane` once.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use serde_json::Value;
+use support::client::TlsClient;
+use support::controlplane::{self, eventually};
+use support::injector::{Injector, Options, metric};
+use support::scenario::{
+    CONVERGE, Credentials, LogsOnFailure, Registration, Running, admission_review, admitted_pod,
+    alive, create_secret, errors_metric, get_secret, pod, pull_secret, pull_secret_names,
+    replication_config, rotate, service_account_token, set_label, token_kubeconfig, wait_copy,
+    wait_log, webhook_configuration,
+};
+use tokio::sync::RwLock;
+
+static FAULTS: RwLock<()> = RwLock::const_new(());
+
+/// The usual entry: `regcred`, copied from `regcred-source`, patterns from its auths.
+const REGCRED: &str = "  - name: regcred\n    source: {name: regcred-source}\n";
+const REGISTRY: &str = "registry.example.com";
+const IMAGE: &str = "registry.example.com/team/app:1";
+/// How long the replicator may take to resume after an outage: kube-runtime's controller
+/// retries its watches with client-go's backoff, up to 30 s (plus jitter) between attempts.
+const RESUME: Duration = Duration::from_secs(75);
+
+fn label(id: &str) -> String {
+    format!("faults.pullsecret-injector.io/{id}")
+}
+
+/// POSTs a review for a Pod CREATE in `namespace` straight to the injector; returns the
+/// `response` part and how long the answer took.
+async fn review_directly(running: &Running, namespace: &str) -> (Value, Duration) {
+    let body = admission_review("direct-review", namespace, IMAGE).to_string();
+    let started = Instant::now();
+    let answer = TlsClient::new(&running.ca_pem)
+        .post(
+            running.injector.addr,
+            "/mutate?timeout=10s",
+            "application/json",
+            body,
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    (answer.json()["response"].clone(), took)
+}
+
+#[tokio::test]
+async fn apiserver_killed_and_restarted_replicator_resumes_and_converges() {
+    let _serial = FAULTS.write().await;
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let label = label("restart");
+    let source_ns = controlplane::namespace(&client, "faults-restart-src", &[]).await;
+    let first = Credentials::new(REGISTRY, "robot", "before-the-outage");
+    let source = create_secret(&client, &source_ns, &pull_secret("regcred-source", &first)).await;
+    let config = replication_config(&source_ns, &label, "faults-restart", REGCRED);
+    let replicator = Running::start(&config, cp.kubeconfig_path(), &[]);
+    replicator.wait_leader().await;
+    let _injector_logs = LogsOnFailure(&replicator.injector);
+    let before =
+        controlplane::namespace(&client, "faults-restart-before", &[(&label, "enabled")]).await;
+    let later = controlplane::namespace(&client, "faults-restart-later", &[]).await;
+    wait_copy(&client, &before, "regcred", &source, CONVERGE).await;
+    let pid = replicator.injector.pid();
+
+    // The outage: the replicator's watches break and retry with backoff; it stays up.
+    let stopped = tokio::task::spawn_blocking(move || cp.kill_apiserver())
+        .await
+        .expect("kill kube-apiserver");
+    let down_at = Instant::now();
+    let failures = |injector: &Injector| {
+        injector
+            .json_logs()
+            .iter()
+            .filter(|l| l["message"] == "watch failed; retrying with backoff")
+            .count()
+    };
+    while failures(&replicator.injector) == 0 {
+        assert!(down_at.elapsed() < CONVERGE, "no watch failure logged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(down_at.elapsed())).await;
+    assert!(alive(pid), "the injector exited during the outage");
+    let metrics = replicator.injector.metrics().await;
+    assert!(metrics.contains("pullsecret_injector_leader"), "{metrics}");
+    tokio::task::spawn_blocking(move || stopped.start())
+        .await
+        .expect("start kube-apiserver");
+    eprintln!(
+        "kube-apiserver down for {:.1}s; {} watch failures logged",
+        down_at.elapsed().as_secs_f64(),
+        failures(&replicator.injector)
+    );
+
+    // Changes made the moment the apiserver is back, while the replicator's watches are
+    // still waiting out their backoff: a namespace opts in, a new one is created opted in,
+    // and the source is rotated. The re-listed caches must pick all of them up.
+    let client = cp.client();
+    set_label(&client, &later, &label, Some("enabled")).await;
+    // (Not `controlplane::namespace`: kube-controller-manager, which makes its ServiceAccount,
+    // is still in its own backoff; no pod is created there.)
+    let created = Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    generate_name: Some("faults-restart-new-".into()),
+                    labels: Some(BTreeMap::from([(label.clone(), "enabled".to_string())])),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            },
+        )
+        .await
+        .expect("a namespace created opted in")
+        .metadata
+        .name
+        .expect("name");
+    let second = Credentials::new(REGISTRY, "robot", "after-the-outage");
+    let rotated = rotate(&client, &source_ns, "regcred-source", &second).await;
+    let back_at = Instant::now();
+    for ns in [&before, &later, &created] {
+        wait_copy(&client, ns, "regcred", &rotated, RESUME).await;
+    }
+    eprintln!(
+        "converged {:.1}s after kube-apiserver was back",
+        back_at.elapsed().as_secs_f64()
+    );
+    assert!(alive(pid), "the injector restarted");
+    assert_eq!(replicator.injector.pid(), pid);
+
+    // And it admits as before.
+    let (response, _) = review_directly(&replicator, &created).await;
+    assert_eq!(response["allowed"], true);
+    assert!(response["patch"].is_array(), "{response}");
+    let metrics = replicator.injector.metrics().await;
+    assert_eq!(
+        metric(&metrics, "pullsecret_injector_leader"),
+        1.0,
+        "{metrics}"
+    );
+    cp.wait_recovered().await;
+}
+
+#[tokio::test]
+async fn apiserver_down_when_the_injector_starts_it_replicates_once_the_apiserver_is_back() {
+    let _serial = FAULTS.write().await;
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let label = label("cold");
+    let source_ns = controlplane::namespace(&client, "faults-cold-src", &[]).await;
+    let credentials = Credentials::new(REGISTRY, "robot", "cold-start");
+    let source = create_secret(
+        &client,
+        &source_ns,
+        &pull_secret("regcred-source", &credentials),
+    )
+    .await;
+    let opted_in = controlplane::namespace(&client, "faults-cold", &[(&label, "enabled")]).await;
+
+    let stopped = tokio::task::spawn_blocking(move || cp.kill_apiserver())
+        .await
+        .expect("kill kube-apiserver");
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::injector::certificates(dir.path());
+    let config = replication_config(&source_ns, &label, "faults-cold", REGCRED);
+    let injector = Injector::start(Options {
+        env: vec![(
+            "KUBECONFIG".into(),
+            cp.kubeconfig_path().display().to_string(),
+        )],
+        ..Options::new(&config, dir.path())
+    });
+    let _injector_logs = LogsOnFailure(&injector);
+    // Serving, but nothing to replicate from yet: the Lease cannot be created or read.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        alive(injector.pid()),
+        "the injector exited without the apiserver"
+    );
+    tokio::task::spawn_blocking(move || stopped.start())
+        .await
+        .expect("start kube-apiserver");
+
+    wait_log(&injector, CONVERGE, |l| l["message"] == "caches synced").await;
+    wait_log(&injector, CONVERGE, |l| {
+        l["message"] == "became the leader; replicating"
+    })
+    .await;
+    wait_copy(&cp.client(), &opted_in, "regcred", &source, CONVERGE).await;
+    // The failed attempts were counted.
+    let metrics = injector.metrics().await;
+    assert!(errors_metric(&metrics, "lease") >= 1.0, "{metrics}");
+    cp.wait_recovered().await;
+}
+
+#[tokio::test]
+async fn etcd_paused_admission_answers_from_caches_and_the_pod_is_created_when_it_resumes() {
+    let _serial = FAULTS.write().await;
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let label = label("etcd");
+    let source_ns = controlplane::namespace(&client, "faults-etcd-src", &[]).await;
+    let credentials = Credentials::new(REGISTRY, "robot", "frozen");
+    let source = create_secret(
+        &client,
+        &source_ns,
+        &pull_secret("regcred-source", &credentials),
+    )
+    .await;
+    let config = replication_config(&source_ns, &label, "faults-etcd", REGCRED);
+    let replicator = Running::start(&config, cp.kubeconfig_path(), &[]);
+    replicator.wait_leader().await;
+    let _injector_logs = LogsOnFailure(&replicator.injector);
+    let ns = controlplane::namespace(&client, "faults-etcd", &[(&label, "enabled")]).await;
+    wait_copy(&client, &ns, "regcred", &source, CONVERGE).await;
+    let _webhook = Registration::create(
+        cp.config(),
+        &webhook_configuration("faults-etcd", &label, &replicator.url(), &replicator.ca_pem),
+    )
+    .await;
+    admitted_pod(&client, &ns, "warm-up", IMAGE, &["regcred"]).await;
+    let pid = replicator.injector.pid();
+
+    let paused = cp.pause_etcd();
+    let frozen_at = Instant::now();
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let creation = tokio::spawn(async move {
+        pods.create(&PostParams::default(), &pod("frozen", IMAGE))
+            .await
+    });
+
+    // The apiserver calls the webhook before it writes: the injector answers from its caches.
+    let admitted = |injector: &Injector| {
+        injector
+            .json_logs()
+            .into_iter()
+            .find(|l| l["message"] == "admission reviewed" && l["pod"] == "frozen")
+    };
+    while admitted(&replicator.injector).is_none() {
+        assert!(
+            frozen_at.elapsed() < Duration::from_secs(10),
+            "the webhook was not called while etcd was frozen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = admitted(&replicator.injector).expect("admission line");
+    assert_eq!(line["injected"], "regcred", "{line}");
+    let (response, took) = review_directly(&replicator, &ns).await;
+    assert!(response["patch"].is_array(), "{response}");
+    assert!(response["warnings"].is_null(), "{response}");
+    assert!(
+        took < Duration::from_secs(1),
+        "a direct review took {took:?}"
+    );
+    assert!(
+        !creation.is_finished(),
+        "the pod was stored while etcd was frozen"
+    );
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(frozen_at.elapsed())).await;
+    let frozen_for = frozen_at.elapsed();
+    paused.resume();
+
+    let created = tokio::time::timeout(CONVERGE, creation)
+        .await
+        .expect("the pod creation finishes once etcd resumes")
+        .expect("task")
+        .expect("the pod is created");
+    assert_eq!(pull_secret_names(&created), ["regcred"]);
+    eprintln!(
+        "etcd frozen for {:.1}s; admission answered in the meantime, direct review in {took:?}",
+        frozen_for.as_secs_f64()
+    );
+    assert!(alive(pid), "the injector exited");
+    let metrics = replicator.injector.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "pullsecret_injector_ensured_at_admission_total{result=\"failed\"}"
+        ),
+        0.0,
+        "{metrics}"
+    );
+}
+
+/// RBAC for a replicator that may read everything it watches, hold its Lease and publish
+/// Events, but not write Secrets.
+async fn read_only_replicator(client: &kube::Client, namespace: &str, name: &str) {
+    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
+        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+        verbs: verbs.iter().map(|s| s.to_string()).collect(),
+        ..PolicyRule::default()
+    };
+    let meta = |name: &str, namespace: Option<&str>| ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(String::from),
+        ..ObjectMeta::default()
+    };
+    let subject = Subject {
+        kind: "ServiceAccount".into(),
+        name: name.into(),
+        namespace: Some(namespace.into()),
+        ..Subject::default()
+    };
+    let pp = PostParams::default();
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create(
+            &pp,
+            &ServiceAccount {
+                metadata: meta(name, None),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("ServiceAccount");
+    let cluster_name = format!("{namespace}-{name}");
+    Api::<ClusterRole>::all(client.clone())
+        .create(
+            &pp,
+            &ClusterRole {
+                metadata: meta(&cluster_name, None),
+                rules: Some(vec![
+                    rule(&[""], &["namespaces"], &["get", "list", "watch"]),
+                    // no create, update, patch or delete
+                    rule(&[""], &["secrets"], &["get", "list", "watch"]),
+                    rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
+                ]),
+                ..ClusterRole::default()
+            },
+        )
+        .await
+        .expect("ClusterRole");
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(
+            &pp,
+            &ClusterRoleBinding {
+                metadata: meta(&cluster_name, None),
+                role_ref: RoleRef {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: "ClusterRole".into(),
+                    name: cluster_name.clone(),
+                },
+                subjects: Some(vec![subject.clone()]),
+            },
+        )
+        .await
+        .expect("ClusterRoleBinding");
+    Api::<Role>::namespaced(client.clone(), namespace)
+        .create(
+            &pp,
+            &Role {
+                metadata: meta(name, None),
+                rules: Some(vec![rule(
+                    &["coordination.k8s.io"],
+                    &["leases"],
+                    &["get", "create", "update", "patch"],
+                )]),
+            },
+        )
+        .await
+        .expect("Role");
+    Api::<RoleBinding>::namespaced(client.clone(), namespace)
+        .create(
+            &pp,
+            &RoleBinding {
+                metadata: meta(name, None),
+                role_ref: RoleRef {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: "Role".into(),
+                    name: name.into(),
+                },
+                subjects: Some(vec![subject]),
+            },
+        )
+        .await
+        .expect("RoleBinding");
+}
+
+#[tokio::test]
+async fn forbidden_by_rbac_is_logged_and_counted_and_retried_slowly_without_a_crash() {
+    let _serial = FAULTS.read().await;
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let label = label("forbidden");
+    let source_ns = controlplane::namespace(&client, "faults-403-src", &[]).await;
+    let credentials = Credentials::new(REGISTRY, "robot", "not-allowed");
+    create_secret(
+        &client,
+        &source_ns,
+        &pull_secret("regcred-source", &credentials),
+    )
+    .await;
+    read_only_replicator(&client, &source_ns, "replicator").await;
+    let token = service_account_token(&client, &source_ns, "replicator").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = token_kubeconfig(dir.path(), cp.apiserver_url(), cp.ca_pem(), &token);
+    let config = replication_config(&source_ns, &label, "faults-403", REGCRED);
+    let replicator = Running::start(&config, &kubeconfig, &[]);
+    replicator.wait_leader().await;
+    let _injector_logs = LogsOnFailure(&replicator.injector);
+    let pid = replicator.injector.pid();
+
+    let ns = controlplane::namespace(&client, "faults-403", &[(&label, "enabled")]).await;
+    let line = wait_log(&replicator.injector, CONVERGE, |l| {
+        l["level"] == "ERROR"
+            && l["message"] == "sync failed; retrying"
+            && l["namespace"] == ns.as_str()
+    })
+    .await;
+    let error = line["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("forbidden") && error.contains("secrets") && error.contains("create"),
+        "the log line says what was refused: {line}"
+    );
+    eprintln!("logged: {line}");
+    let first = errors_metric(&replicator.injector.metrics().await, "forbidden");
+    assert!(
+        first >= 1.0,
+        "replication_errors_total{{reason=\"forbidden\"}} is {first}"
+    );
+
+    // At admission the copy cannot be created either: the pod is still admitted, with its
+    // patch and a warning that names the problem.
+    let (response, _) = review_directly(&replicator, &ns).await;
+    assert_eq!(response["allowed"], true);
+    assert!(response["patch"].is_array(), "{response}");
+    let warnings = response["warnings"].to_string();
+    assert!(warnings.contains("forbidden"), "{response}");
+
+    // No crash loop, no hot loop: the process stays up and ready, and retries slowly.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(alive(pid), "the injector exited");
+    let metrics = replicator.injector.metrics().await;
+    let later = errors_metric(&metrics, "forbidden");
+    assert!(
+        later - first <= 1.0,
+        "{} forbidden errors in 8 s: not backing off",
+        later - first
+    );
+    assert_eq!(
+        metric(&metrics, "pullsecret_injector_leader"),
+        1.0,
+        "{metrics}"
+    );
+    assert!(get_secret(&client, &ns, "regcred").await.is_none());
+    let restarts = replicator
+        .injector
+        .json_logs()
+        .iter()
+        .filter(|l| l["message"] == "serving")
+        .count();
+    assert_eq!(restarts, 1);
+}
+
+#[tokio::test]
+async fn deleted_source_leaves_copies_and_user_secrets_alone_until_it_is_back() {
+    let _serial = FAULTS.read().await;
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let label = label("deleted");
+    let source_ns = controlplane::namespace(&client, "faults-deleted-src", &[]).await;
+    let first = Credentials::new(REGISTRY, "robot", "first");
+    let source = create_secret(&client, &source_ns, &pull_secret("regcred-source", &first)).await;
+    let config = replication_config(&source_ns, &label, "faults-deleted", REGCRED);
+    let replicator = Running::start(&config, cp.kubeconfig_path(), &[]);
+    replicator.wait_leader().await;
+    let _injector_logs = LogsOnFailure(&replicator.injector);
+
+    let with_copy =
+        controlplane::namespace(&client, "faults-deleted-copy", &[(&label, "enabled")]).await;
+    let copy = wait_copy(&client, &with_copy, "regcred", &source, CONVERGE).await;
+    let users = controlplane::namespace(&client, "faults-deleted-user", &[]).await;
+    let mut own = pull_secret("regcred", &Credentials::new(REGISTRY, "me", "my-own"));
+    own.metadata.labels = Some(BTreeMap::from([(
+        "team".to_string(),
+        "payments".to_string(),
+    )]));
+    let own = create_secret(&client, &users, &own).await;
+    set_label(&client, &users, &label, Some("enabled")).await;
+
+    // The source goes.
+    Api::<Secret>::namespaced(client.clone(), &source_ns)
+        .delete("regcred-source", &DeleteParams::default())
+        .await
+        .expect("delete the source");
+    wait_log(&replicator.injector, CONVERGE, |l| {
+        l["message"] == "source secret gives no patterns"
+    })
+    .await;
+    // The controller keeps running (a namespace opting in now is reconciled), but with no
+    // source there is nothing to copy, and nothing is taken away.
+    let newcomer =
+        controlplane::namespace(&client, "faults-deleted-new", &[(&label, "enabled")]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let kept = get_secret(&client, &with_copy, "regcred")
+        .await
+        .expect("the copy is kept while the source is gone");
+    assert_eq!(
+        kept.metadata.resource_version,
+        copy.metadata.resource_version
+    );
+    assert!(get_secret(&client, &newcomer, "regcred").await.is_none());
+    let untouched = get_secret(&client, &users, "regcred")
+        .await
+        .expect("user's Secret");
+    assert_eq!(
+        untouched.metadata.resource_version,
+        own.metadata.resource_version
+    );
+    assert_eq!(untouched.data, own.data);
+
+    // The source comes back, rotated: the copies follow, the user's Secret still does not.
+    let second = Credentials::new(REGISTRY, "robot", "second");
+    let back = create_secret(&client, &source_ns, &pull_secret("regcred-source", &second)).await;
+    wait_copy(&client, &with_copy, "regcred", &back, CONVERGE).await;
+    wait_copy(&client, &newcomer, "regcred", &back, CONVERGE).await;
+    eventually("the conflict to be reported", CONVERGE, || async {
+        let metrics = replicator.injector.metrics().await;
+        match metric(&metrics, "pullsecret_injector_replication_conflicts_total") {
+            n if n >= 1.0 => Ok(()),
+            n => Err(format!("{n} conflicts")),
+        }
+    })
+    .await;
+    let untouched = get_secret(&client, &users, "regcred")
+        .await
+        .expect("user's Secret");
+    assert_eq!(
+        untouched.metadata.resource_version,
+        own.metadata.resource_version
+    );
+}

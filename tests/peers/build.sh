@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Builds the peers of the comparison (COMPARISON.md) from the Go modules pinned in
+# tests/peers/{kyverno,patcher}/go.{mod,sum}; none of their code is committed.
+#
+#   kyverno:  github.com/kyverno/kyverno cmd/kyverno (admission controller) and
+#             cmd/background-controller (runs generate rules), plus its CRDs
+#             (config/crds of the same module version)
+#   patcher:  github.com/titansoft-pte-ltd/imagepullsecret-patcher
+#
+# Output:  <repo>/.cache/peers/bin/{kyverno,background-controller,imagepullsecret-patcher}
+#          <repo>/.cache/peers/kyverno-crds/*.yaml
+#          <repo>/.cache/peers/<peer>.stamp (versions) or <peer>.unavailable (why not)
+# Caches:  <repo>/.cache/go/{mod,build} (shared with tests/controlplane/build.sh)
+#
+# A peer is skipped when its stamp matches the pinned modules. A peer that cannot be
+# built is reported and written to <peer>.unavailable; the other is still built.
+# Options / environment:
+#   --force                rebuild even if the stamps match
+#   PEERS_BUILD_JOBS=N     go build -p N (default 2), always under `nice -n 19`
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+out="$repo/.cache/peers"
+bin="$out/bin"
+
+force=0
+for arg in "$@"; do
+    case "$arg" in
+    --force) force=1 ;;
+    -h | --help)
+        sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "peers/build.sh: unknown argument: $arg (try --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+    PATH="/usr/local/go/bin:$PATH"
+fi
+command -v go >/dev/null 2>&1 || { echo "peers: 'go' not found in PATH (install Go >= 1.26.6)" >&2; exit 1; }
+
+export GOMODCACHE="$repo/.cache/go/mod"
+export GOCACHE="$repo/.cache/go/build"
+export GOTMPDIR="$repo/.cache/go/tmp"
+export GOFLAGS="-mod=readonly -modcacherw -buildvcs=false"
+export GOTOOLCHAIN=local
+export CGO_ENABLED=0
+jobs="${PEERS_BUILD_JOBS:-2}"
+mkdir -p "$GOMODCACHE" "$GOCACHE" "$GOTMPDIR" "$bin"
+go_version="$(go env GOVERSION)"
+
+fingerprint() { # fingerprint <peer dir>
+    (
+        cd "$here/$1"
+        sha256sum go.mod
+        [[ -f go.sum ]] && sha256sum go.sum
+        echo "recipe 2 $go_version $(go env GOOS)/$(go env GOARCH)"
+    ) | sha256sum | cut -d' ' -f1
+}
+
+up_to_date() { # up_to_date <peer> <binaries...>
+    local peer="$1" b
+    shift
+    ((force)) && return 1
+    for b in "$@"; do [[ -x "$bin/$b" ]] || return 1; done
+    grep -qx "fingerprint $(fingerprint "$peer")" "$out/$peer.stamp" 2>/dev/null
+}
+
+module_version() { # module_version <peer dir> <module path>
+    (cd "$here/$1" && go list -m -f '{{.Version}}' "$2")
+}
+
+gobuild() { # gobuild <peer dir> <ldflags> <packages...>
+    local dir="$1" ldflags="$2"
+    shift 2
+    echo "peers: building $* (nice -n 19 go build -p $jobs)"
+    (cd "$here/$dir" && nice -n 19 go build -p "$jobs" -trimpath -ldflags "$ldflags" -o "$bin/" "$@")
+}
+
+# --- Kyverno -----------------------------------------------------------------------------
+build_kyverno() {
+    local module=github.com/kyverno/kyverno version start=$SECONDS
+    if up_to_date kyverno kyverno background-controller; then
+        echo "peers: kyverno up to date ($(sed -n 's/^version //p' "$out/kyverno.stamp"))"
+        return 0
+    fi
+    rm -f "$out/kyverno.stamp" "$out/kyverno.unavailable"
+    version="$(module_version kyverno "$module")"
+    # As Kyverno's Makefile does for a release build.
+    gobuild kyverno "-s -w -X $module/pkg/version.BuildVersion=$version" \
+        "$module/cmd/kyverno" "$module/cmd/background-controller"
+    # CRDs of the same module version, from the module cache.
+    local dir
+    dir="$(cd "$here/kyverno" && go list -m -f '{{.Dir}}' "$module")"
+    rm -rf "$out/kyverno-crds"
+    mkdir -p "$out/kyverno-crds"
+    find "$dir/config/crds" -name '*.yaml' -exec cp {} "$out/kyverno-crds/" \;
+    chmod u+w "$out/kyverno-crds"/*.yaml
+    # Its ConfigMaps and the two Deployments' container args, as the module's Helm chart
+    # renders them by default: benches/peers.rs runs the binaries with those args. The
+    # chart's remote dependencies (CRD and reports sub-charts, not in the module) are
+    # dropped from a scratch copy of Chart.yaml; nothing rendered here comes from them.
+    local helm="$repo/.cache/controlplane/bin/helm" chart
+    [[ -x "$helm" ]] || { echo "peers: $helm missing: run 'make controlplane' first" >&2; exit 1; }
+    chart="$(mktemp -d)"
+    cp -r "$dir/charts/kyverno" "$chart/"
+    chmod -R u+w "$chart"
+    sed -i '/^dependencies:/,$d' "$chart/kyverno/Chart.yaml"
+    rm -f "$chart/kyverno/Chart.lock"
+    "$helm" template kyverno "$chart/kyverno" --namespace kyverno \
+        --show-only templates/config/configmap.yaml \
+        --show-only templates/config/metricsconfigmap.yaml \
+        --show-only templates/admission-controller/deployment.yaml \
+        --show-only templates/background-controller/deployment.yaml \
+        >"$out/kyverno-chart.yaml"
+    rm -rf "$chart"
+    {
+        echo "fingerprint $(fingerprint kyverno)"
+        echo "version $version"
+        echo "go $go_version"
+        echo "seconds $((SECONDS - start))"
+    } >"$out/kyverno.stamp"
+    echo "peers: kyverno $version built in $((SECONDS - start))s ($(ls "$out/kyverno-crds" | wc -l) CRDs)"
+}
+
+# --- imagepullsecret-patcher -------------------------------------------------------------
+build_patcher() {
+    local module=github.com/titansoft-pte-ltd/imagepullsecret-patcher version start=$SECONDS err
+    if up_to_date patcher imagepullsecret-patcher; then
+        echo "peers: patcher up to date ($(sed -n 's/^version //p' "$out/patcher.stamp"))"
+        return 0
+    fi
+    rm -f "$out/patcher.stamp" "$out/patcher.unavailable"
+    version="$(sed -n "s|^require $module ||p" "$here/patcher/go.mod")"
+    # go.sum is recorded (and checked against sum.golang.org) the first time the module
+    # proxy serves the module: see the comment in patcher/go.mod.
+    if [[ ! -s "$here/patcher/go.sum" ]]; then
+        echo "peers: patcher: recording go.sum (go mod tidy); commit tests/peers/patcher/go.{mod,sum}"
+        if ! err="$(cd "$here/patcher" && GOFLAGS="-mod=mod -modcacherw" go mod tidy 2>&1)"; then
+            printf 'module %s@%s could not be downloaded:\n%s\n' "$module" "$version" "$err" |
+                tee "$out/patcher.unavailable" >&2
+            echo "peers: patcher NOT built (see $out/patcher.unavailable); continuing" >&2
+            return 0
+        fi
+    fi
+    if ! err="$(gobuild patcher "-s -w" "$module" 2>&1)"; then
+        printf 'go build of %s@%s failed:\n%s\n' "$module" "$version" "$err" | tee "$out/patcher.unavailable" >&2
+        return 0
+    fi
+    {
+        echo "fingerprint $(fingerprint patcher)"
+        echo "version $version"
+        echo "go $go_version"
+        echo "seconds $((SECONDS - start))"
+    } >"$out/patcher.stamp"
+    echo "peers: patcher $version built in $((SECONDS - start))s"
+}
+
+build_patcher
+build_kyverno

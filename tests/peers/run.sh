@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# `make peers`: the comparison of COMPARISON.md, end to end on a fresh clone.
+#
+#   1. the pinned control plane (tests/controlplane/build.sh; skipped when built)
+#   2. the peers from pinned Go modules (tests/peers/build.sh; skipped when built):
+#      Kyverno and imagepullsecret-patcher into .cache/peers/
+#   3. the comparison against the control plane (benches/peers.rs): the race, latency and
+#      cost, matching; three markdown tables, also in target/bench/peers.{md,json}
+#
+# PEERS_RACE_RUNS, PEERS_CREATES and PEERS_CONCURRENCY override the sizes (100, 500, 8);
+# PEERS_BUILD_JOBS the Go build's -p (2). Peer logs: target/peers-logs/.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+tests/controlplane/build.sh
+tests/peers/build.sh
+echo "== comparison (benches/peers.rs) on $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+cargo bench --locked --bench peers
