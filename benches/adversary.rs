@@ -717,8 +717,18 @@ async fn rotation(body: Bytes) -> (String, bool) {
     (md, passed)
 }
 
-/// Cycles of every attack at once, then a quiet pause at whose end the server is sampled;
-/// RSS growth is measured from the end of the warm-up to the end of the last cycle.
+struct Cycle {
+    window: ValidWindow,
+    end: Sample,
+    peak: Sample,
+    /// Median RSS over the quiet pause, KiB.
+    floor: u64,
+    hostile: u64,
+    unexpected: u64,
+}
+
+/// Cycles of every attack at once, then a quiet pause in which RSS is sampled each second;
+/// growth compares the pauses' medians at the end with those just after the warm-up.
 async fn soak(body: Bytes, seconds: u64) -> (String, bool) {
     const CYCLE: Duration = Duration::from_secs(45);
     const HOSTILE: Duration = Duration::from_secs(35);
@@ -737,6 +747,7 @@ async fn soak(body: Bytes, seconds: u64) -> (String, bool) {
     let mut rows = Vec::new();
     for cycle in 1..=cycles {
         let began = Instant::now();
+        let peak = adversary::PeakSampler::start(pid);
         let (idle, slow, half, bodies, large, malformed) = tokio::join!(
             adversary::idle_tls(&t, 300, 100.0, HOSTILE),
             adversary::slowloris(&t, 50, 50.0, HOSTILE),
@@ -745,7 +756,18 @@ async fn soak(body: Bytes, seconds: u64) -> (String, bool) {
             adversary::bodies_at_rate(&t, big.clone(), 1.0, HOSTILE, 1),
             adversary::malformed_at_rate(&t, 100.0, HOSTILE, 2),
         );
-        sleep(CYCLE.saturating_sub(began.elapsed())).await;
+        let peak = peak.stop().await;
+        // The quiet pause: RSS sampled each second, its median is the cycle's floor.
+        let mut quiet_rss = Vec::new();
+        while began.elapsed() + Duration::from_secs(1) <= CYCLE {
+            sleep(Duration::from_secs(1)).await;
+            quiet_rss.push(s.server.sample().rss_kib);
+        }
+        quiet_rss.sort_unstable();
+        let floor = quiet_rss
+            .get(quiet_rss.len() / 2)
+            .copied()
+            .unwrap_or_default();
         let window = valid.take();
         let sample = s.server.sample();
         let hostile = idle.attempted
@@ -757,31 +779,55 @@ async fn soak(body: Bytes, seconds: u64) -> (String, bool) {
         let unexpected = (large.attempted - large.count(200))
             + (malformed.attempted - malformed.count(400))
             + (bodies.attempted - bodies.count(408));
+        let detail = if unexpected > 0 {
+            format!(
+                " [7 MiB: {}, {:?}; malformed: {}, {:?}; slow bodies: {}, {:?}]",
+                large.statuses_text(),
+                large.failure_samples,
+                malformed.statuses_text(),
+                malformed.failure_samples,
+                bodies.statuses_text(),
+                bodies.failure_samples
+            )
+        } else {
+            String::new()
+        };
         progress(&format!(
-            "cycle {cycle}/{cycles}: {} valid, {} errors, p99 {} ms; {hostile} hostile ({unexpected} unexpected answers); fds {}, RSS {} MiB",
+            "cycle {cycle}/{cycles}: {} valid, {} errors, p99 {} ms; {hostile} hostile ({unexpected} unexpected answers{detail}); fds {}, RSS peak {} MiB, quiet {} MiB",
             window.requests(),
             window.errors,
             ms(window.keepalive.p99),
             sample.fds,
-            mib(sample.rss_kib)
+            mib(peak.rss_kib),
+            mib(floor)
         ));
-        rows.push((window, sample, hostile, unexpected));
+        rows.push(Cycle {
+            window,
+            end: sample,
+            peak,
+            floor,
+            hostile,
+            unexpected,
+        });
     }
     let rest = valid.stop().await;
-    let total: u64 = rows.iter().map(|r| r.0.requests()).sum::<u64>() + rest.requests();
-    let errors: u64 = rows.iter().map(|r| r.0.errors).sum::<u64>() + rest.errors;
-    let hostile: u64 = rows.iter().map(|r| r.2).sum();
-    let unexpected: u64 = rows.iter().map(|r| r.3).sum();
-    let base = rows[warmup - 1].1;
-    let last = rows.last().expect("a cycle").1;
-    let peak_after_warmup = rows[warmup..]
+    let total: u64 = rows.iter().map(|r| r.window.requests()).sum::<u64>() + rest.requests();
+    let errors: u64 = rows.iter().map(|r| r.window.errors).sum::<u64>() + rest.errors;
+    let hostile: u64 = rows.iter().map(|r| r.hostile).sum();
+    let unexpected: u64 = rows.iter().map(|r| r.unexpected).sum();
+    // Growth: the mean quiet floor of the last cycles against the first after warm-up.
+    let after = &rows[warmup..];
+    let k = (after.len() / 2).clamp(1, 3);
+    let mean =
+        |cycles: &[Cycle]| cycles.iter().map(|c| c.floor as f64).sum::<f64>() / cycles.len() as f64;
+    let (first, last) = (mean(&after[..k]), mean(&after[after.len() - k..]));
+    let growth = (last - first) / first * 100.0;
+    let peak = rows
         .iter()
-        .map(|r| r.1.rss_kib)
+        .map(|r| r.peak.rss_kib)
         .max()
-        .unwrap_or(base.rss_kib);
-    let growth = (last.rss_kib as f64 - base.rss_kib as f64) / base.rss_kib as f64 * 100.0;
-    let peak_growth =
-        (peak_after_warmup as f64 - base.rss_kib as f64) / base.rss_kib as f64 * 100.0;
+        .unwrap_or_default();
+    let hwm = rows.last().map(|r| r.end.hwm_kib).unwrap_or_default();
 
     let mut md = String::new();
     writeln!(md, "### Soak (`make soak`)\n").ok();
@@ -789,50 +835,54 @@ async fn soak(body: Bytes, seconds: u64) -> (String, bool) {
         md,
         "{} s: {cycles} cycles of {} s, each {} s of every attack at once (300 idle TLS \
          connections, 50 slowloris, 500 half-open handshakes at 20/s, 3 slow 6 MiB bodies, a \
-         7 MiB review a second, 100 malformed bodies a second) and a quiet pause, at whose end \
-         the server is sampled; valid reviews at {}/s keep-alive + {}/s new connections \
-         throughout. Warm-up: the first {warmup} cycle(s).\n",
+         7 MiB review a second, 100 malformed bodies a second) and a {} s quiet pause in which \
+         RSS is sampled each second (its median: the cycle's floor); valid reviews at {}/s \
+         keep-alive + {}/s new connections throughout. Warm-up: the first {warmup} cycle(s); \
+         growth compares the mean floor of the last {k} cycles with the first {k} after it.\n",
         cycles as u64 * CYCLE.as_secs(),
         CYCLE.as_secs(),
         HOSTILE.as_secs(),
+        (CYCLE - HOSTILE).as_secs(),
         VALID.rate,
         VALID.fresh_rate
     )
     .ok();
-    writeln!(md, "| cycle | valid reviews | errors | keep-alive p99 ms | new-connection p99 ms | hostile requests/connections | fds | RSS MiB | HWM MiB |").ok();
-    writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|").ok();
+    writeln!(md, "| cycle | valid reviews | errors | keep-alive p99 ms | new-connection p99 ms | hostile requests + connections | server fds at the end | RSS MiB peak / quiet floor |").ok();
+    writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---|").ok();
     writeln!(
         md,
-        "| start | | | | | | {} | {} | {} |",
+        "| start | | | | | | {} | {} |",
         start_sample.fds,
         mib(start_sample.rss_kib),
-        mib(start_sample.hwm_kib)
     )
     .ok();
-    for (i, (window, sample, hostile, _)) in rows.iter().enumerate() {
+    for (i, c) in rows.iter().enumerate() {
         writeln!(
             md,
-            "| {}{} | {} | {} | {} | {} | {hostile} | {} | {} | {} |",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} / {} |",
             i + 1,
             if i < warmup { " (warm-up)" } else { "" },
-            window.requests(),
-            window.errors,
-            ms(window.keepalive.p99),
-            ms(window.fresh.p99),
-            sample.fds,
-            mib(sample.rss_kib),
-            mib(sample.hwm_kib)
+            c.window.requests(),
+            c.window.errors,
+            ms(c.window.keepalive.p99),
+            ms(c.window.fresh.p99),
+            c.hostile,
+            c.end.fds,
+            mib(c.peak.rss_kib),
+            mib(c.floor),
         )
         .ok();
     }
     writeln!(
         md,
         "\nValid reviews: {total}, errors: {errors}; hostile requests and connections: \
-         {hostile} ({unexpected} answered otherwise than 200/400/408 as expected). RSS after \
-         warm-up {} MiB, at the end {} MiB: growth {growth:+.1} % (largest sample {peak_growth:+.1} %; \
-         target < 10 %).\n",
-        mib(base.rss_kib),
-        mib(last.rss_kib)
+         {hostile} ({unexpected} answered otherwise than the expected 200 / 400 / 408). RSS \
+         quiet floor after warm-up {} MiB, at the end {} MiB: growth {growth:+.1} % (target \
+         < 10 %); largest RSS {} MiB, VmHWM {} MiB.\n",
+        mib(first as u64),
+        mib(last as u64),
+        mib(peak),
+        mib(hwm),
     )
     .ok();
     let passed = errors == 0 && growth < 10.0;

@@ -33,17 +33,8 @@
 //! `cargo bench --bench peers`. PEERS_RACE_RUNS (100), PEERS_CREATES (500) and
 //! PEERS_CONCURRENCY (8) override the sizes. Under `cargo test` it does nothing.
 
-mod support {
-    #![allow(dead_code)]
-    #[path = "/work/main/tests/support/client.rs"]
-    pub mod client;
-    #[path = "/work/main/tests/support/controlplane.rs"]
-    pub mod controlplane;
-    #[path = "/work/main/tests/support/injector.rs"]
-    pub mod injector;
-    #[path = "/work/main/tests/support/pki.rs"]
-    pub mod pki;
-}
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -238,9 +229,13 @@ async fn compare(cp: &'static ControlPlane, sizes: &Sizes) -> Report {
 
 /// The line of a build failure that says why (the proxy's answer), not the whole log.
 fn first_reason(why: &str) -> String {
+    if why.contains("403 Forbidden") {
+        return "the Go module proxy refuses the module (403: This module version is not \
+                available)"
+            .into();
+    }
     why.lines()
-        .rev()
-        .find(|l| l.contains("server response") || l.contains("403") || l.contains("error"))
+        .find(|l| l.contains("error") || l.contains("go:"))
         .or_else(|| why.lines().next())
         .unwrap_or_default()
         .trim()

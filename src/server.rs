@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -216,9 +216,15 @@ async fn mutate_inner(
         );
     }
     // Without a budget, slow senders of large bodies hold maxConnections × maxBodyBytes. The
-    // announced length (the maximum for a chunked body) is reserved before a byte is read,
-    // and a body that does not fit now is refused at once, not queued.
-    let reserve = announced.map_or(limits.max_body_bytes, |length| length as usize);
+    // body's known length (Content-Length, or 0 without one; the maximum for a chunked
+    // body) is reserved before a byte is read, and a body that does not fit now is refused
+    // at once, not queued.
+    let reserve = body
+        .size_hint()
+        .upper()
+        .map_or(limits.max_body_bytes, |length| {
+            length.min(limits.max_body_bytes as u64) as usize
+        });
     let Ok(_reserved) = Arc::clone(&state.body_budget)
         .try_acquire_many_owned(u32::try_from(reserve).unwrap_or(u32::MAX))
     else {

@@ -1099,6 +1099,39 @@ pub struct Phase<R> {
     pub settled_in: Option<Duration>,
 }
 
+/// The largest fds and RSS of a process, sampled every 100 ms until stopped.
+pub struct PeakSampler {
+    peak: Arc<Mutex<Sample>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeakSampler {
+    pub fn start(pid: u32) -> Self {
+        let peak = Arc::new(Mutex::new(Sample::of(pid)));
+        let stop = CancellationToken::new();
+        let task = {
+            let (peak, stop) = (Arc::clone(&peak), stop.clone());
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(Duration::from_millis(100));
+                while !stop.is_cancelled() {
+                    ticker.tick().await;
+                    let sample = Sample::of(pid);
+                    let mut peak = peak.lock().expect("lock");
+                    *peak = peak.max(sample);
+                }
+            })
+        };
+        Self { peak, stop, task }
+    }
+
+    pub async fn stop(self) -> Sample {
+        self.stop.cancel();
+        let _ = self.task.await;
+        *self.peak.lock().expect("lock")
+    }
+}
+
 impl<R> Phase<R> {
     /// One line for a test's output.
     pub fn summary(&self) -> String {
@@ -1136,26 +1169,11 @@ where
     let before = Sample::of(server_pid);
     let _ = valid.take();
     let started = Instant::now();
-    let peak = Arc::new(Mutex::new(before));
-    let sampling = CancellationToken::new();
-    let sampler = {
-        let (peak, sampling) = (Arc::clone(&peak), sampling.clone());
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(Duration::from_millis(100));
-            while !sampling.is_cancelled() {
-                ticker.tick().await;
-                let sample = Sample::of(server_pid);
-                let mut peak = peak.lock().expect("lock");
-                *peak = peak.max(sample);
-            }
-        })
-    };
+    let sampler = PeakSampler::start(server_pid);
     let attack = attack.await;
     let took = started.elapsed();
     let window = valid.take();
-    sampling.cancel();
-    let _ = sampler.await;
-    let during = *peak.lock().expect("lock");
+    let during = sampler.stop().await;
     let settle_start = Instant::now();
     let mut settled_in = None;
     while settle_start.elapsed() < settle_max {
