@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import load  # noqa: E402  (benches/load.py: servers, oha, /proc accounting)
 
