@@ -1,10 +1,13 @@
 //! The decision per AdmissionReview: bytes in, response review out. No I/O.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
-use kube::core::DynamicObject;
+use k8s_openapi::api::core::v1::{LocalObjectReference, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::{DynamicObject, NamespaceResourceScope, Resource};
+use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
 use crate::config::{SecretSpec, Settings};
@@ -104,11 +107,119 @@ pub struct Reviewed {
     pub dry_run: bool,
 }
 
-/// A decoded review: a Pod request (typed), or a request for another kind.
+/// A decoded review: a Pod request (the fields the decision reads), or a request for another
+/// kind.
 #[derive(Debug)]
 pub enum Decoded {
-    Pod(Box<AdmissionRequest<Pod>>),
+    Pod(Box<AdmissionRequest<PodView>>),
     Other(Box<AdmissionRequest<DynamicObject>>),
+}
+
+/// A Pod as the decision reads it: names, annotations, images and pull secrets. Serde skips
+/// the rest of the object unread (managedFields, volumes, env, probes …): most of a review's
+/// bytes, and, decoded into k8s-openapi's `Pod`, most of the CPU a review cost (BENCHMARKS.md).
+/// The apiserver validates the whole Pod after the webhooks; we only need these fields sound.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PodView {
+    #[serde(default, deserialize_with = "object_meta_view")]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<PodSpecView>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpecView {
+    #[serde(default)]
+    pub containers: Option<Vec<ContainerView>>,
+    #[serde(default)]
+    pub init_containers: Option<Vec<ContainerView>>,
+    #[serde(default)]
+    pub ephemeral_containers: Option<Vec<ContainerView>>,
+    #[serde(default)]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ContainerView {
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+impl PodSpecView {
+    /// Images of containers, init containers and ephemeral containers.
+    pub fn images(&self) -> impl Iterator<Item = &str> {
+        [
+            &self.containers,
+            &self.init_containers,
+            &self.ephemeral_containers,
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|c| c.image.as_deref())
+    }
+}
+
+/// The metadata fields the decision and the log read; `managedFields` above all is skipped.
+fn object_meta_view<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Fields {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        generate_name: Option<String>,
+        #[serde(default)]
+        namespace: Option<String>,
+        #[serde(default)]
+        annotations: Option<BTreeMap<String, String>>,
+    }
+    let fields = Option::<Fields>::deserialize(deserializer)?;
+    Ok(fields.map_or_else(ObjectMeta::default, |f| ObjectMeta {
+        name: f.name,
+        generate_name: f.generate_name,
+        namespace: f.namespace,
+        annotations: f.annotations,
+        ..ObjectMeta::default()
+    }))
+}
+
+/// kube's admission types are generic over a `Resource`; the view is a Pod's.
+impl Resource for PodView {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        Pod::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        Pod::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        Pod::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        Pod::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// kube's `AdmissionReview` reads its `apiVersion`/`kind` through `#[serde(flatten)]`, which
+/// makes serde buffer the whole body as an untyped tree before decoding it; this envelope
+/// reads the same three fields in one pass, into kube's `AdmissionRequest`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<T: Resource> {
+    api_version: String,
+    kind: String,
+    #[serde(default = "Option::default")]
+    request: Option<AdmissionRequest<T>>,
 }
 
 impl Decoded {
@@ -138,13 +249,17 @@ pub fn review(settings: &Settings, body: &[u8]) -> Result<Reviewed, ReviewError>
     answer(settings, &scope, decode(body)?)
 }
 
-/// Decodes a body: typed for Pods; other kinds are recognised so they can pass untouched.
+/// Decodes a body: the Pod's fields the decision reads; other kinds are recognised so they
+/// can pass untouched.
 pub fn decode(body: &[u8]) -> Result<Decoded, ReviewError> {
-    match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
-        Ok(review) => {
-            check_envelope(&review.types.api_version, &review.types.kind)?;
-            let request: AdmissionRequest<Pod> =
-                review.try_into().map_err(|_| ReviewError::NoRequest)?;
+    match serde_json::from_slice::<Envelope<PodView>>(body) {
+        Ok(envelope) => {
+            check_envelope(&envelope.api_version, &envelope.kind)?;
+            let mut request = envelope.request.ok_or(ReviewError::NoRequest)?;
+            request.types = kube::core::TypeMeta {
+                api_version: envelope.api_version,
+                kind: envelope.kind,
+            };
             Ok(Decoded::Pod(Box::new(request)))
         }
         Err(typed_error) => decode_untyped(body, typed_error),
@@ -180,13 +295,35 @@ fn decode_untyped(body: &[u8], typed_error: serde_json::Error) -> Result<Decoded
     let types = serde_json::from_slice::<kube::core::TypeMeta>(body)
         .map_err(|e| ReviewError::NotAdmissionReview(e.to_string()))?;
     check_envelope(&types.api_version, &types.kind)?;
+    #[derive(Deserialize)]
+    struct Only<T> {
+        request: Option<T>,
+    }
+    #[derive(Deserialize)]
+    struct RequestKind {
+        kind: kube::core::GroupVersionKind,
+    }
+    #[derive(Deserialize)]
+    struct RequestObject {
+        #[serde(default)]
+        #[allow(dead_code)] // decoded to find out whether it is the part that is wrong
+        object: Option<PodView>,
+    }
+    if let Ok(Only {
+        request: Some(RequestKind { kind }),
+    }) = serde_json::from_slice(body)
+        && is_pod(&kind.group, &kind.kind)
+    {
+        // Name the object when it is what is wrong, else the request around it.
+        return Err(match serde_json::from_slice::<Only<RequestObject>>(body) {
+            Err(object_error) => ReviewError::InvalidPod(object_error),
+            Ok(_) => ReviewError::NotAdmissionReview(typed_error.to_string()),
+        });
+    }
     let review = serde_json::from_slice::<AdmissionReview<DynamicObject>>(body)
         .map_err(|e| ReviewError::NotAdmissionReview(e.to_string()))?;
     let request: AdmissionRequest<DynamicObject> =
         review.try_into().map_err(|_| ReviewError::NoRequest)?;
-    if is_pod(&request.kind.group, &request.kind.kind) {
-        return Err(ReviewError::InvalidPod(typed_error));
-    }
     Ok(Decoded::Other(Box::new(request)))
 }
 
@@ -221,7 +358,7 @@ fn operation_label(operation: &Operation) -> &'static str {
 fn respond(
     settings: &Settings,
     scope: &Scope<'_>,
-    request: &AdmissionRequest<Pod>,
+    request: &AdmissionRequest<PodView>,
 ) -> Result<Reviewed, ReviewError> {
     let outcome = decide(settings, scope, request);
     let mut response = AdmissionResponse::from(request);
@@ -254,7 +391,11 @@ fn respond(
 }
 
 /// Pod CREATE only; everything else passes untouched.
-pub fn decide(settings: &Settings, scope: &Scope<'_>, request: &AdmissionRequest<Pod>) -> Outcome {
+pub fn decide(
+    settings: &Settings,
+    scope: &Scope<'_>,
+    request: &AdmissionRequest<PodView>,
+) -> Outcome {
     if request.operation != Operation::Create {
         return Outcome::Skipped(SkipReason::NotCreate);
     }
@@ -278,7 +419,14 @@ pub fn decide(settings: &Settings, scope: &Scope<'_>, request: &AdmissionRequest
                 && !secret.exclude_namespaces.iter().any(|n| n == namespace)
         }
     };
-    match patch_for_spec(settings, scope.keyring, &applies, &["spec"], spec) {
+    let wanted = wanted_secrets(settings, scope.keyring, spec.images());
+    match patch_for(
+        settings,
+        &applies,
+        &["spec"],
+        spec.image_pull_secrets.as_deref(),
+        wanted,
+    ) {
         Some(patch) => Outcome::Patched(patch),
         None => Outcome::Unchanged,
     }
@@ -299,7 +447,8 @@ pub fn skip_reason(
     }
 }
 
-/// The patch for one pod spec at `pointer`, or `None` when it already has what it needs.
+/// The patch for one (typed) pod spec at `pointer`, or `None` when it already has what it
+/// needs: what `mutate` does for workloads' pod templates.
 pub fn patch_for_spec(
     settings: &Settings,
     keyring: &Keyring,
@@ -307,21 +456,39 @@ pub fn patch_for_spec(
     pointer: &[&str],
     spec: &PodSpec,
 ) -> Option<PullSecretPatch> {
-    let wanted = wanted_secrets(settings, keyring, spec)
-        .into_iter()
-        .filter(|&i| applies(&settings.secrets[i]));
-    append_pull_secrets(
+    let wanted = wanted_secrets(settings, keyring, pod_images(spec));
+    patch_for(
+        settings,
+        applies,
         pointer,
         spec.image_pull_secrets.as_deref(),
-        wanted.map(|i| settings.secrets[i].name.as_str()),
+        wanted,
     )
 }
 
-/// Indices of the configured secrets the kubelet would use for any image of the spec, in
-/// config order. Images that do not parse match nothing, as in the kubelet.
-pub fn wanted_secrets(settings: &Settings, keyring: &Keyring, spec: &PodSpec) -> Vec<usize> {
+fn patch_for(
+    settings: &Settings,
+    applies: &dyn Fn(&SecretSpec) -> bool,
+    pointer: &[&str],
+    existing: Option<&[LocalObjectReference]>,
+    wanted: Vec<usize>,
+) -> Option<PullSecretPatch> {
+    let wanted = wanted
+        .into_iter()
+        .filter(|&i| applies(&settings.secrets[i]))
+        .map(|i| settings.secrets[i].name.as_str());
+    append_pull_secrets(pointer, existing, wanted)
+}
+
+/// Indices of the configured secrets the kubelet would use for any of the images, in config
+/// order. Images that do not parse match nothing, as in the kubelet.
+pub fn wanted_secrets<'a>(
+    settings: &Settings,
+    keyring: &Keyring,
+    images: impl IntoIterator<Item = &'a str>,
+) -> Vec<usize> {
     let mut wanted = vec![false; settings.secrets.len()];
-    for image in pod_images(spec) {
+    for image in images {
         if let Ok(name) = ImageName::parse(image) {
             keyring.for_each_match(&name, |secret, _, _| wanted[secret] = true);
         }
@@ -347,4 +514,156 @@ pub fn pod_images(spec: &PodSpec) -> impl Iterator<Item = &str> {
         .flatten()
         .map(|c| c.image.as_deref());
     containers.chain(init).chain(ephemeral).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::config::Config;
+
+    fn settings() -> Settings {
+        Config::from_yaml("secrets:\n  - name: acme\n    registries: [ghcr.io/acme/]\n")
+            .expect("test config parses")
+            .validate()
+            .expect("test config is valid")
+    }
+
+    fn pod_review(object: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "team",
+                "operation": "CREATE",
+                "userInfo": {"username": "someone"},
+                "object": object,
+                "oldObject": null,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+            }
+        }))
+        .expect("encodes")
+    }
+
+    fn injected(body: &[u8]) -> Vec<String> {
+        review(&settings(), body)
+            .expect("answered")
+            .outcome
+            .injected()
+            .to_vec()
+    }
+
+    #[test]
+    fn reads_names_annotations_images_and_pull_secrets_from_a_pod() {
+        let body = pod_review(json!({
+            "metadata": {
+                "generateName": "web-",
+                "annotations": {"team": "a"},
+                "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+            },
+            "spec": {
+                "containers": [{"name": "app", "image": "busybox", "env": [{"name": "A"}]}],
+                "initContainers": [{"name": "init", "image": "ghcr.io/acme/init:1"}],
+                "imagePullSecrets": [{"name": "other"}],
+                "volumes": [{"name": "v", "projected": {"sources": []}}]
+            }
+        }));
+        let Decoded::Pod(request) = decode(&body).expect("decodes") else {
+            panic!("a Pod review decodes as a Pod");
+        };
+        let pod = request.object.as_ref().expect("object");
+        assert_eq!(pod.metadata.generate_name.as_deref(), Some("web-"));
+        assert_eq!(
+            pod.metadata.annotations.as_ref().map(BTreeMap::len),
+            Some(1)
+        );
+        assert!(
+            pod.metadata.managed_fields.is_none(),
+            "skipped, not decoded"
+        );
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.images().collect::<Vec<_>>(),
+            ["busybox", "ghcr.io/acme/init:1"]
+        );
+        assert_eq!(request.types.kind, "AdmissionReview");
+        assert_eq!(injected(&body), ["acme"]);
+        let reviewed = review(&settings(), &body).expect("answered");
+        assert_eq!(reviewed.name, "web-");
+        assert_eq!(reviewed.namespace, "team");
+    }
+
+    #[test]
+    fn null_lists_and_missing_parts_are_empty() {
+        let body = pod_review(json!({
+            "metadata": null,
+            "spec": {
+                "containers": [{"name": "app", "image": "ghcr.io/acme/app"}],
+                "initContainers": null,
+                "ephemeralContainers": null,
+                "imagePullSecrets": null
+            }
+        }));
+        assert_eq!(injected(&body), ["acme"]);
+        let no_spec = pod_review(json!({"metadata": {"name": "p"}}));
+        assert_eq!(
+            review(&settings(), &no_spec).expect("answered").outcome,
+            Outcome::Unchanged
+        );
+    }
+
+    #[test]
+    fn a_pod_whose_read_fields_are_malformed_is_refused_by_name() {
+        for object in [
+            json!({"spec": {"containers": "not a list"}}),
+            json!({"spec": {"containers": [{"image": 7}]}}),
+            json!({"metadata": {"annotations": {"a": 1}}, "spec": {}}),
+            json!({"spec": {"imagePullSecrets": [{"name": ["x"]}]}}),
+        ] {
+            let error = decode(&pod_review(object.clone())).expect_err("refused");
+            assert_eq!(error.reason(), "invalid_pod", "{object}");
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("request.object is not a valid Pod"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_kinds_pass_untouched_whatever_their_shape() {
+        let mut deployment: Value = serde_json::from_slice(&pod_review(json!({
+            "metadata": {"name": "web"},
+            "spec": {"template": {"spec": {"containers": [{"image": "ghcr.io/acme/app"}]}}}
+        })))
+        .expect("json");
+        deployment["request"]["kind"] =
+            json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+        let body = serde_json::to_vec(&deployment).expect("encodes");
+        let reviewed = review(&settings(), &body).expect("answered");
+        assert_eq!(reviewed.outcome, Outcome::Skipped(SkipReason::NotPod));
+        deployment["request"]["object"]["spec"]["containers"] = json!("a Deployment has none");
+        let body = serde_json::to_vec(&deployment).expect("encodes");
+        let reviewed = review(&settings(), &body).expect("answered");
+        assert_eq!(reviewed.outcome, Outcome::Skipped(SkipReason::NotPod));
+        assert!(reviewed.response.response.expect("response").allowed);
+    }
+
+    #[test]
+    fn a_pod_review_missing_request_fields_names_the_request_not_the_pod() {
+        let mut body: Value =
+            serde_json::from_slice(&pod_review(json!({"spec": {}}))).expect("json");
+        body["request"]
+            .as_object_mut()
+            .expect("request")
+            .remove("uid");
+        let error = decode(&serde_json::to_vec(&body).expect("encodes")).expect_err("refused");
+        assert_eq!(error.reason(), "not_admission_review");
+        assert!(error.to_string().contains("missing field `uid`"), "{error}");
+    }
 }

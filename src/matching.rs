@@ -128,6 +128,24 @@ impl Pattern {
         Some(host_index_key(&labels.join("."), &self.host.port))
     }
 
+    /// Where a globbed host is filed: its port, its label count and the literal labels that
+    /// end it (`*.azurecr.io` → `azurecr.io`; empty when the last label has a wildcard).
+    fn glob_slot(&self) -> GlobSlot {
+        let literal_tail: Vec<String> = self
+            .host
+            .labels
+            .iter()
+            .rev()
+            .map_while(Glob::as_literal)
+            .collect();
+        let suffix = literal_tail.into_iter().rev().collect::<Vec<_>>().join(".");
+        GlobSlot {
+            port: self.host.port.clone(),
+            labels: self.host.labels.len(),
+            suffix,
+        }
+    }
+
     /// `URLsMatch`: same port string, same label count, each label globs, path is a prefix.
     pub fn matches_directly(&self, image: &ImageName) -> bool {
         let (hostname, port) = split_host_port(image.domain());
@@ -333,13 +351,22 @@ pub enum MatchKind {
     DockerHubFallback,
 }
 
-/// All configured patterns, indexed for the admission hot path.
+/// All configured patterns, indexed for the admission hot path: literal hosts by host and
+/// port; globbed hosts by port, label count and literal suffix, since `URLsMatch` needs all
+/// three to agree. An image then tries only the globs that can match its host.
 #[derive(Debug, Default, Clone)]
 pub struct Keyring {
     patterns: Vec<(usize, Pattern)>,
     by_literal_host: HashMap<String, Vec<usize>>,
-    globbed: Vec<usize>,
+    /// port → label count → literal suffix → positions.
+    globbed: HashMap<String, HashMap<usize, HashMap<String, Vec<usize>>>>,
     fallback: Vec<usize>,
+}
+
+struct GlobSlot {
+    port: String,
+    labels: usize,
+    suffix: String,
 }
 
 impl Keyring {
@@ -357,7 +384,18 @@ impl Keyring {
                     .entry(host)
                     .or_default()
                     .push(position),
-                None => keyring.globbed.push(position),
+                None => {
+                    let slot = pattern.glob_slot();
+                    keyring
+                        .globbed
+                        .entry(slot.port)
+                        .or_default()
+                        .entry(slot.labels)
+                        .or_default()
+                        .entry(slot.suffix)
+                        .or_default()
+                        .push(position);
+                }
             }
             keyring.patterns.push((secret, pattern));
         }
@@ -373,7 +411,8 @@ impl Keyring {
     }
 
     /// Calls `found` with (secret index, pattern, kind) for every pattern the kubelet would
-    /// use for `image`, mirroring `BasicDockerKeyring.Lookup`.
+    /// use for `image`, mirroring `BasicDockerKeyring.Lookup`: literal hosts first, then
+    /// globs by longest literal suffix, each in config order.
     pub fn for_each_match<'a>(
         &'a self,
         image: &ImageName,
@@ -393,11 +432,24 @@ impl Keyring {
                 found(*secret, pattern, MatchKind::Direct);
             }
         }
-        for &position in &self.globbed {
-            let (secret, pattern) = &self.patterns[position];
-            if pattern.matches_directly(image) {
-                any_direct = true;
-                found(*secret, pattern, MatchKind::Direct);
+        let globbed = self
+            .globbed
+            .get(port)
+            .and_then(|by_count| by_count.get(&(hostname.split('.').count())));
+        if let Some(by_suffix) = globbed {
+            // Every suffix of the host at a label boundary, longest first, then the empty one.
+            let suffixes = hostname
+                .match_indices('.')
+                .map(|(dot, _)| &hostname[dot + 1..])
+                .chain(std::iter::once(""));
+            for suffix in suffixes {
+                for &position in by_suffix.get(suffix).map(Vec::as_slice).unwrap_or_default() {
+                    let (secret, pattern) = &self.patterns[position];
+                    if pattern.matches_directly(image) {
+                        any_direct = true;
+                        found(*secret, pattern, MatchKind::Direct);
+                    }
+                }
             }
         }
         if !any_direct && is_default_registry_match(image) {
@@ -501,6 +553,13 @@ mod tests {
             "*.azurecr.io",
             "registry.example.com:5000",
             "[::1]:5000",
+            "*.*.io",
+            "a*.azurecr.io",
+            "x.*.io/a",
+            "*",
+            "*.example.com:5000",
+            "reg[0-9].example.com",
+            "\\x.azurecr.io",
         ];
         let keyring = Keyring::new(
             raw.iter()
@@ -514,6 +573,12 @@ mod tests {
             "registry.example.com:5000/a",
             "[::1]:5000/x",
             "nginx",
+            "ab.azurecr.io/z",
+            "x.b.io/a/b",
+            "localhost/app",
+            "registry.example.com:5000/team/app",
+            "reg7.example.com/app",
+            "deep.x.azurecr.io/app",
         ] {
             let image = image(img);
             let mut indexed = Vec::new();
