@@ -42,7 +42,11 @@ pub async fn follow_secret(
     let api = Api::<Secret>::namespaced(client, &namespace);
     let watch = watcher::Config::default().fields(&format!("metadata.name={}", config.secret_name));
     let origin = format!("secret {namespace}/{}", config.secret_name);
-    let mut stream = std::pin::pin!(watcher(api, watch).default_backoff().applied_objects());
+    let mut stream = std::pin::pin!(
+        watcher(api, watch)
+            .backoff(crate::replicate::watch_backoff())
+            .applied_objects()
+    );
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return,

@@ -37,9 +37,10 @@ static FAULTS: RwLock<()> = RwLock::const_new(());
 const REGCRED: &str = "  - name: regcred\n    source: {name: regcred-source}\n";
 const REGISTRY: &str = "registry.example.com";
 const IMAGE: &str = "registry.example.com/team/app:1";
-/// How long the replicator may take to resume after an outage: kube-runtime's controller
-/// retries its watches with client-go's backoff, up to 30 s (plus jitter) between attempts.
-const RESUME: Duration = Duration::from_secs(75);
+/// How long the replicator may take to resume after an outage: its watches retry with
+/// client-go's backoff capped at 5 s (`replicate::watch_backoff`), so a few seconds, plus
+/// the control plane's own start; the bound leaves room for a loaded machine.
+const RESUME: Duration = Duration::from_secs(30);
 
 fn label(id: &str) -> String {
     format!("faults.pullsecret-injector.io/{id}")

@@ -159,6 +159,7 @@ async fn run_controller(cluster: Arc<Cluster>, identity: String, stop: Cancellat
             .map(|ns| ObjectRef::<Namespace>::new(&ns))
     })
     .reconcile_all_on(source_trigger)
+    .trigger_backoff(super::watch_backoff())
     .graceful_shutdown_on(stop.cancelled_owned())
     .run(reconcile, error_policy, context)
     .for_each(|_| async {})
