@@ -18,7 +18,7 @@ KERNEL = [
 ]
 RULES = [
     ("logging (tracing-subscriber fmt)", lambda h, f: h.startswith(("tracing_subscriber", "tracing_core", "tracing::"))),
-    ("decode AdmissionReview<Pod> (serde_json + k8s-openapi)", lambda h, f: "serde_json::de" in h or "Deserialize" in h or "serde_json::read" in h),
+    ("decode the request (serde_json into kube's AdmissionRequest<PodView>)", lambda h, f: "serde_json::de" in h or "Deserialize" in h or "serde_json::read" in h or h.startswith(("pullsecret_injector::admission::decode", "pullsecret_injector::admission::object_meta_view")) or "visit_map" in h or "visit_seq" in h),
     ("drop the decoded review", lambda h, f: h.startswith("core::ptr::drop_in_place") and any(k in f for k in ("k8s_openapi", "kube_core", "pullsecret_injector::admission", "serde_json::value", "BTreeMap"))),
     ("encode the response (serde_json)", lambda h, f: "serde_json::ser" in h or "Serialize" in h),
     ("metrics (prometheus-client)", lambda h, f: h.startswith(("prometheus_client", "pullsecret_injector::metrics"))),
