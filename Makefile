@@ -154,7 +154,7 @@ soak: ## Mixed valid and hostile traffic for SOAK_SECONDS (600): no valid review
 	$(ADVERSARY) soak --seconds $(SOAK_SECONDS) --fixture $(STRESS_DIR)/fixtures/typical.json --out $(STRESS_DIR)/soak.md
 
 .PHONY: peers
-peers: ## Compare with Kyverno and imagepullsecret-patcher, built from pinned Go modules (COMPARISON.md; ~30 min)
+peers: ## Compare with Kyverno and imagepullsecret-patcher on the test control plane (COMPARISON.md; ~18 min when built)
 	tests/peers/run.sh
 
 .PHONY: clean

@@ -19,7 +19,10 @@
 //!
 //! 1. the race: N times, a namespace and at once a Pod in it whose image needs the secret;
 //!    Pods without a usable pull secret (no reference, or a reference to a Secret created
-//!    after the Pod), and the time until the namespace was usable;
+//!    after the Pod), and the time until the namespace was usable. A run starts every second
+//!    (`ARRIVAL`; the patcher's every 5 s, `PATCHER_ARRIVAL`), whether the previous one has
+//!    settled or not; the patcher's race runs on a cluster cleared of the earlier phases'
+//!    namespaces (its loop visits them all, rate-limited);
 //! 2. latency and cost: Pod creates through the apiserver, 8 at a time, with no webhook,
 //!    Kyverno's mutate policy, and us, in interleaved chunks (as benches/apiserver.rs
 //!    interleaves), with the webhook process's CPU time and peak RSS;
@@ -30,8 +33,10 @@
 //! namespace) runs last. A peer that `make peers` could not build is reported as such.
 //!
 //! `make peers` runs it (tests/peers/run.sh); by hand: `tests/peers/build.sh` then
-//! `cargo bench --bench peers`. PEERS_RACE_RUNS (100), PEERS_CREATES (500) and
-//! PEERS_CONCURRENCY (8) override the sizes. Under `cargo test` it does nothing.
+//! `cargo bench --bench peers`. PEERS_RACE_RUNS (100), PEERS_CREATES (500),
+//! PEERS_CONCURRENCY (8) and PEERS_PATCHER_ARRIVAL_MS (5000) override the sizes;
+//! PEERS_NO_WAIT skips the wait for other benchmarks on the machine before the latency phase.
+//! Under `cargo test` it does nothing.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -198,8 +203,20 @@ async fn compare(cp: &'static ControlPlane, sizes: &Sizes) -> Report {
         kyverno.delete_policies(&client, "peers-matching").await;
     }
 
+    wait_no_benchmark().await;
+    eprintln!("== race baseline: Pod creates in fresh namespaces, no tool");
+    let mut baselines = vec![(
+        "no tool, Kyverno and us running: the conditions of their rows",
+        fresh_pod_creates(&client, "race-baseline-", sizes.race_runs).await,
+    )];
     eprintln!("== race: us");
     let mut races = vec![race(&client, Tool::Ours, sizes.race_runs).await];
+    let metrics = ours.injector.metrics().await;
+    let ensured = ["created", "exists", "failed"].map(|result| {
+        let series =
+            format!("pullsecret_injector_ensured_at_admission_total{{result=\"{result}\"}}");
+        (result, injector::metric(&metrics, &series))
+    });
     ours.stop(&client).await;
     match &kyverno {
         Some(_) => {
@@ -209,22 +226,62 @@ async fn compare(cp: &'static ControlPlane, sizes: &Sizes) -> Report {
         None => races.push(RaceResult::skipped(Tool::Kyverno, "not built")),
     }
     drop(kyverno);
+    // The patcher's loop visits every namespace, at most 5 API requests a second (client-go's
+    // default rate limit, which it does not change): the earlier phases' hundreds of
+    // namespaces would make each loop minutes long. It runs on a small cluster instead.
+    delete_namespaces(&client, |name| {
+        [
+            "race-",
+            "latency-",
+            "matching-",
+            "peers-ours-",
+            "peers-kyverno-",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+            || name == KYVERNO_NS
+    })
+    .await;
     match peer_binary("patcher", "imagepullsecret-patcher") {
-        Ok(binary) => match Patcher::start(cp, &client, &binary, &source).await {
-            Ok(patcher) => {
-                eprintln!("== race: patcher");
-                races.push(race(&client, Tool::Patcher, sizes.race_runs).await);
-                drop(patcher);
+        Ok(binary) => {
+            eprintln!("== race baseline: no tool, Kyverno and us stopped");
+            baselines.push((
+                "no tool, Kyverno and us stopped, small cluster: the conditions of the \
+                 patcher's row",
+                fresh_pod_creates(&client, "quiet-baseline-", sizes.race_runs).await,
+            ));
+            delete_namespaces(&client, |name| name.starts_with("quiet-baseline-")).await;
+            match Patcher::start(cp, &client, &binary, &source).await {
+                Ok(patcher) => {
+                    eprintln!("== race: patcher");
+                    let pid = patcher.daemon.pid;
+                    let cpu = cpu_seconds(pid);
+                    let mut result = race(&client, Tool::Patcher, sizes.race_runs).await;
+                    result.process = Some(ProcessCost {
+                        cpu_seconds: cpu_seconds(pid) - cpu,
+                        peak_rss_mib: status_mib(pid, "VmHWM:"),
+                    });
+                    races.push(result);
+                    drop(patcher);
+                }
+                Err(why) => races.push(RaceResult::skipped(Tool::Patcher, &why)),
             }
-            Err(why) => races.push(RaceResult::skipped(Tool::Patcher, &why)),
-        },
+        }
         Err(why) => races.push(RaceResult::skipped(
             Tool::Patcher,
             &format!("not built: {}", first_reason(&why)),
         )),
     }
 
-    render(sizes, &kube_version, &races, &latency, &matching)
+    let race_notes = RaceNotes { baselines, ensured };
+    render(
+        sizes,
+        &kube_version,
+        &races,
+        &race_notes,
+        &latency,
+        &matching,
+    )
 }
 
 /// The line of a build failure that says why (the proxy's answer), not the whole log.
@@ -325,6 +382,40 @@ fn dry_run() -> PostParams {
         dry_run: true,
         ..PostParams::default()
     }
+}
+
+/// Deletes the namespaces `doomed` picks and waits (up to PROPAGATION) until they are gone.
+async fn delete_namespaces(client: &kube::Client, doomed: impl Fn(&str) -> bool) {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let names: Vec<String> = match namespaces.list(&Default::default()).await {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .filter_map(|ns| ns.metadata.name)
+            .filter(|name| doomed(name))
+            .collect(),
+        Err(e) => panic!("listing namespaces: {e}"),
+    };
+    eprintln!("peers: deleting {} namespaces", names.len());
+    for name in &names {
+        let _ = namespaces.delete(name, &DeleteParams::default()).await;
+    }
+    eventually("the namespaces to be deleted", PROPAGATION, || async {
+        let left = namespaces
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .filter_map(|ns| ns.metadata.name)
+            .filter(|name| doomed(name))
+            .count();
+        match left {
+            0 => Ok(()),
+            n => Err(format!("{n} left")),
+        }
+    })
+    .await;
 }
 
 /// Polls dry-run creates of a pod with `image` in `namespace` until it comes back with `secret`.
@@ -813,32 +904,8 @@ impl Kyverno {
             )
             .await;
         }
-        let policies = cluster_policy_api(client);
-        for policy in [generate_policy(), mutate_policy()] {
-            let object: DynamicObject = serde_json::from_value(policy).expect("policy");
-            let name = object.metadata.name.clone().expect("name");
-            let this = &mut kyverno;
-            eventually(
-                &format!("Kyverno to accept ClusterPolicy {name}"),
-                PROPAGATION,
-                || {
-                    let running = this.check_running();
-                    let policies = policies.clone();
-                    let object = object.clone();
-                    async move {
-                        running.map_err(|e| format!("PEER EXITED: {e}"))?;
-                        match policies.create(&PostParams::default(), &object).await {
-                            Ok(_) => Ok(()),
-                            Err(kube::Error::Api(s)) if s.reason == "AlreadyExists" => Ok(()),
-                            Err(e) => Err(e.to_string()),
-                        }
-                    }
-                },
-            )
-            .await;
-        }
-        wait_policy_ready(client, "peers-sync-regcred").await;
-        wait_policy_ready(client, "peers-add-imagepullsecrets").await;
+        create_policy(client, generate_policy()).await;
+        create_policy(client, mutate_policy()).await;
         // Both rules in effect: a pod is mutated, a new namespace gets the secret.
         eventually("Kyverno to admit a namespace", PROPAGATION, || async {
             let ns = Namespace {
@@ -1145,7 +1212,7 @@ async fn wait_policy_ready(client: &kube::Client, name: &str) {
 // ---------------------------------------------------------------------------
 
 struct Patcher {
-    _daemon: Daemon,
+    daemon: Daemon,
     _dir: tempfile::TempDir,
 }
 
@@ -1308,10 +1375,7 @@ impl Patcher {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(Self {
-            _daemon: daemon,
-            _dir: dir,
-        })
+        Ok(Self { daemon, _dir: dir })
     }
 }
 
@@ -1353,8 +1417,18 @@ struct RaceResult {
     /// From the namespace create to the namespace being usable, per run that became usable.
     usable: Vec<Duration>,
     not_usable: usize,
-    pod_create: Vec<Duration>,
+    creates: Creates,
     sa_retries: usize,
+    /// The tool's process over its race, when it is a process of its own that does the work
+    /// outside the Pod path (the patcher).
+    process: Option<ProcessCost>,
+    /// Namespaces in the cluster when the race started.
+    cluster_namespaces: usize,
+}
+
+struct ProcessCost {
+    cpu_seconds: f64,
+    peak_rss_mib: f64,
 }
 
 impl RaceResult {
@@ -1367,13 +1441,30 @@ impl RaceResult {
             missing_at_creation: 0,
             usable: Vec::new(),
             not_usable: 0,
-            pod_create: Vec::new(),
+            creates: Creates::default(),
             sa_retries: 0,
+            process: None,
+            cluster_namespaces: 0,
         }
     }
 
     fn failed(&self) -> usize {
         self.no_reference + self.missing_at_creation
+    }
+
+    fn add(&mut self, run: &Settled) {
+        match run.usable_at {
+            Some(at) => self.usable.push(at),
+            None => self.not_usable += 1,
+        }
+        if !run.referenced {
+            self.no_reference += 1;
+        } else if run
+            .secret
+            .is_none_or(|(secret_rv, _)| secret_rv > run.pod_rv)
+        {
+            self.missing_at_creation += 1;
+        }
     }
 }
 
@@ -1401,19 +1492,190 @@ fn watch_copies(client: &kube::Client) -> (Created, tokio::task::JoinHandle<()>)
     (seen, task)
 }
 
+/// When each namespace's `default` ServiceAccount was first seen referring to SECRET, from a
+/// watch (the patcher's half of "usable"; polling it would add load beside the patcher's).
+type Patched = Arc<Mutex<HashMap<String, Instant>>>;
+
+fn watch_patched_accounts(client: &kube::Client) -> (Patched, tokio::task::JoinHandle<()>) {
+    let seen: Patched = Arc::default();
+    let sink = Arc::clone(&seen);
+    let api = Api::<ServiceAccount>::all(client.clone());
+    let task = tokio::spawn(async move {
+        let config = watcher::Config::default().fields("metadata.name=default");
+        let mut events = watcher(api, config).boxed();
+        while let Ok(Some(event)) = events.try_next().await {
+            if let watcher::Event::Apply(sa) | watcher::Event::InitApply(sa) = event
+                && sa
+                    .image_pull_secrets
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|r| r.name == SECRET)
+            {
+                let ns = sa.metadata.namespace.clone().unwrap_or_default();
+                sink.lock()
+                    .expect("lock")
+                    .entry(ns)
+                    .or_insert_with(Instant::now);
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// Creates a pod in a namespace made an instant ago; returns the result and how long the
+/// create took, retries included.
+async fn create_at_once(pods: &Api<Pod>, sa_retries: &mut usize) -> (kube::Result<Pod>, Duration) {
+    let sent = Instant::now();
+    loop {
+        match pods
+            .create(&PostParams::default(), &pod("app", IMAGE))
+            .await
+        {
+            // The ServiceAccount admission plugin (before any webhook) refuses pods until
+            // kube-controller-manager has made the `default` ServiceAccount: retried.
+            Err(kube::Error::Api(status))
+                if status
+                    .message
+                    .contains("serviceaccount \"default\" not found")
+                    && sent.elapsed() < Duration::from_secs(10) =>
+            {
+                *sa_retries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return (other, sent.elapsed()),
+        }
+    }
+}
+
+/// How long the race's creates took, each list sorted once complete.
+#[derive(Default)]
+struct Creates {
+    namespace: Vec<Duration>,
+    /// From the namespace created to the pod created, the ServiceAccount admission plugin's
+    /// wait for the `default` ServiceAccount included.
+    pod: Vec<Duration>,
+}
+
+impl Creates {
+    fn sort(&mut self) {
+        self.namespace.sort();
+        self.pod.sort();
+    }
+}
+
+/// The race's namespace and pod creates, paced as the race's, with no tool at all (in
+/// namespaces no webhook selects): what the race's create columns compare with.
+async fn fresh_pod_creates(client: &kube::Client, prefix: &str, runs: usize) -> Creates {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let mut creates = Creates::default();
+    let mut retries = 0;
+    let first = Instant::now();
+    for run in 0..runs {
+        tokio::time::sleep_until((first + ARRIVAL * run as u32).into()).await;
+        let started = Instant::now();
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                generate_name: Some(prefix.into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        let ns = namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace")
+            .metadata
+            .name
+            .expect("name");
+        creates.namespace.push(started.elapsed());
+        let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+        let (created, took) = create_at_once(&pods, &mut retries).await;
+        created.expect("pod create in a fresh namespace");
+        creates.pod.push(took);
+    }
+    creates.sort();
+    creates
+}
+
+/// One run of the race, once settled: what its pod got, and when its namespace was usable.
+struct Settled {
+    referenced: bool,
+    pod_rv: u64,
+    /// The namespace's copy: its creation revision and when it was seen.
+    secret: Option<(u64, Instant)>,
+    usable_at: Option<Duration>,
+}
+
+/// Waits (up to USABLE_TIMEOUT from `started`) until `ns` is usable: its copy of the Secret
+/// exists and, for the patcher (pods get its reference from the ServiceAccount), its
+/// `default` ServiceAccount refers to it.
+async fn settle(
+    (seen, patched): (Created, Patched),
+    tool: Tool,
+    ns: &str,
+    started: Instant,
+) -> (Option<(u64, Instant)>, Option<Duration>) {
+    let mut secret = None;
+    while started.elapsed() < USABLE_TIMEOUT {
+        if secret.is_none() {
+            secret = seen.lock().expect("lock").get(ns).copied();
+        }
+        let account_at = match tool {
+            Tool::Patcher => patched.lock().expect("lock").get(ns).copied(),
+            Tool::Kyverno | Tool::Ours => Some(started),
+        };
+        if let (Some((_, secret_at)), Some(account_at)) = (secret, account_at) {
+            let usable = secret_at.max(account_at).saturating_duration_since(started);
+            return (secret, Some(usable));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (secret, None)
+}
+
+/// A race run starts every ARRIVAL, without waiting for the previous one to settle: for the
+/// patcher, waiting would lock the runs to the phase of its loop (each namespace made just
+/// after a loop, so always a full period late); the other tools settle within it.
+const ARRIVAL: Duration = Duration::from_secs(1);
+/// The patcher's runs arrive slower: a new namespace costs it 4 requests (get and create the
+/// Secret, list and patch the ServiceAccounts), every other namespace 2 per loop, at
+/// client-go's default 5 requests/s, and it sleeps 10 s between loops. At one namespace a
+/// second each loop is longer than the one before, and the race would measure that backlog
+/// (and its own 30 s limit) instead of the loop. PEERS_PATCHER_ARRIVAL_MS overrides it.
+const PATCHER_ARRIVAL: Duration = Duration::from_secs(5);
+
+fn arrival(tool: Tool) -> Duration {
+    match tool {
+        Tool::Patcher => Duration::from_millis(env_usize(
+            "PEERS_PATCHER_ARRIVAL_MS",
+            PATCHER_ARRIVAL.as_millis() as usize,
+        ) as u64),
+        Tool::Kyverno | Tool::Ours => ARRIVAL,
+    }
+}
+
 async fn race(client: &kube::Client, tool: Tool, runs: usize) -> RaceResult {
     let (seen, watch) = watch_copies(client);
-    tokio::time::sleep(Duration::from_secs(1)).await; // the watch is established
+    let (patched, watch_accounts) = watch_patched_accounts(client);
+    tokio::time::sleep(Duration::from_secs(1)).await; // the watches are established
     let namespaces = Api::<Namespace>::all(client.clone());
     let mut result = RaceResult::skipped(tool, "");
     result.skipped = None;
     result.runs = runs;
+    result.cluster_namespaces = namespaces
+        .list(&Default::default())
+        .await
+        .map_or(0, |l| l.items.len());
     let prefix = match tool {
         Tool::Patcher => "race-patcher",
         Tool::Kyverno => "race-kyverno",
         Tool::Ours => "race-ours",
     };
+    let first = Instant::now();
+    let mut pending = Vec::new();
     for run in 0..runs {
+        tokio::time::sleep_until((first + arrival(tool) * run as u32).into()).await;
         let ns = Namespace {
             metadata: ObjectMeta {
                 generate_name: Some(format!("{prefix}-")),
@@ -1435,29 +1697,11 @@ async fn race(client: &kube::Client, tool: Tool, runs: usize) -> RaceResult {
             .metadata
             .name
             .expect("name");
+        result.creates.namespace.push(started.elapsed());
         // At once: no waiting for anything in the new namespace.
         let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-        let sent = Instant::now();
-        let created = loop {
-            match pods
-                .create(&PostParams::default(), &pod("app", IMAGE))
-                .await
-            {
-                // The ServiceAccount admission plugin (before any webhook) refuses pods until
-                // kube-controller-manager has made the `default` ServiceAccount: retried.
-                Err(kube::Error::Api(status))
-                    if status
-                        .message
-                        .contains("serviceaccount \"default\" not found")
-                        && sent.elapsed() < Duration::from_secs(10) =>
-                {
-                    result.sa_retries += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                other => break other,
-            }
-        };
-        result.pod_create.push(sent.elapsed());
+        let (created, took) = create_at_once(&pods, &mut result.sa_retries).await;
+        result.creates.pod.push(took);
         let created = match created {
             Ok(pod) => pod,
             Err(e) => {
@@ -1468,56 +1712,34 @@ async fn race(client: &kube::Client, tool: Tool, runs: usize) -> RaceResult {
         };
         let pod_rv = rv(&created.metadata);
         let referenced = secret_names(&created).iter().any(|n| n == SECRET);
-
-        // Usable: the Secret exists and (for the patcher) the ServiceAccount refers to it.
-        let sas = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
-        let mut secret = None;
-        let mut sa_patched = tool != Tool::Patcher;
-        let mut usable_at = None;
-        while started.elapsed() < USABLE_TIMEOUT {
-            if secret.is_none() {
-                secret = seen.lock().expect("lock").get(&ns).copied();
+        let watched = (Arc::clone(&seen), Arc::clone(&patched));
+        let namespaces = namespaces.clone();
+        let task = tokio::spawn(async move {
+            let (secret, usable_at) = settle(watched, tool, &ns, started).await;
+            // The patcher's loop time grows with the namespaces it visits: its runs'
+            // namespaces go once measured (the other tools act per event, whatever the size).
+            if tool == Tool::Patcher {
+                let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
             }
-            if !sa_patched
-                && let Ok(Some(sa)) = sas.get_opt("default").await
-                && sa
-                    .image_pull_secrets
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|r| r.name == SECRET)
-            {
-                sa_patched = true;
-                usable_at = Some(started.elapsed());
+            Settled {
+                referenced,
+                pod_rv,
+                secret,
+                usable_at,
             }
-            if let Some((_, at)) = secret
-                && sa_patched
-            {
-                let secret_at = at.duration_since(started);
-                usable_at = Some(usable_at.map_or(secret_at, |u: Duration| u.max(secret_at)));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        match (secret.is_some() && sa_patched, usable_at) {
-            (true, Some(at)) => result.usable.push(at),
-            _ => result.not_usable += 1,
-        }
-        if !referenced {
-            result.no_reference += 1;
-        } else if secret.is_none_or(|(secret_rv, _)| secret_rv > pod_rv) {
-            result.missing_at_creation += 1;
-        }
+        });
+        pending.push(task);
         if (run + 1) % 25 == 0 {
-            eprintln!(
-                "race {prefix}: {}/{runs} runs, {} without a usable pull secret",
-                run + 1,
-                result.failed()
-            );
+            eprintln!("race {prefix}: {}/{runs} runs started", run + 1);
         }
     }
+    for task in pending {
+        result.add(&task.await.expect("race run"));
+    }
     watch.abort();
+    watch_accounts.abort();
     result.usable.sort();
-    result.pod_create.sort();
+    result.creates.sort();
     result
 }
 
@@ -1682,7 +1904,8 @@ async fn chunk(setup: &mut Setup, n: usize, concurrency: usize, record: bool) {
 }
 
 /// Other engineers benchmark on this machine: wait (up to 20 min) until none of their load
-/// generators runs, so that the timed phase does not share the cores with them.
+/// generators runs, so that the timed phases (latency, then the races) do not share the
+/// cores with them.
 async fn wait_no_benchmark() {
     let busy = || -> Option<String> {
         let out = Command::new("pgrep")
@@ -1707,10 +1930,10 @@ async fn wait_no_benchmark() {
     let deadline = Instant::now() + Duration::from_secs(20 * 60);
     while let Some(what) = busy() {
         if Instant::now() > deadline {
-            eprintln!("latency: still busy after 20 min ({what}); measuring anyway");
+            eprintln!("peers: still busy after 20 min ({what}); measuring anyway");
             return;
         }
-        eprintln!("latency: another benchmark is running ({what}); waiting a minute");
+        eprintln!("peers: another benchmark is running ({what}); waiting a minute");
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
 }
@@ -1761,75 +1984,67 @@ struct MatchRow {
 
 async fn matching(client: &kube::Client, kyverno: Option<&Kyverno>) -> Vec<MatchRow> {
     let cases = cases();
-    let mut rows: Vec<MatchRow> = cases
-        .into_iter()
-        .map(|case| {
-            let ours = ours_decision(&case);
-            MatchRow {
-                kubelet_uses: matches!(case.expected, "yes" | "fallback"),
-                case,
-                ours,
-                kyverno_registry: None,
-                kyverno_any: None,
+    if let Some(kyverno) = kyverno {
+        kyverno.create_matching_policies(client, &cases).await;
+        create_namespace(
+            client,
+            MATCHING_NS,
+            &[
+                (KYVERNO_LABEL, "enabled"),
+                (KYVERNO_MATCHING_LABEL, "enabled"),
+            ],
+        )
+        .await;
+        // In effect once a pod that the last rule's wildcard matches is mutated by it.
+        let last = cases.last().expect("cases");
+        let probe = kyverno_glob(last.pattern).replace('*', "x");
+        wait_injected(client, MATCHING_NS, &probe, &format!("row-{}", last.line)).await;
+    }
+    let mut rows = Vec::with_capacity(cases.len());
+    for case in cases {
+        let (kyverno_registry, kyverno_any) = match kyverno {
+            Some(_) => {
+                let (registry, any) = kyverno_decision(client, &case).await;
+                (Some(registry), Some(any))
             }
-        })
-        .collect();
-    let Some(kyverno) = kyverno else {
-        return rows;
-    };
-    let cases_again = self::cases();
-    kyverno.create_matching_policies(client, &cases_again).await;
-    let ns = "matching-kyverno";
-    create_namespace(
-        client,
-        ns,
-        &[
-            (KYVERNO_LABEL, "enabled"),
-            (KYVERNO_MATCHING_LABEL, "enabled"),
-        ],
-    )
-    .await;
-    // In effect once a pod that the last rule's wildcard matches is mutated by it.
-    let last = cases_again.last().expect("cases");
-    let probe = kyverno_glob(last.pattern).replace('*', "x");
-    wait_injected(client, ns, &probe, &format!("row-{}", last.line)).await;
-    let pods = Api::<Pod>::namespaced(client.clone(), ns);
-    for row in &mut rows {
-        let secret = format!("row-{}", row.case.line);
-        let mut attempt = 0;
-        let outcome = loop {
-            attempt += 1;
-            match pods
-                .create(
-                    &dry_run(),
-                    &pod(&format!("m-{}", row.case.line), row.case.image),
-                )
-                .await
-            {
-                Ok(created) => {
-                    let names = secret_names(&created);
-                    let flag = |name: &str| {
-                        if names.iter().any(|n| n == name) {
-                            Injected::Yes
-                        } else {
-                            Injected::No
-                        }
-                    };
-                    break (flag(&secret), flag(SECRET));
-                }
-                Err(e) if attempt < 3 && e.to_string().contains("connection") => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => {
-                    let e = Injected::Error(short_error(&e));
-                    break (e.clone(), e);
-                }
-            }
+            None => (None, None),
         };
-        row.kyverno_registry = Some(outcome.0);
-        row.kyverno_any = Some(outcome.1);
+        rows.push(MatchRow {
+            kubelet_uses: matches!(case.expected, "yes" | "fallback"),
+            ours: ours_decision(&case),
+            case,
+            kyverno_registry,
+            kyverno_any,
+        });
     }
     rows
+}
+
+const MATCHING_NS: &str = "matching-kyverno";
+
+/// What Kyverno does to the row's pod (a dry-run create in a namespace both Kyverno policies
+/// select): whether the row's per-registry rule added `row-<line>`, and whether the
+/// any-image rule added SECRET.
+async fn kyverno_decision(client: &kube::Client, case: &Case) -> (Injected, Injected) {
+    let pods = Api::<Pod>::namespaced(client.clone(), MATCHING_NS);
+    let row_secret = format!("row-{}", case.line);
+    match pods
+        .create(&dry_run(), &pod(&format!("m-{}", case.line), case.image))
+        .await
+    {
+        Ok(created) => {
+            let names = secret_names(&created);
+            let injected = |name: &str| match names.iter().any(|n| n == name) {
+                true => Injected::Yes,
+                false => Injected::No,
+            };
+            (injected(&row_secret), injected(SECRET))
+        }
+        Err(e) => {
+            let e = Injected::Error(short_error(&e));
+            (e.clone(), e)
+        }
+    }
 }
 
 fn short_error(e: &kube::Error) -> String {
@@ -1933,10 +2148,20 @@ fn wrong(kubelet_uses: bool, got: &Injected) -> Option<&'static str> {
     }
 }
 
+/// Context for table 1.
+struct RaceNotes {
+    /// Namespace and pod create when no tool selects the namespace, under the conditions
+    /// named.
+    baselines: Vec<(&'static str, Creates)>,
+    /// Our `ensured_at_admission` counts after our race (result, count).
+    ensured: [(&'static str, f64); 3],
+}
+
 fn render(
     sizes: &Sizes,
     kube_version: &str,
     races: &[RaceResult],
+    notes: &RaceNotes,
     latency: &LatencyResult,
     matching: &[MatchRow],
 ) -> Report {
@@ -1957,14 +2182,14 @@ fn render(
     );
     let _ = writeln!(
         md,
-        "| tool | Pods without a usable pull secret | no reference | reference to a Secret created after the Pod | namespace usable after: p50 / p99 / max | never usable (30 s) | Pod create p50 |"
+        "| tool | Pods without a usable pull secret | no reference | reference to a Secret created after the Pod | namespace usable after: p50 / p99 / max | never usable (30 s) | namespace create p50 | Pod create p50 |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for r in races {
         if let Some(why) = &r.skipped {
             let _ = writeln!(
                 md,
-                "| {} | not run: {} | | | | | |",
+                "| {} | not run: {} | | | | | | |",
                 r.tool.name(),
                 why.replace('|', "/")
             );
@@ -1972,7 +2197,7 @@ fn render(
         }
         let _ = writeln!(
             md,
-            "| {} | **{}/{}** | {} | {} | {} / {} / {} | {} | {} |",
+            "| {} | **{}/{}** | {} | {} | {} / {} / {} | {} | {} | {} |",
             r.tool.name(),
             r.failed(),
             r.runs,
@@ -1982,9 +2207,68 @@ fn render(
             fmt_ms(percentile(&r.usable, 99.0)),
             fmt_ms(r.usable.last().copied()),
             r.not_usable,
-            fmt_ms(percentile(&r.pod_create, 50.0)),
+            fmt_ms(percentile(&r.creates.namespace, 50.0)),
+            fmt_ms(percentile(&r.creates.pod, 50.0)),
         );
     }
+    for (conditions, baseline) in &notes.baselines {
+        let _ = writeln!(
+            md,
+            "| ({conditions}) | – | – | – | – | – | {} | {} |",
+            fmt_ms(percentile(&baseline.namespace, 50.0)),
+            fmt_ms(percentile(&baseline.pod, 50.0)),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nA run starts every {} s (the patcher's: see below), whether the previous one has \
+         settled or not. The Pod \
+         create includes the ServiceAccount admission plugin's wait: while kube-controller-manager \
+         has not yet made the namespace's `default` ServiceAccount, the plugin looks it up \
+         again after 100–200 ms.",
+        ARRIVAL.as_secs_f64()
+    );
+    let retried: Vec<String> = races
+        .iter()
+        .filter(|r| r.sa_retries > 0)
+        .map(|r| format!("{} {}", r.tool.name(), r.sa_retries))
+        .collect();
+    if !retried.is_empty() {
+        let _ = writeln!(
+            md,
+            "Pod creates refused for want of that ServiceAccount, and sent again after 20 ms \
+             (included): {}.",
+            retried.join(", ")
+        );
+    }
+    for r in races {
+        if let Some(cost) = &r.process {
+            let _ = writeln!(
+                md,
+                "\n{} over its race: {:.2} CPU seconds, peak RSS {:.1} MiB. Its runs started \
+                 every {} s, on a cluster of {} namespaces besides the runs' own (each deleted \
+                 once measured): each of its loops visits every namespace, at client-go's \
+                 default 5 requests/s, then sleeps 10 s.",
+                r.tool.name(),
+                cost.cpu_seconds,
+                cost.peak_rss_mib,
+                arrival(r.tool).as_secs_f64(),
+                r.cluster_namespaces,
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nOur webhook's ensure-at-admission during our race (copies still missing from its \
+         cache when a Pod was admitted, by result): {}; the other copies had been made by \
+         the leader's namespace watch before the Pod arrived.",
+        notes
+            .ensured
+            .iter()
+            .map(|(result, n)| format!("{result} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     // 2. Latency
     let _ = writeln!(
@@ -2120,6 +2404,12 @@ fn render(
     let json = json!({
         "kube_version": kube_version,
         "kyverno_version": kyverno_version,
+        "race_baselines": notes.baselines.iter().map(|(conditions, b)| json!({
+            "conditions": conditions,
+            "namespace_create_ms": b.namespace.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            "pod_create_ms": b.pod.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "ensured_at_admission": notes.ensured.iter().map(|(r, n)| json!({"result": r, "count": n})).collect::<Vec<_>>(),
         "race": races.iter().map(|r| json!({
             "tool": r.tool.name(),
             "skipped": r.skipped,
@@ -2129,8 +2419,12 @@ fn render(
             "missing_at_creation": r.missing_at_creation,
             "usable_ms": r.usable.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
             "not_usable": r.not_usable,
-            "pod_create_p50_ms": percentile(&r.pod_create, 50.0).map(ms),
+            "namespace_create_ms": r.creates.namespace.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            "pod_create_ms": r.creates.pod.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
             "sa_retries": r.sa_retries,
+            "cluster_namespaces_at_start": r.cluster_namespaces,
+            "process_cpu_seconds": r.process.as_ref().map(|c| c.cpu_seconds),
+            "process_peak_rss_mib": r.process.as_ref().map(|c| c.peak_rss_mib),
         })).collect::<Vec<_>>(),
         "latency": {
             "creates": sizes.creates,

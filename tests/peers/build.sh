@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Builds the peers of the comparison (COMPARISON.md) from the Go modules pinned in
-# tests/peers/{kyverno,patcher}/go.{mod,sum}; none of their code is committed.
+# Builds the peers of the comparison (COMPARISON.md) from pinned sources; none of their
+# code is committed (sources and builds live in the gitignored .cache/).
 #
 #   kyverno:  github.com/kyverno/kyverno cmd/kyverno (admission controller) and
 #             cmd/background-controller (runs generate rules), plus its CRDs
-#             (config/crds of the same module version)
-#   patcher:  github.com/titansoft-pte-ltd/imagepullsecret-patcher
+#             (config/crds of the same module version), pinned by
+#             tests/peers/kyverno/go.{mod,sum}
+#   patcher:  github.com/titansoft-pte-ltd/imagepullsecret-patcher v0.14, commit
+#             ddfa08a5c8d1: the module pinned by tests/peers/patcher/go.mod when the
+#             module proxy serves it; otherwise tag v0.14 from git ($PATCHER_GIT),
+#             checked to be that commit, built with its own go.mod and go.sum
 #
 # Output:  <repo>/.cache/peers/bin/{kyverno,background-controller,imagepullsecret-patcher}
 #          <repo>/.cache/peers/kyverno-crds/*.yaml
@@ -17,6 +21,9 @@
 # Options / environment:
 #   --force                rebuild even if the stamps match
 #   PEERS_BUILD_JOBS=N     go build -p N (default 2), always under `nice -n 19`
+#   PATCHER_GIT=URL|DIR    where to fetch the patcher's tag from (default: a local mirror
+#                          at /work/.mirror/titansoft-pte-ltd+imagepullsecret-patcher/repo
+#                          if present, else its GitHub repository)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,7 +36,7 @@ for arg in "$@"; do
     case "$arg" in
     --force) force=1 ;;
     -h | --help)
-        sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -54,12 +61,14 @@ jobs="${PEERS_BUILD_JOBS:-2}"
 mkdir -p "$GOMODCACHE" "$GOCACHE" "$GOTMPDIR" "$bin"
 go_version="$(go env GOVERSION)"
 
-fingerprint() { # fingerprint <peer dir>
+fingerprint() { # fingerprint <peer dir>; also hashes $pin_<peer dir> (a pin outside go.mod)
+    local pin="pin_$1"
     (
         cd "$here/$1"
         sha256sum go.mod
         [[ -f go.sum ]] && sha256sum go.sum
         echo "recipe 2 $go_version $(go env GOOS)/$(go env GOARCH)"
+        [[ -z "${!pin:-}" ]] || echo "pin ${!pin}"
     ) | sha256sum | cut -d' ' -f1
 }
 
@@ -129,36 +138,87 @@ build_kyverno() {
 }
 
 # --- imagepullsecret-patcher -------------------------------------------------------------
-build_patcher() {
-    local module=github.com/titansoft-pte-ltd/imagepullsecret-patcher version start=$SECONDS err
-    if up_to_date patcher imagepullsecret-patcher; then
-        echo "peers: patcher up to date ($(sed -n 's/^version //p' "$out/patcher.stamp"))"
-        return 0
+# Its last release, v0.14, pinned by commit. The tag is not semver, so Go names it by the
+# pseudo-version in patcher/go.mod; the module proxy used so far refuses that module (403
+# "This module version is not available"), so when it does the same tag is built from git
+# instead, with the upstream's own go.mod and go.sum (their dependencies still come through
+# the module proxy, checked against that go.sum).
+patcher_tag=v0.14
+patcher_commit=ddfa08a5c8d173e6129ccc2fb662430c0ed17df1
+patcher_mirror=/work/.mirror/titansoft-pte-ltd+imagepullsecret-patcher/repo
+pin_patcher="$patcher_tag $patcher_commit"
+if [[ -z "${PATCHER_GIT:-}" ]]; then
+    if [[ -d "$patcher_mirror" ]]; then
+        PATCHER_GIT="$patcher_mirror"
+    else
+        PATCHER_GIT=https://github.com/titansoft-pte-ltd/imagepullsecret-patcher.git
     fi
-    rm -f "$out/patcher.stamp" "$out/patcher.unavailable"
-    version="$(sed -n "s|^require $module ||p" "$here/patcher/go.mod")"
+fi
+
+# The pinned module through the module proxy; fails (with the go command's output on
+# stderr) when the proxy does not serve it.
+patcher_from_module() {
+    local module=github.com/titansoft-pte-ltd/imagepullsecret-patcher
     # go.sum is recorded (and checked against sum.golang.org) the first time the module
     # proxy serves the module: see the comment in patcher/go.mod.
     if [[ ! -s "$here/patcher/go.sum" ]]; then
         echo "peers: patcher: recording go.sum (go mod tidy); commit tests/peers/patcher/go.{mod,sum}"
-        if ! err="$(cd "$here/patcher" && GOFLAGS="-mod=mod -modcacherw" go mod tidy 2>&1)"; then
-            printf 'module %s@%s could not be downloaded:\n%s\n' "$module" "$version" "$err" |
-                tee "$out/patcher.unavailable" >&2
+        (cd "$here/patcher" && GOFLAGS="-mod=mod -modcacherw" go mod tidy) || return 1
+    fi
+    gobuild patcher "-s -w" "$module"
+}
+
+# Tag $patcher_tag of $PATCHER_GIT, checked to be $patcher_commit, exported into a scratch
+# directory under .cache (never into the repository) and built there.
+patcher_from_git() (
+    scratch="$(mktemp -d "$GOTMPDIR/patcher-src.XXXXXX")"
+    # shellcheck disable=SC2064 # expand now
+    trap "rm -rf '$scratch'" EXIT
+    echo "peers: patcher: fetching tag $patcher_tag from $PATCHER_GIT"
+    git init --quiet --bare "$scratch/git" &&
+        git -C "$scratch/git" fetch --quiet --no-tags --depth 1 "$PATCHER_GIT" \
+            "+refs/tags/$patcher_tag:refs/tags/$patcher_tag" || return 1
+    commit="$(git -C "$scratch/git" rev-parse "refs/tags/$patcher_tag^{commit}")" || return 1
+    if [[ "$commit" != "$patcher_commit" ]]; then
+        echo "tag $patcher_tag of $PATCHER_GIT is commit $commit, not the pinned $patcher_commit" >&2
+        return 1
+    fi
+    mkdir "$scratch/src"
+    git -C "$scratch/git" archive "$commit" | tar -x -C "$scratch/src" || return 1
+    echo "peers: building imagepullsecret-patcher $patcher_tag (nice -n 19 go build -p $jobs)"
+    (cd "$scratch/src" && nice -n 19 go build -p "$jobs" -trimpath -ldflags "-s -w" \
+        -o "$bin/imagepullsecret-patcher" .)
+)
+
+build_patcher() {
+    local start=$SECONDS version err source
+    if up_to_date patcher imagepullsecret-patcher; then
+        echo "peers: patcher up to date ($(sed -n 's/^version //p' "$out/patcher.stamp"))"
+        return 0
+    fi
+    rm -f "$out/patcher.stamp" "$out/patcher.unavailable" "$bin/imagepullsecret-patcher"
+    version="$patcher_tag (commit $patcher_commit)"
+    if err="$(patcher_from_module 2>&1)"; then
+        source="module proxy: $(sed -n 's|^require ||p' "$here/patcher/go.mod")"
+    else
+        echo "peers: patcher: not from the module proxy ($(grep -m1 -E 'server response|[0-9]{3} [A-Z]' <<<"$err" | sed 's/^[[:space:]]*//' || :))"
+        echo "peers: patcher: building tag $patcher_tag from git instead"
+        if ! err="$err"$'\n'"$(patcher_from_git 2>&1)"; then
+            printf 'imagepullsecret-patcher %s could not be built, neither from the module proxy nor from %s:\n%s\n' \
+                "$patcher_tag" "$PATCHER_GIT" "$err" | tee "$out/patcher.unavailable" >&2
             echo "peers: patcher NOT built (see $out/patcher.unavailable); continuing" >&2
             return 0
         fi
-    fi
-    if ! err="$(gobuild patcher "-s -w" "$module" 2>&1)"; then
-        printf 'go build of %s@%s failed:\n%s\n' "$module" "$version" "$err" | tee "$out/patcher.unavailable" >&2
-        return 0
+        source="git: $PATCHER_GIT tag $patcher_tag"
     fi
     {
         echo "fingerprint $(fingerprint patcher)"
         echo "version $version"
+        echo "source $source"
         echo "go $go_version"
         echo "seconds $((SECONDS - start))"
     } >"$out/patcher.stamp"
-    echo "peers: patcher $version built in $((SECONDS - start))s"
+    echo "peers: patcher $patcher_tag built in $((SECONDS - start))s ($source)"
 }
 
 build_patcher

@@ -7,8 +7,11 @@
 #   3. the comparison against the control plane (benches/peers.rs): the race, latency and
 #      cost, matching; three markdown tables, also in target/bench/peers.{md,json}
 #
-# PEERS_RACE_RUNS, PEERS_CREATES and PEERS_CONCURRENCY override the sizes (100, 500, 8);
-# PEERS_BUILD_JOBS the Go build's -p (2). Peer logs: target/peers-logs/.
+# PEERS_RACE_RUNS, PEERS_CREATES, PEERS_CONCURRENCY and PEERS_PATCHER_ARRIVAL_MS override
+# the sizes (100, 500, 8, 5000); PEERS_NO_WAIT=1 skips the wait (up to 20 min) for other
+# benchmarks running on the machine; PEERS_BUILD_JOBS sets the Go build's -p (2) and
+# PATCHER_GIT where the patcher's tag is fetched from (tests/peers/build.sh --help).
+# Peer logs: target/peers-logs/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 

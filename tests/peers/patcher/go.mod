@@ -1,12 +1,13 @@
 // Pinned build of titansoft-pte-ltd/imagepullsecret-patcher for the comparison
-// (COMPARISON.md). Built by ../run.sh. Nothing of the patcher is committed here.
+// (COMPARISON.md). Built by ../build.sh. Nothing of the patcher is committed here.
 //
-// v0.14 (2020-10-25, commit ddfa08a5c8d1) is its last release; the tag is not semver, so
-// Go pins it by pseudo-version. go.sum is not committed yet: the module proxy reachable
-// where this file was written refuses this module (403 "This module version is not
-// available"), so its sums could not be recorded. run.sh records them with `go mod tidy`
-// (checked against sum.golang.org) the first time the proxy serves the module; commit the
-// resulting go.mod and go.sum.
+// v0.14 (2020-10-25, commit ddfa08a5c8d173e6129ccc2fb662430c0ed17df1) is its last release;
+// the tag is not semver, so Go pins it by pseudo-version. ../build.sh tries this module
+// first. The module proxy reachable where this file was written refuses it (403 "This
+// module version is not available"), so go.sum is not committed yet; then ../build.sh
+// builds the same tag from git instead (PATCHER_GIT), checked to be that commit, with the
+// upstream's own go.mod and go.sum. The first time the proxy serves the module, ../build.sh
+// records go.sum here with `go mod tidy` (checked against sum.golang.org): commit it.
 module pullsecret-injector/tests/peers/patcher
 
 go 1.26.0
