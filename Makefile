@@ -36,7 +36,7 @@ CARGO_DENY_VERSION := 0.20.2
 CARGO_DENY := .cache/tools/cargo-deny-$(CARGO_DENY_VERSION)/bin/cargo-deny
 # `make fuzz`: seconds per target; `make test` runs each for FUZZ_SMOKE_SECONDS.
 FUZZ_SECONDS ?= 300
-FUZZ_SMOKE_SECONDS ?= 30
+FUZZ_SMOKE_SECONDS ?= 60
 # Targets fuzzed at once (one core each).
 FUZZ_JOBS ?= 2
 
@@ -127,7 +127,7 @@ fuzz: $(CARGO_FUZZ) ## Fuzz image, pattern, config and handler for FUZZ_SECONDS 
 	CARGO_FUZZ=$(abspath $(CARGO_FUZZ)) FUZZ_JOBS=$(FUZZ_JOBS) fuzz/run.sh $(FUZZ_SECONDS)
 
 .PHONY: fuzz-smoke
-fuzz-smoke: $(CARGO_FUZZ) ## The fuzz smoke `make test` runs: each target for FUZZ_SMOKE_SECONDS (30)
+fuzz-smoke: $(CARGO_FUZZ) ## The fuzz smoke `make test` runs: each target for FUZZ_SMOKE_SECONDS (60)
 	CARGO_FUZZ=$(abspath $(CARGO_FUZZ)) FUZZ_JOBS=$(FUZZ_JOBS) fuzz/run.sh $(FUZZ_SMOKE_SECONDS)
 
 .PHONY: deny
