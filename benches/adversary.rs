@@ -18,6 +18,7 @@
 mod support {
     pub mod adversary;
     pub mod client;
+    pub mod injector;
     pub mod pki;
 }
 

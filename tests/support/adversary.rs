@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use super::injector::metric;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -143,16 +145,6 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
-}
-
-/// The value of a metric line (`name{labels} value`) in Prometheus text, or 0.
-pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
 }
 
 /// A process's open file descriptors and memory, from /proc.
