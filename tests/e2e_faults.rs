@@ -46,6 +46,40 @@ fn label(id: &str) -> String {
     format!("faults.pullsecret-injector.io/{id}")
 }
 
+/// Where every test here begins: the shared control plane (its logs printed if the test
+/// fails), an opt-in label of the test's own, and a namespace `faults-<id>-src…` holding the
+/// source Secret `regcred-source` for REGISTRY with `password`.
+struct Start {
+    cp: &'static controlplane::ControlPlane,
+    _logs: controlplane::LogsOnFailure<'static>,
+    client: kube::Client,
+    label: String,
+    source_ns: String,
+    source: Secret,
+}
+
+async fn start(id: &str, password: &str) -> Start {
+    let cp = controlplane::shared();
+    let logs = cp.logs_on_failure();
+    let client = cp.client();
+    let source_ns = controlplane::namespace(&client, &format!("faults-{id}-src"), &[]).await;
+    let credentials = Credentials::new(REGISTRY, "robot", password);
+    let source = create_secret(
+        &client,
+        &source_ns,
+        &pull_secret("regcred-source", &credentials),
+    )
+    .await;
+    Start {
+        cp,
+        _logs: logs,
+        client,
+        label: label(id),
+        source_ns,
+        source,
+    }
+}
+
 /// POSTs a review for a Pod CREATE in `namespace` straight to the injector; returns the
 /// `response` part and how long the answer took.
 async fn review_directly(running: &Running, namespace: &str) -> (Value, Duration) {
@@ -72,13 +106,14 @@ async fn review_directly(running: &Running, namespace: &str) -> (Value, Duration
 #[tokio::test]
 async fn apiserver_killed_and_restarted_replicator_resumes_and_converges() {
     let _serial = FAULTS.write().await;
-    let cp = controlplane::shared();
-    let _logs = cp.logs_on_failure();
-    let client = cp.client();
-    let label = label("restart");
-    let source_ns = controlplane::namespace(&client, "faults-restart-src", &[]).await;
-    let first = Credentials::new(REGISTRY, "robot", "before-the-outage");
-    let source = create_secret(&client, &source_ns, &pull_secret("regcred-source", &first)).await;
+    let Start {
+        cp,
+        _logs,
+        client,
+        label,
+        source_ns,
+        source,
+    } = start("restart", "before-the-outage").await;
     let config = replication_config(&source_ns, &label, "faults-restart", REGCRED);
     let replicator = Running::start(&config, cp.kubeconfig_path(), &[]);
     replicator.wait_leader().await;
@@ -171,18 +206,14 @@ async fn apiserver_killed_and_restarted_replicator_resumes_and_converges() {
 #[tokio::test]
 async fn apiserver_down_when_the_injector_starts_it_replicates_once_the_apiserver_is_back() {
     let _serial = FAULTS.write().await;
-    let cp = controlplane::shared();
-    let _logs = cp.logs_on_failure();
-    let client = cp.client();
-    let label = label("cold");
-    let source_ns = controlplane::namespace(&client, "faults-cold-src", &[]).await;
-    let credentials = Credentials::new(REGISTRY, "robot", "cold-start");
-    let source = create_secret(
-        &client,
-        &source_ns,
-        &pull_secret("regcred-source", &credentials),
-    )
-    .await;
+    let Start {
+        cp,
+        _logs,
+        client,
+        label,
+        source_ns,
+        source,
+    } = start("cold", "cold-start").await;
     let opted_in = controlplane::namespace(&client, "faults-cold", &[(&label, "enabled")]).await;
 
     let stopped = tokio::task::spawn_blocking(move || cp.kill_apiserver())
@@ -224,18 +255,14 @@ async fn apiserver_down_when_the_injector_starts_it_replicates_once_the_apiserve
 #[tokio::test]
 async fn etcd_paused_admission_answers_from_caches_and_the_pod_is_created_when_it_resumes() {
     let _serial = FAULTS.write().await;
-    let cp = controlplane::shared();
-    let _logs = cp.logs_on_failure();
-    let client = cp.client();
-    let label = label("etcd");
-    let source_ns = controlplane::namespace(&client, "faults-etcd-src", &[]).await;
-    let credentials = Credentials::new(REGISTRY, "robot", "frozen");
-    let source = create_secret(
-        &client,
-        &source_ns,
-        &pull_secret("regcred-source", &credentials),
-    )
-    .await;
+    let Start {
+        cp,
+        _logs,
+        client,
+        label,
+        source_ns,
+        source,
+    } = start("etcd", "frozen").await;
     let config = replication_config(&source_ns, &label, "faults-etcd", REGCRED);
     let replicator = Running::start(&config, cp.kubeconfig_path(), &[]);
     replicator.wait_leader().await;
@@ -408,18 +435,14 @@ async fn read_only_replicator(client: &kube::Client, namespace: &str, name: &str
 #[tokio::test]
 async fn forbidden_by_rbac_is_logged_and_counted_and_retried_slowly_without_a_crash() {
     let _serial = FAULTS.read().await;
-    let cp = controlplane::shared();
-    let _logs = cp.logs_on_failure();
-    let client = cp.client();
-    let label = label("forbidden");
-    let source_ns = controlplane::namespace(&client, "faults-403-src", &[]).await;
-    let credentials = Credentials::new(REGISTRY, "robot", "not-allowed");
-    create_secret(
-        &client,
-        &source_ns,
-        &pull_secret("regcred-source", &credentials),
-    )
-    .await;
+    let Start {
+        cp,
+        _logs,
+        client,
+        label,
+        source_ns,
+        ..
+    } = start("forbidden", "not-allowed").await;
     read_only_replicator(&client, &source_ns, "replicator").await;
     let token = service_account_token(&client, &source_ns, "replicator").await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -485,13 +508,14 @@ async fn forbidden_by_rbac_is_logged_and_counted_and_retried_slowly_without_a_cr
 #[tokio::test]
 async fn deleted_source_leaves_copies_and_user_secrets_alone_until_it_is_back() {
     let _serial = FAULTS.read().await;
-    let cp = controlplane::shared();
-    let _logs = cp.logs_on_failure();
-    let client = cp.client();
-    let label = label("deleted");
-    let source_ns = controlplane::namespace(&client, "faults-deleted-src", &[]).await;
-    let first = Credentials::new(REGISTRY, "robot", "first");
-    let source = create_secret(&client, &source_ns, &pull_secret("regcred-source", &first)).await;
+    let Start {
+        cp,
+        _logs,
+        client,
+        label,
+        source_ns,
+        source,
+    } = start("deleted", "first").await;
     let config = replication_config(&source_ns, &label, "faults-deleted", REGCRED);
     let replicator = Running::start(&config, cp.kubeconfig_path(), &[]);
     replicator.wait_leader().await;
