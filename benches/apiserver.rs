@@ -23,6 +23,9 @@ mod injector;
 #[allow(dead_code)]
 #[path = "../tests/support/pki.rs"]
 mod pki;
+#[allow(dead_code)]
+#[path = "../tests/support/webhook.rs"]
+mod webhook;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -36,13 +39,10 @@ use client::TlsClient;
 use controlplane::eventually;
 use http_body_util::Full;
 use injector::{Injector, Options};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ObjectMeta, PostParams};
+use webhook::Spec;
 
 const DEFAULT_CREATES: usize = 500;
 /// Creates per setup before measuring: connections to the webhooks and etcd are warm.
@@ -156,37 +156,16 @@ fn opt_in_label(id: &str) -> String {
 
 /// Pods CREATE in namespaces labelled `opt_in_label(id)=enabled`, sent to `addr`.
 fn webhook_configuration(id: &str, addr: SocketAddr, ca_pem: &str) -> MutatingWebhookConfiguration {
-    MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(format!("bench-{id}")),
-            ..ObjectMeta::default()
-        },
-        webhooks: Some(vec![MutatingWebhook {
-            name: format!("{id}.bench.pullsecret-injector.io"),
-            admission_review_versions: vec!["v1".into()],
-            side_effects: "None".into(),
-            failure_policy: Some("Fail".into()),
-            timeout_seconds: Some(5),
-            reinvocation_policy: Some("IfNeeded".into()),
-            client_config: WebhookClientConfig {
-                url: Some(format!("https://127.0.0.1:{}/mutate", addr.port())),
-                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
-                ..WebhookClientConfig::default()
-            },
-            rules: Some(vec![RuleWithOperations {
-                operations: Some(vec!["CREATE".into()]),
-                api_groups: Some(vec!["".into()]),
-                api_versions: Some(vec!["v1".into()]),
-                resources: Some(vec!["pods".into()]),
-                scope: Some("Namespaced".into()),
-            }]),
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(opt_in_label(id), "enabled".to_string())])),
-                ..LabelSelector::default()
-            }),
-            ..MutatingWebhook::default()
-        }]),
+    Spec {
+        ca_pem: Some(ca_pem),
+        ..Spec::new(
+            &format!("bench-{id}"),
+            &format!("{id}.bench.pullsecret-injector.io"),
+            &format!("https://127.0.0.1:{}/mutate", addr.port()),
+            &opt_in_label(id),
+        )
     }
+    .configuration()
 }
 
 fn pod(name: &str) -> Pod {

@@ -51,8 +51,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
-    ValidatingWebhookConfiguration, WebhookClientConfig,
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
@@ -60,7 +59,6 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, PostParams,
 };
@@ -68,6 +66,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use support::controlplane::{self, ControlPlane, eventually};
 use support::injector::{self, Injector, Options};
+use support::webhook::Spec;
 
 // ---------------------------------------------------------------------------
 // What is measured
@@ -661,37 +660,17 @@ impl Ours {
 /// As the chart registers it: Pod CREATE in opted-in namespaces, side effects only when not
 /// a dry run (the missing copy), never denying.
 fn our_webhook(url: &str, ca_pem: &str) -> MutatingWebhookConfiguration {
-    MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some("peers-ours".into()),
-            ..ObjectMeta::default()
-        },
-        webhooks: Some(vec![MutatingWebhook {
-            name: "peers.pullsecret-injector.io".into(),
-            admission_review_versions: vec!["v1".into()],
-            side_effects: "NoneOnDryRun".into(),
-            failure_policy: Some("Fail".into()),
-            timeout_seconds: Some(5),
-            reinvocation_policy: Some("IfNeeded".into()),
-            client_config: WebhookClientConfig {
-                url: Some(url.into()),
-                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
-                ..WebhookClientConfig::default()
-            },
-            rules: Some(vec![RuleWithOperations {
-                operations: Some(vec!["CREATE".into()]),
-                api_groups: Some(vec!["".into()]),
-                api_versions: Some(vec!["v1".into()]),
-                resources: Some(vec!["pods".into()]),
-                scope: Some("Namespaced".into()),
-            }]),
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(OURS_LABEL.into(), "enabled".into())])),
-                ..LabelSelector::default()
-            }),
-            ..MutatingWebhook::default()
-        }]),
+    Spec {
+        ca_pem: Some(ca_pem),
+        side_effects: "NoneOnDryRun",
+        ..Spec::new(
+            "peers-ours",
+            "peers.pullsecret-injector.io",
+            url,
+            OURS_LABEL,
+        )
     }
+    .configuration()
 }
 
 // ---------------------------------------------------------------------------

@@ -7,19 +7,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     Container, Event, Namespace, Pod, PodSpec, Secret, ServiceAccount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use super::controlplane::eventually;
 use super::injector::{self, Injector, Options, metric};
+use super::webhook::Spec;
 
 pub const DOCKERCONFIGJSON: &str = "kubernetes.io/dockerconfigjson";
 pub const DOCKERCONFIGJSON_KEY: &str = ".dockerconfigjson";
@@ -320,37 +318,13 @@ pub fn webhook_configuration(
     url: &str,
     ca_pem: &str,
 ) -> MutatingWebhookConfiguration {
-    MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        webhooks: Some(vec![MutatingWebhook {
-            name: format!("{name}.pullsecret-injector.io"),
-            admission_review_versions: vec!["v1".into()],
-            side_effects: "NoneOnDryRun".into(),
-            failure_policy: Some("Fail".into()),
-            timeout_seconds: Some(10),
-            reinvocation_policy: Some("IfNeeded".into()),
-            client_config: WebhookClientConfig {
-                url: Some(url.into()),
-                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
-                ..WebhookClientConfig::default()
-            },
-            rules: Some(vec![RuleWithOperations {
-                operations: Some(vec!["CREATE".into()]),
-                api_groups: Some(vec!["".into()]),
-                api_versions: Some(vec!["v1".into()]),
-                resources: Some(vec!["pods".into()]),
-                scope: Some("Namespaced".into()),
-            }]),
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(label.to_string(), "enabled".to_string())])),
-                ..LabelSelector::default()
-            }),
-            ..MutatingWebhook::default()
-        }]),
+    Spec {
+        ca_pem: Some(ca_pem),
+        side_effects: "NoneOnDryRun",
+        timeout_seconds: 10,
+        ..Spec::new(name, &format!("{name}.pullsecret-injector.io"), url, label)
     }
+    .configuration()
 }
 
 /// A cluster-scoped object created by a test, deleted on drop (also when the test panics).

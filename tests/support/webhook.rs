@@ -13,7 +13,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use super::controlplane;
 
 /// What varies between the tests' configurations. The rest is fixed: a single webhook for
-/// Pods CREATE, admissionReviewVersions v1, timeoutSeconds 5.
+/// Pods CREATE, admissionReviewVersions v1.
 pub struct Spec<'a> {
     /// The configuration's name.
     pub name: &'a str,
@@ -27,10 +27,12 @@ pub struct Spec<'a> {
     pub reinvocation_policy: Option<&'a str>,
     /// Only namespaces labelled `<opt_in_label>=enabled` are sent to the webhook.
     pub opt_in_label: &'a str,
+    pub timeout_seconds: i32,
 }
 
 impl<'a> Spec<'a> {
-    /// No caBundle, failurePolicy Fail, sideEffects None, reinvocationPolicy IfNeeded.
+    /// No caBundle, failurePolicy Fail, sideEffects None, reinvocationPolicy IfNeeded,
+    /// timeoutSeconds 5.
     pub fn new(name: &'a str, webhook: &'a str, url: &'a str, opt_in_label: &'a str) -> Self {
         Self {
             name,
@@ -41,6 +43,7 @@ impl<'a> Spec<'a> {
             side_effects: "None",
             reinvocation_policy: Some("IfNeeded"),
             opt_in_label,
+            timeout_seconds: 5,
         }
     }
 
@@ -55,7 +58,7 @@ impl<'a> Spec<'a> {
                 admission_review_versions: vec!["v1".into()],
                 side_effects: self.side_effects.into(),
                 failure_policy: Some(self.failure_policy.into()),
-                timeout_seconds: Some(5),
+                timeout_seconds: Some(self.timeout_seconds),
                 reinvocation_policy: self.reinvocation_policy.map(String::from),
                 client_config: WebhookClientConfig {
                     url: Some(self.url.into()),
