@@ -10,18 +10,7 @@ use pullsecret_injector::image::ImageName;
 use pullsecret_injector::matching::Pattern;
 
 /// The handler target's configuration (fuzz/fuzz_targets/handler.rs).
-const HANDLER_CONFIG: &str = r#"
-secrets:
-  - name: acme-ghcr
-    registries: [ghcr.io/acme/, "*.azurecr.io", "registry.example.com:5000"]
-  - name: corp
-    registries: [docker.io/corp, "https://index.docker.io/v1/"]
-  - name: k8s
-    registries: [k8s.gcr.io, "registry.k8s.io/"]
-  - name: narrowed
-    registries: ["*.example.com", quay.io]
-    excludeNamespaces: [default]
-"#;
+const HANDLER_CONFIG: &str = include_str!("../fuzz/handler-config.yaml");
 
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

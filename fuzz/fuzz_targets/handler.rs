@@ -21,20 +21,7 @@ use pullsecret_injector::server::{AppState, router};
 use serde_json::Value;
 use tower::ServiceExt;
 
-/// Literal hosts, globs, paths with and without a trailing slash, a port, the Docker Hub
-/// fallback, and an entry with an exclusion.
-const CONFIG: &str = r#"
-secrets:
-  - name: acme-ghcr
-    registries: [ghcr.io/acme/, "*.azurecr.io", "registry.example.com:5000"]
-  - name: corp
-    registries: [docker.io/corp, "https://index.docker.io/v1/"]
-  - name: k8s
-    registries: [k8s.gcr.io, "registry.k8s.io/"]
-  - name: narrowed
-    registries: ["*.example.com", quay.io]
-    excludeNamespaces: [default]
-"#;
+const CONFIG: &str = include_str!("../handler-config.yaml");
 
 static SETTINGS: LazyLock<Arc<Settings>> = LazyLock::new(|| {
     let config = Config::from_yaml(CONFIG).expect("the fuzz config parses");
