@@ -89,6 +89,10 @@ $(HADOLINT):
 controlplane: ## Build (or reuse) etcd, kube-apiserver, kube-controller-manager and helm from pinned Go modules
 	tests/controlplane/build.sh
 
+.PHONY: node
+node: ## Build (or reuse) the test node: kubelet, kube-scheduler, containerd, runc, CNI plugins, sandbox image
+	tests/node/build.sh
+
 .PHONY: chart
 chart: $(HELM_DEPS) ## helm lint each certificate mode and render it into target/chart/<mode>.yaml
 	@mkdir -p target/chart
@@ -112,7 +116,7 @@ install: $(HELM_DEPS) ## helm upgrade --install into the current kube context (N
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace $(HELM_ARGS)
 
 .PHONY: test
-test: lint deny controlplane fuzz-smoke ## Lint, deny, fuzz smoke, then unit, integration and end-to-end tests
+test: lint deny controlplane node fuzz-smoke ## Lint, deny, fuzz smoke, then unit, integration and end-to-end tests
 	cargo test --locked --all-targets
 
 # Installed once per version, like hadolint.

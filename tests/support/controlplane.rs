@@ -72,6 +72,29 @@ echo "[controlplane] $1 (pid $child) exited with status $status"
 exit "$status"
 "#;
 
+/// How the control plane of a test binary differs from the default one. Only the node
+/// suite (tests/support/node.rs) changes it: its pods reach the apiserver at the
+/// `kubernetes` Service's ClusterIP, and the apiserver reaches their webhook at a pod IP.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// kube-apiserver's address and port; `None`: 127.0.0.1 and a free port.
+    pub listen: Option<std::net::SocketAddrV4>,
+    /// `--service-cluster-ip-range`; its first address is the `kubernetes` Service's ClusterIP.
+    pub service_cidr: String,
+    /// More kube-apiserver flags (`--name=value`); one replaces a default flag of that name.
+    pub apiserver_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            service_cidr: "10.0.0.0/24".to_string(),
+            apiserver_args: Vec::new(),
+        }
+    }
+}
+
 /// The shared control plane of this test binary.
 pub struct ControlPlane {
     url: String,
@@ -91,6 +114,8 @@ pub struct ControlPlane {
     controller_manager_args: Vec<String>,
     /// Servers stopped on purpose (fault tests), kept like `retired`.
     stopped: Mutex<Vec<Proc>>,
+    /// The CA that signed every certificate, to sign more (a kubelet's client certificate).
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 }
 
 /// One server under its wrapper. Dropping it closes the wrapper's stdin,
@@ -105,14 +130,21 @@ struct Proc {
 /// cold machine) and returns it. Panics, in every test that calls it, if it
 /// could not be started; the message includes the servers' log tails.
 pub fn shared() -> &'static ControlPlane {
+    shared_with(Options::default)
+}
+
+/// [`shared`], started with the given options if it is not running yet (the first caller
+/// in a test binary decides; a binary should always ask with the same options).
+pub fn shared_with(options: impl FnOnce() -> Options) -> &'static ControlPlane {
     static CP: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
     let started = CP.get_or_init(|| {
         for name in BINARIES {
             binary(name);
         }
+        let options = options();
         // Own thread: the start-up uses a private tokio runtime, which cannot
         // be entered from within the calling test's runtime.
-        std::thread::spawn(start)
+        std::thread::spawn(move || start(&options))
             .join()
             .unwrap_or_else(|panic| Err(panic_message(&*panic)))
     });
@@ -159,9 +191,38 @@ impl ControlPlane {
         &self.kubeconfig
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// `https://127.0.0.1:<port>` (or the address of [`Options::listen`]).
     pub fn apiserver_url(&self) -> &str {
         &self.url
+    }
+
+    /// A client certificate and key (PEM) for `common_name` in `organizations`, from the
+    /// control plane's CA: the apiserver authenticates it as that user and those groups.
+    pub fn client_certificate(
+        &self,
+        common_name: &str,
+        organizations: &[&str],
+    ) -> (String, String) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        for org in organizations {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, *org);
+        }
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("client key");
+        let cert = params
+            .signed_by(&key, &self.ca)
+            .expect("signing a client certificate");
+        (cert.pem(), key.serialize_pem())
     }
 
     /// PEM of the CA that signed the apiserver's serving certificate and the
@@ -517,7 +578,7 @@ where
 // Start-up
 // ---------------------------------------------------------------------------
 
-fn start() -> Result<ControlPlane, String> {
+fn start(options: &Options) -> Result<ControlPlane, String> {
     let started_at = Instant::now();
     let bin_dir = bin_dir();
     for name in BINARIES {
@@ -531,7 +592,10 @@ fn start() -> Result<ControlPlane, String> {
         .tempdir()
         .map_err(|e| format!("creating temporary directory: {e}"))?;
     let dir = state.path().to_path_buf();
-    let pki = Pki::generate(&dir)?;
+    let listen_ip = options
+        .listen
+        .map_or_else(|| "127.0.0.1".to_string(), |addr| addr.ip().to_string());
+    let pki = Pki::generate(&dir, &listen_ip)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -588,15 +652,18 @@ fn start() -> Result<ControlPlane, String> {
     let kubeconfig = log_dir.join("kubeconfig");
     let mut started = None;
     for attempt in 1..=2 {
-        let [port] = free_ports();
-        let url = format!("https://127.0.0.1:{port}");
+        let port = match options.listen {
+            Some(addr) => addr.port(),
+            None => free_ports::<1>()[0],
+        };
+        let url = format!("https://{listen_ip}:{port}");
         write_kubeconfig(&kubeconfig, &url, &pki)?;
         let p = |f: &str| pki.dir.join(f).display().to_string();
-        let args = vec![
+        let mut args = vec![
             format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
             format!("--secure-port={port}"),
-            "--bind-address=127.0.0.1".to_string(),
-            "--advertise-address=127.0.0.1".to_string(),
+            format!("--bind-address={listen_ip}"),
+            format!("--advertise-address={listen_ip}"),
             // The endpoints of the `kubernetes` Service may not be loopback
             // addresses: don't maintain them (nothing in the tests uses them).
             "--endpoint-reconciler-type=none".to_string(),
@@ -604,16 +671,28 @@ fn start() -> Result<ControlPlane, String> {
             format!("--tls-cert-file={}", p("apiserver.crt")),
             format!("--tls-private-key-file={}", p("apiserver.key")),
             format!("--client-ca-file={}", p("ca.crt")),
+            // For `logs` and `exec` on a test node's kubelet (tests/support/node.rs).
+            format!("--kubelet-client-certificate={}", p("admin.crt")),
+            format!("--kubelet-client-key={}", p("admin.key")),
             format!("--service-account-issuer={SA_ISSUER}"),
             format!("--api-audiences={SA_ISSUER}"),
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--authorization-mode=RBAC".to_string(),
             "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,MutatingAdmissionWebhook,ValidatingAdmissionWebhook".to_string(),
-            "--service-cluster-ip-range=10.0.0.0/24".to_string(),
+            format!("--service-cluster-ip-range={}", options.service_cidr),
             "--profiling=false".to_string(),
             "--v=1".to_string(),
         ];
+        // Repeating a list flag would add to the default list, not replace it.
+        let flag_name = |arg: &str| arg.split('=').next().unwrap_or_default().to_string();
+        args.retain(|arg| {
+            !options
+                .apiserver_args
+                .iter()
+                .any(|extra| flag_name(extra) == flag_name(arg))
+        });
+        args.extend(options.apiserver_args.iter().cloned());
         spawn(
             &mut procs,
             "kube-apiserver",
@@ -664,6 +743,11 @@ fn start() -> Result<ControlPlane, String> {
             "--bind-address=127.0.0.1".to_string(),
             format!("--secure-port={port}"),
             format!("--cert-dir={}", state_dir.join("kcm-certs").display()),
+            // Its default, /usr/libexec/kubernetes/..., would be created on the machine.
+            format!(
+                "--flex-volume-plugin-dir={}",
+                state_dir.join("flexvolume").display()
+            ),
             "--controllers=*".to_string(),
             format!("--service-account-private-key-file={}", p("sa.key")),
             format!("--root-ca-file={}", p("ca.crt")),
@@ -729,6 +813,7 @@ fn start() -> Result<ControlPlane, String> {
         apiserver_args,
         controller_manager_args,
         stopped: Mutex::new(Vec::new()),
+        ca: pki.ca,
     })
 }
 
@@ -981,10 +1066,12 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 struct Pki {
     dir: PathBuf,
     ca_pem: String,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 }
 
 impl Pki {
-    fn generate(dir: &Path) -> Result<Pki, String> {
+    /// `listen_ip`: the apiserver's address, besides the usual names of the `kubernetes` Service.
+    fn generate(dir: &Path, listen_ip: &str) -> Result<Pki, String> {
         use rcgen::{
             BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
             IsCa, KeyPair, KeyUsagePurpose,
@@ -1031,18 +1118,22 @@ impl Pki {
             Ok((cert.pem(), key.serialize_pem()))
         };
 
+        let mut server_names = [
+            "127.0.0.1",
+            "localhost",
+            "10.0.0.1",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ]
+        .map(String::from)
+        .to_vec();
+        if !server_names.iter().any(|name| name == listen_ip) {
+            server_names.push(listen_ip.to_string());
+        }
         let (server_crt, server_key) = leaf(
-            [
-                "127.0.0.1",
-                "localhost",
-                "10.0.0.1",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ]
-            .map(String::from)
-            .to_vec(),
+            server_names,
             "kube-apiserver",
             None,
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -1071,6 +1162,7 @@ impl Pki {
         Ok(Pki {
             dir: dir.to_path_buf(),
             ca_pem,
+            ca,
         })
     }
 }

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod controlplane;
 pub mod injector;
+pub mod node;
 pub mod pki;
 pub mod pods;
 pub mod scenario;

@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Builds the pinned parts of the test node (tests/support/node.rs starts them):
+#   kubelet and kube-scheduler  from tests/controlplane/kube/go.mod (the control plane's pin,
+#                               so versions agree and Go's build cache is shared with it)
+#   containerd, containerd-shim-runc-v2, ctr  from tests/node/containerd/go.mod
+#   the CNI plugins bridge, host-local, loopback  from tests/node/cni/go.mod
+#   runc                        Debian's package, pinned by version and SHA-256, unpacked
+#   the sandbox image           tests/node/pause, as an OCI archive for `ctr images import`
+#
+# Output:  <repo>/.cache/node/bin/{kubelet,kube-scheduler,containerd,containerd-shim-runc-v2,ctr,runc}
+#          <repo>/.cache/node/cni/{bridge,host-local,loopback}
+#          <repo>/.cache/node/images/pause.tar
+# Caches:  <repo>/.cache/go/mod (GOMODCACHE) and <repo>/.cache/go/build (GOCACHE), as
+#          tests/controlplane/build.sh
+#
+# Skipped when the stamp matches the pins and every output exists. Options / environment:
+#   --force               rebuild even if the stamp matches
+#   NODE_BUILD_JOBS=N     go build -p N (default 2)
+set -euo pipefail
+
+MIN_GO="1.26.8" # tests/node/cni/go.mod says "go 1.26.8" (containernetworking/plugins v1.10.0)
+RUNC_VERSION="1.1.5+ds1-1+deb12u1" # Debian 12 (bookworm and bookworm-security)
+RUNC_SHA256="a00351f8c0318de0b424ecf5cd0fdb69880a89f3511cae4f6fff7de3e57881c5"
+PAUSE_IMAGE="localhost/pullsecret-injector-node/pause:1"
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+out="$repo/.cache/node"
+bin="$out/bin"
+cni="$out/cni"
+images="$out/images"
+stamp="$out/stamp"
+binaries=(kubelet kube-scheduler containerd containerd-shim-runc-v2 ctr runc)
+plugins=(bridge host-local loopback)
+
+force=0
+for arg in "$@"; do
+    case "$arg" in
+    --force) force=1 ;;
+    -h | --help)
+        sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "build.sh: unknown argument: $arg (try --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+
+die() {
+    echo "node: $*" >&2
+    exit 1
+}
+
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+    PATH="/usr/local/go/bin:$PATH"
+fi
+command -v go >/dev/null 2>&1 ||
+    die "'go' not found in PATH: install Go >= $MIN_GO from https://go.dev/dl (or add /usr/local/go/bin to PATH)"
+go_version="$(go env GOVERSION)" # e.g. go1.26.8
+newest="$(printf '%s\n%s\n' "${go_version#go}" "$MIN_GO" | sort -V | tail -n1)"
+[[ "$newest" == "${go_version#go}" ]] || die "found $go_version, need Go >= $MIN_GO: install it from https://go.dev/dl"
+
+export GOMODCACHE="$repo/.cache/go/mod"
+export GOCACHE="$repo/.cache/go/build"
+export GOTMPDIR="$repo/.cache/go/tmp"
+export GOFLAGS="-mod=readonly -modcacherw -buildvcs=false"
+export GOTOOLCHAIN=local
+export CGO_ENABLED=0
+jobs="${NODE_BUILD_JOBS:-2}"
+
+fingerprint() {
+    (
+        cd "$here/.."
+        sha256sum node/build.sh controlplane/kube/go.mod controlplane/kube/go.sum \
+            node/containerd/go.mod node/containerd/go.sum node/cni/go.mod node/cni/go.sum \
+            node/pause/go.mod node/pause/main.go
+        echo "$go_version $(go env GOOS)/$(go env GOARCH) runc $RUNC_VERSION $RUNC_SHA256"
+    ) | sha256sum | cut -d' ' -f1
+}
+
+module_version() { # module_version <dir> <module path>
+    (cd "$here/$1" && go list -m -f '{{.Version}}' "$2")
+}
+
+print_versions() {
+    echo "node binaries in $bin:"
+    echo "  kubelet:        $("$bin/kubelet" --version)"
+    echo "  kube-scheduler: $("$bin/kube-scheduler" --version)"
+    echo "  containerd:     $("$bin/containerd" --version)"
+    echo "  runc:           $("$bin/runc" --version | head -n1)"
+    echo "  CNI plugins:    $("$cni/bridge" 2>&1 </dev/null | head -n1)"
+    echo "  sandbox image:  $PAUSE_IMAGE ($images/pause.tar)"
+}
+
+want="$(fingerprint)"
+all_present=1
+for f in "${binaries[@]/#/$bin/}" "${plugins[@]/#/$cni/}"; do
+    [[ -x "$f" ]] || all_present=0
+done
+[[ -f "$images/pause.tar" ]] || all_present=0
+if ((!force && all_present)) && [[ -f "$stamp" ]] && grep -qx "fingerprint $want" "$stamp"; then
+    echo "node: up to date ($stamp)"
+    print_versions
+    exit 0
+fi
+
+rm -f "$stamp"
+mkdir -p "$GOMODCACHE" "$GOCACHE" "$GOTMPDIR" "$bin" "$cni" "$images"
+start=$SECONDS
+
+build() { # build <module dir> <output file or dir/> <ldflags> [-tags t] <packages...>
+    local dir="$1" output="$2" ldflags="$3"
+    shift 3
+    echo "node: building ${*: -1} ... (go build -p $jobs in $dir)"
+    (cd "$here/$dir" && go build -p "$jobs" -trimpath -ldflags "$ldflags" -o "$output" "$@")
+}
+
+# kubelet and kube-scheduler: the same pin and version stamping as the control plane.
+kube_version="$(module_version ../controlplane/kube k8s.io/kubernetes)"
+[[ "$kube_version" =~ ^v1\.([0-9]+)\.[0-9]+$ ]] || die "unexpected k8s.io/kubernetes version $kube_version"
+kube_ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    kube_ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=${BASH_REMATCH[1]}"
+    kube_ldflags+=" -X $pkg.gitTreeState=clean"
+done
+build ../controlplane/kube "$bin/" "$kube_ldflags" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler
+
+# containerd: what its Makefile sets for a release, without btrfs (a cgo library).
+containerd_version="$(module_version containerd github.com/containerd/containerd/v2)"
+containerd_ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$containerd_version"
+containerd_ldflags+=" -X github.com/containerd/containerd/v2/version.Revision=module-proxy"
+build containerd "$bin/" "$containerd_ldflags" -tags no_btrfs \
+    github.com/containerd/containerd/v2/cmd/containerd \
+    github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+    github.com/containerd/containerd/v2/cmd/ctr
+
+cni_version="$(module_version cni github.com/containernetworking/plugins)"
+build cni "$cni/" "-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$cni_version" \
+    github.com/containernetworking/plugins/plugins/main/bridge \
+    github.com/containernetworking/plugins/plugins/ipam/host-local \
+    github.com/containernetworking/plugins/plugins/main/loopback
+
+# runc: Debian's build (cgo, libseccomp: seccomp profiles work). Downloaded, never installed.
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+echo "node: fetching Debian's runc $RUNC_VERSION (apt-get download)"
+if ! (cd "$work" && apt-get download -q "runc=$RUNC_VERSION" >/dev/null 2>&1); then
+    # A fresh machine may have no package lists yet.
+    if [[ $(id -u) -eq 0 ]]; then
+        apt-get update -q >/dev/null
+    fi
+    (cd "$work" && apt-get download -q "runc=$RUNC_VERSION") ||
+        die "cannot download runc=$RUNC_VERSION with apt-get (Debian 12 package lists needed; if Debian replaced it, bump RUNC_VERSION and RUNC_SHA256 in $0)"
+fi
+deb="$(echo "$work"/runc_*.deb)"
+got="$(sha256sum "$deb" | cut -d' ' -f1)"
+[[ "$got" == "$RUNC_SHA256" ]] || die "$deb has SHA-256 $got, expected $RUNC_SHA256"
+dpkg-deb -x "$deb" "$work/runc"
+install -m 0755 "$work/runc/usr/sbin/runc" "$bin/runc"
+"$bin/runc" --version >/dev/null || die "runc does not run here (it needs libseccomp2, which apt itself depends on)"
+
+# The sandbox image: the static pause program, as an OCI image layout in a tar archive.
+build pause "$work/pause" "-s -w" .
+mkdir -p "$work/rootfs" "$work/oci/blobs/sha256"
+install -m 0755 "$work/pause" "$work/rootfs/pause"
+deterministic_tar() { # deterministic_tar <output> <dir>: same bytes for the same files
+    tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=posix \
+        --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
+        -C "$2" -cf "$1" .
+}
+blob() { # blob <file> -> prints "<sha256> <size>" and stores the file as a blob
+    local digest size
+    digest="$(sha256sum "$1" | cut -d' ' -f1)"
+    size="$(stat -c %s "$1")"
+    cp "$1" "$work/oci/blobs/sha256/$digest"
+    echo "$digest $size"
+}
+deterministic_tar "$work/layer.tar" "$work/rootfs"
+read -r layer_digest layer_size < <(blob "$work/layer.tar")
+printf '{"architecture":"%s","os":"linux","config":{"Entrypoint":["/pause"],"User":"65535:65535"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "$(go env GOARCH)" "$layer_digest" >"$work/config.json"
+read -r config_digest config_size < <(blob "$work/config.json")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
+    "$config_digest" "$config_size" "$layer_digest" "$layer_size" >"$work/manifest.json"
+read -r manifest_digest manifest_size < <(blob "$work/manifest.json")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"1"}}]}' \
+    "$manifest_digest" "$manifest_size" "$PAUSE_IMAGE" >"$work/oci/index.json"
+echo '{"imageLayoutVersion":"1.0.0"}' >"$work/oci/oci-layout"
+deterministic_tar "$images/pause.tar.tmp" "$work/oci"
+mv "$images/pause.tar.tmp" "$images/pause.tar"
+
+for f in "${binaries[@]/#/$bin/}" "${plugins[@]/#/$cni/}"; do
+    [[ -x "$f" ]] || die "build finished but $f is missing"
+done
+
+{
+    echo "fingerprint $want"
+    echo "go $go_version"
+    echo "kubernetes $kube_version"
+    echo "containerd $containerd_version"
+    echo "cni-plugins $cni_version"
+    echo "runc $RUNC_VERSION"
+    echo "pause-image $PAUSE_IMAGE"
+} >"$stamp"
+echo "node: built in $((SECONDS - start))s"
+print_versions
