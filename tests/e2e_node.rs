@@ -146,3 +146,178 @@ async fn pod_with_a_local_image_runs_on_the_pod_network() {
         );
     }
 }
+
+/// Set in the child process of [`teardown_after_sigkill`].
+const CHILD_ENV: &str = "PSI_NODE_TEARDOWN_CHILD";
+
+/// The test process is SIGKILLed while its node runs a pod: its reaper still stops every
+/// process, unmounts everything, deletes the network namespaces, veths and the bridge, and
+/// removes the node's directory. The node under test is a second one, in a child process
+/// (this test binary, running only this test, with [`CHILD_ENV`] set), with its own control
+/// plane.
+#[tokio::test]
+async fn teardown_after_sigkill() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return run_child_until_killed().await;
+    }
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    /// Kills the child if this test fails before it does.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let exe = std::env::current_exe().expect("current_exe");
+    let child = Command::new(exe)
+        .args(["--exact", "teardown_after_sigkill", "--nocapture"])
+        .env(CHILD_ENV, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting the child test process");
+    let mut child = KillOnDrop(child);
+    let stdout = child.0.stdout.take().expect("child stdout");
+    // The child prints `READY <node dir> <bridge> <CNI network> <log dir>` once its pod runs.
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("READY ").map(str::to_string))
+    });
+    let ready = tokio::time::timeout(Duration::from_secs(180), ready)
+        .await
+        .expect("the child's node within 180 s")
+        .expect("reading the child's output")
+        .expect("the child printed READY (its output is above)");
+    let fields: Vec<&str> = ready.split(' ').collect();
+    let [dir, bridge, network, log_dir] = fields[..] else {
+        panic!("unexpected READY line {ready:?}");
+    };
+
+    let containers: Vec<String> = std::fs::read_dir(format!("{dir}/runc/k8s.io"))
+        .expect("runc's state directory of the child's node")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    let before = leftovers(dir, bridge, network, &containers);
+    for what in [
+        "mount",
+        "bridge",
+        "veth",
+        "process",
+        "container process",
+        "network namespace",
+        "directory",
+    ] {
+        assert!(
+            before.iter().any(|l| l.starts_with(what)),
+            "a running node has a {what} to clean up; found only {before:?}"
+        );
+    }
+
+    child.0.kill().expect("SIGKILL to the child test process");
+    let status = child.0.wait().expect("waiting for the child");
+    assert!(!status.success(), "the child was killed: {status}");
+
+    let reaper_log = std::path::Path::new(log_dir).join("node-reaper.log");
+    let log = eventually("the reaper to finish", Duration::from_secs(90), || async {
+        let log = std::fs::read_to_string(&reaper_log).map_err(|e| e.to_string())?;
+        if log.lines().any(|l| l.ends_with("] done")) {
+            Ok(log)
+        } else {
+            Err(format!("reaper log so far:\n{log}"))
+        }
+    })
+    .await;
+    let after = leftovers(dir, bridge, network, &containers);
+    assert!(
+        after.is_empty(),
+        "left behind after the teardown: {after:#?}\nreaper log:\n{log}"
+    );
+}
+
+/// The child's part of [`teardown_after_sigkill`]: a node with a running pod, then wait.
+async fn run_child_until_killed() {
+    let node = node::shared();
+    let _logs = node.logs_on_failure();
+    let client = node.control_plane().client();
+    let ns = controlplane::namespace(&client, "teardown", &[]).await;
+    let pods = Api::<Pod>::namespaced(client, &ns);
+    pods.create(&PostParams::default(), &local_pod("victim"))
+        .await
+        .expect("creating the pod");
+    eventually(
+        "pod victim to be Running",
+        Duration::from_secs(60),
+        || async { running(&pods.get("victim").await.map_err(|e| e.to_string())?) },
+    )
+    .await;
+    println!(
+        "READY {} {} {} {}",
+        node.dir().display(),
+        node.network().bridge,
+        node.network().cni_name(),
+        node.log_dir().display()
+    );
+    std::future::pending::<()>().await;
+}
+
+/// What of a node is still on the machine, one line per thing, each starting with its kind.
+/// `containers`: the ids of its containers, whose processes are found by their cgroups.
+fn leftovers(dir: &str, bridge: &str, network: &str, containers: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    let under = format!("{dir}/");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    for line in mountinfo.lines() {
+        let point = line.split(' ').nth(4).unwrap_or_default();
+        if point.starts_with(&under) {
+            found.push(format!("mount {point}"));
+            if point.contains("/netns/") {
+                found.push(format!("network namespace {point}"));
+            }
+        }
+    }
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    for line in String::from_utf8_lossy(&links.stdout).lines() {
+        if line.contains(&format!(": {bridge}:")) {
+            found.push(format!("bridge {bridge}"));
+        }
+        if line.contains(&format!(" master {bridge} ")) {
+            found.push(format!("veth {}", line.split(": ").nth(1).unwrap_or(line)));
+        }
+    }
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let pid = entry.file_name().to_string_lossy().to_string();
+        if cmdline.contains(&under) {
+            found.push(format!("process {pid}: {cmdline}"));
+        }
+        let cgroups = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if containers.iter().any(|id| cgroups.contains(id.as_str())) {
+            found.push(format!("container process {pid}: {cmdline}"));
+        }
+    }
+    if std::path::Path::new(dir).exists() {
+        found.push(format!("directory {dir}"));
+    }
+    for entry in std::fs::read_dir("/var/lib/cni/results")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(&format!("{network}-")) {
+            found.push(format!("CNI cache entry {name}"));
+        }
+    }
+    found
+}

@@ -823,6 +823,15 @@ authorization:
   mode: Webhook
 registerNode: true
 serializeImagePulls: false
+# The machine's disk is shared with builds and may be 90 % full: never evict the tests' pods
+# or delete their images for it (the defaults evict below 10 % free and collect images above
+# 85 % used).
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: 1Gi
+  imagefs.available: 1Gi
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
 "#,
         pod_logs = layout.pod_logs_dir.display(),
         volume_plugins = layout.volume_plugin_dir.display(),
