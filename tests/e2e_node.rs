@@ -122,6 +122,48 @@ async fn pod_with_a_local_image_runs_on_the_pod_network() {
         node.network().pod_cidr
     );
 
+    // From the pod's network: the pod network itself and the service range, nothing else;
+    // the apiserver answers at the `kubernetes` Service's ClusterIP, port 443.
+    let container = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.container_id.clone())
+        .expect("container id");
+    let network = node.network();
+    let (ok, routes) = node
+        .in_network_of(&container, "ip", &["-4", "route", "show"])
+        .expect("ip route in the pod's network");
+    assert!(ok, "ip route: {routes}");
+    let mut routes: Vec<String> = routes
+        .lines()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .collect();
+    routes.sort();
+    assert_eq!(
+        routes,
+        [
+            format!("{} via {}", network.service_cidr, network.gateway),
+            format!("{} dev eth0", network.pod_cidr),
+        ]
+    );
+    let (ok, out) = node
+        .in_network_of(
+            &container,
+            "bash",
+            &[
+                "-c",
+                &format!("exec 3<>/dev/tcp/{}/443", network.cluster_ip),
+            ],
+        )
+        .expect("connecting from the pod's network");
+    assert!(
+        ok,
+        "connecting to {}:443 from the pod: {out}",
+        network.cluster_ip
+    );
+
     // The apiserver reaches the kubelet (logs go through it): the pause program writes none.
     let logs = pods
         .logs("local", &LogParams::default())

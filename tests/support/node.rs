@@ -345,6 +345,57 @@ impl Node {
         ctr(&self.bin_dir, &self.containerd_socket, args)
     }
 
+    /// The host pid of a running container (`containerd://<id>` or `<id>`), from runc's state.
+    pub fn container_pid(&self, container_id: &str) -> Result<u32, String> {
+        let id = container_id.trim_start_matches("containerd://");
+        let root = self.dir.join("runc/k8s.io");
+        let out = Command::new(self.bin_dir.join("runc"))
+            .arg("--root")
+            .arg(&root)
+            .args(["state", id])
+            .output()
+            .map_err(|e| format!("running runc: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "runc state {id}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let state: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("runc state {id}: {e}"))?;
+        state["pid"]
+            .as_u64()
+            .and_then(|pid| u32::try_from(pid).ok())
+            .filter(|pid| *pid > 0)
+            .ok_or_else(|| format!("runc state {id} has no pid: {state}"))
+    }
+
+    /// Runs `program args...` in the network namespace of a running container (`nsenter`),
+    /// and returns its exit status and output (stdout, then stderr).
+    pub fn in_network_of(
+        &self,
+        container_id: &str,
+        program: &str,
+        args: &[&str],
+    ) -> Result<(bool, String), String> {
+        let pid = self.container_pid(container_id)?;
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .output()
+            .map_err(|e| format!("running nsenter: {e}"))?;
+        Ok((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+
     /// Fails if a server of the node or of the control plane has exited.
     pub fn check_running(&self) -> Result<(), String> {
         let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
