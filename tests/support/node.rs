@@ -489,7 +489,7 @@ fn start() -> Result<Node, String> {
     let _ = fs::rename(&reaper.log, &reaper_log);
     reaper.log = reaper_log;
 
-    let layout = Layout::new(&dir, &cache, &network);
+    let layout = Layout::new(&dir, &cache);
     layout.create()?;
     write_file(&layout.ca_file, cp.ca_pem())?;
     let (cert, key) = cp.client_certificate(&format!("system:node:{NODE_NAME}"), &["system:nodes"]);
@@ -504,10 +504,7 @@ fn start() -> Result<Node, String> {
             &layout.kubelet_key,
         ),
     )?;
-    write_file(
-        &layout.containerd_config,
-        &containerd_config(&layout, &network),
-    )?;
+    write_file(&layout.containerd_config, &containerd_config(&layout))?;
     write_file(
         &layout.cni_conf_dir.join("10-psi-node.conflist"),
         &cni_config(&layout, &network),
@@ -699,7 +696,7 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(dir: &Path, cache: &Path, _network: &Network) -> Self {
+    fn new(dir: &Path, cache: &Path) -> Self {
         let d = |p: &str| dir.join(p);
         Self {
             dir: dir.to_path_buf(),
@@ -747,8 +744,7 @@ impl Layout {
 /// containerd's configuration: everything under the node's directory, the CRI plugin with
 /// runc from the cache, the CNI bridge, the locally built sandbox image, and only the plugins
 /// the node uses.
-fn containerd_config(layout: &Layout, network: &Network) -> String {
-    let _ = network;
+fn containerd_config(layout: &Layout) -> String {
     format!(
         r#"version = 3
 root = "{root}"
