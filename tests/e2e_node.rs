@@ -3,14 +3,12 @@
 //!
 //! Needs `make controlplane` and `make node` once, and root (containers, mounts, a bridge).
 
-mod support;
-
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Event, Node as NodeObject, Pod, PodSpec};
 use kube::api::{Api, ListParams, LogParams, ObjectMeta, PostParams};
-use support::controlplane::{self, eventually};
-use support::node::{self, NODE_NAME, PAUSE_IMAGE};
+use test_support::controlplane::{self, eventually};
+use test_support::node::{self, NODE_NAME, PAUSE_IMAGE};
 
 /// A pod running the sandbox image's program, which is imported on the node: no registry.
 fn local_pod(name: &str) -> Pod {

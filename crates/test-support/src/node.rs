@@ -32,11 +32,10 @@
 //! removes the shared directories it created, as recorded by the first one in
 //! [`MACHINE_STATE`]. Logs are kept beside the control plane's, in
 //! `<repo>/target/controlplane-logs/<test-binary>-<pid>/`.
-#![allow(dead_code)]
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -45,7 +44,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node as NodeObject;
 use kube::api::Api;
 
-use super::controlplane::{self, ControlPlane};
+use crate::controlplane::{self, ControlPlane};
+use crate::logs::LogsOnFailure;
+use crate::ports::free_ports;
 
 /// The node's name (`--hostname-override`), also its `kubernetes.io/hostname` label.
 pub const NODE_NAME: &str = "pullsecret-node";
@@ -277,7 +278,7 @@ pub fn shared() -> &'static Node {
 
 /// `<repo>/.cache/node`.
 pub fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/node")
+    crate::repo_root().join(".cache/node")
 }
 
 fn check_binaries() {
@@ -412,10 +413,14 @@ impl Node {
     /// A guard that prints the node's and the control plane's log tails to stderr if it is
     /// dropped during a panic.
     pub fn logs_on_failure(&self) -> LogsOnFailure<'_> {
-        LogsOnFailure {
-            node: self,
-            lines: 60,
-        }
+        LogsOnFailure::new("node", move || {
+            format!(
+                "(full logs in {})\n{}\n==== control plane logs ====\n{}",
+                self.log_dir.display(),
+                self.log_tails(60),
+                self.cp.log_tails(30)
+            )
+        })
     }
 
     /// Tears the node down now, as at process exit, and waits until the reaper is done
@@ -434,32 +439,6 @@ impl Node {
         }
         fs::read_to_string(&reaper.log)
             .map_err(|e| format!("reading {}: {e}", reaper.log.display()))
-    }
-}
-
-/// See [`Node::logs_on_failure`].
-pub struct LogsOnFailure<'a> {
-    node: &'a Node,
-    lines: usize,
-}
-
-impl LogsOnFailure<'_> {
-    pub fn lines(mut self, lines: usize) -> Self {
-        self.lines = lines;
-        self
-    }
-}
-
-impl Drop for LogsOnFailure<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "==== node logs (full logs in {}) ====\n{}\n==== control plane logs ====\n{}",
-                self.node.log_dir.display(),
-                self.node.log_tails(self.lines),
-                self.node.cp.log_tails(self.lines / 2)
-            );
-        }
     }
 }
 
@@ -492,9 +471,9 @@ fn start() -> Result<Node, String> {
     let layout = Layout::new(&dir, &cache);
     layout.create()?;
     write_file(&layout.ca_file, cp.ca_pem())?;
-    let (cert, key) = cp.client_certificate(&format!("system:node:{NODE_NAME}"), &["system:nodes"]);
-    write_file(&layout.kubelet_cert, &cert)?;
-    write_file(&layout.kubelet_key, &key)?;
+    let credentials = cp.client_certificate(&format!("system:node:{NODE_NAME}"), "system:nodes");
+    write_file(&layout.kubelet_cert, &credentials.cert_pem)?;
+    write_file(&layout.kubelet_key, &credentials.key_pem)?;
     write_file(
         &layout.kubelet_kubeconfig,
         &kubeconfig(
@@ -673,7 +652,6 @@ fn control_plane_options(network: &Network) -> controlplane::Options {
 
 /// Paths of one node, all under its directory.
 struct Layout {
-    dir: PathBuf,
     cni_bin_dir: PathBuf,
     runc: PathBuf,
     containerd_config: PathBuf,
@@ -699,7 +677,6 @@ impl Layout {
     fn new(dir: &Path, cache: &Path) -> Self {
         let d = |p: &str| dir.join(p);
         Self {
-            dir: dir.to_path_buf(),
             cni_bin_dir: cache.join("cni"),
             runc: cache.join("bin/runc"),
             containerd_config: d("containerd.toml"),
@@ -1123,14 +1100,6 @@ fn tails<'a>(logs: impl Iterator<Item = &'a Path>, lines: usize) -> String {
         }
     }
     out
-}
-
-/// Distinct free ports on 127.0.0.1, released before returning.
-fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0"))
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().expect("local_addr").port())
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), String> {
