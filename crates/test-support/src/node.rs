@@ -326,6 +326,12 @@ impl Node {
             .map(|_| ())
     }
 
+    /// containerd's registry hosts configuration directory (`<host:port>/hosts.toml`), read
+    /// at each pull.
+    pub fn registry_config_dir(&self) -> PathBuf {
+        self.dir.join("certs.d")
+    }
+
     /// Makes containerd trust `ca_pem` for the registry at `host_port` (`127.0.0.1:5000`):
     /// a hosts.toml in its registry configuration directory, read at each pull.
     pub fn trust_registry(&self, host_port: &str, ca_pem: &str) -> Result<(), String> {
