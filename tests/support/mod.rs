@@ -4,9 +4,11 @@
 
 pub mod client;
 pub mod controlplane;
+pub mod images;
 pub mod injector;
 pub mod pki;
 pub mod pods;
+pub mod registry;
 pub mod scenario;
 pub mod secrets;
 pub mod webhook;
