@@ -320,7 +320,9 @@ impl Registry {
     }
 
     /// The requests on `repository` answered 401 (no credentials, or wrong ones: see
-    /// [`Request::auth_error`]).
+    /// [`Request::auth_error`]). A client that sends credentials only when challenged
+    /// (containerd does, per pull) leaves one 401 without credentials before its authenticated
+    /// requests: a refused pull is a 401 with no [`Self::manifest_pulls`] after it.
     pub fn unauthorized(&self, repository: &str) -> Vec<Request> {
         self.requests()
             .into_iter()
