@@ -144,8 +144,14 @@ fuzz: $(CARGO_FUZZ) ## Fuzz image, pattern, config and handler for FUZZ_SECONDS 
 fuzz-smoke: $(CARGO_FUZZ) ## The fuzz smoke `make test` runs: each target for FUZZ_SMOKE_SECONDS (60)
 	CARGO_FUZZ=$(abspath $(CARGO_FUZZ)) FUZZ_JOBS=$(FUZZ_JOBS) fuzz/run.sh $(FUZZ_SMOKE_SECONDS)
 
+# cargo-deny runs `cargo metadata --frozen`, which needs the crates of every platform in
+# Cargo.lock, not only this one's: a build fetches only what it compiles, so fetch them all.
+.PHONY: fetch
+fetch: ## Download every crate Cargo.lock names, for all platforms (cargo fetch --locked)
+	cargo fetch --locked
+
 .PHONY: deny
-deny: $(CARGO_DENY) ## cargo deny check licenses bans sources, offline (advisories need the network: see deny.toml)
+deny: $(CARGO_DENY) fetch ## cargo deny check licenses bans sources, offline (advisories need the network: see deny.toml)
 	$(CARGO_DENY) --frozen --log-level error check --hide-inclusion-graph licenses bans sources
 
 .PHONY: bench

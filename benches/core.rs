@@ -184,23 +184,11 @@ fn assert_targeted_patch(name: &str, reviewed: &admission::Reviewed) {
         panic!("{name}: expected one add operation, got {:?}", patch.patch);
     };
     assert_eq!(add.path.as_str(), "/spec/imagePullSecrets", "{name}");
-    let encoded = reviewed
-        .response
-        .response
-        .as_ref()
-        .and_then(|r| r.patch.as_ref())
-        .map_or(0, Vec::len);
+    let encoded = reviewed.response.patch().map_or(0, <[u8]>::len);
     assert!(encoded < 256, "{name}: patch is {encoded} bytes");
     eprintln!(
         "{name}: patch {} ({encoded} bytes)",
-        String::from_utf8_lossy(
-            reviewed
-                .response
-                .response
-                .as_ref()
-                .and_then(|r| r.patch.as_deref())
-                .unwrap_or_default()
-        )
+        String::from_utf8_lossy(reviewed.response.patch().unwrap_or_default())
     );
 }
 

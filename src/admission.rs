@@ -3,11 +3,12 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{LocalObjectReference, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{DynamicObject, NamespaceResourceScope, Resource};
-use serde::{Deserialize, Deserializer};
+use kube::core::{DynamicObject, NamespaceResourceScope, Resource, TypeMeta};
+use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
 use crate::config::{SecretSpec, Settings};
@@ -94,10 +95,48 @@ impl Outcome {
     }
 }
 
+/// The answer as it goes on the wire: kube's `AdmissionReview` and `AdmissionResponse`,
+/// except that `response.patch`, a Go `[]byte`, is the base64 string the API documents.
+/// kube-core writes it as an array of numbers (kube-rs#1781), which only Go's lenient decoder
+/// accepts and which is three times the bytes.
+#[derive(Debug, Serialize)]
+pub struct Answer {
+    #[serde(flatten)]
+    pub types: TypeMeta,
+    pub response: AnswerResponse,
+}
+
+/// kube's response with its patch moved out, so that kube serializes every other field
+/// (including `patchType`) and the patch goes out as base64 beside them.
+#[derive(Debug, Serialize)]
+pub struct AnswerResponse {
+    #[serde(flatten)]
+    pub admission: AdmissionResponse,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<ByteString>,
+}
+
+impl From<AdmissionResponse> for Answer {
+    fn from(mut admission: AdmissionResponse) -> Self {
+        let patch = admission.patch.take().map(ByteString);
+        Self {
+            types: admission.types.clone(),
+            response: AnswerResponse { admission, patch },
+        }
+    }
+}
+
+impl Answer {
+    /// The JSON patch this answer carries, if any.
+    pub fn patch(&self) -> Option<&[u8]> {
+        self.response.patch.as_ref().map(|p| p.0.as_slice())
+    }
+}
+
 /// What the server needs to answer and to log one review.
 #[derive(Debug)]
 pub struct Reviewed {
-    pub response: AdmissionReview<DynamicObject>,
+    pub response: Answer,
     pub outcome: Outcome,
     pub uid: String,
     pub namespace: String,
@@ -275,7 +314,7 @@ pub fn answer(
     match decoded {
         Decoded::Pod(request) => respond(settings, scope, &request),
         Decoded::Other(request) => Ok(Reviewed {
-            response: AdmissionResponse::from(&*request).into_review(),
+            response: AdmissionResponse::from(&*request).into(),
             outcome: Outcome::Skipped(SkipReason::NotPod),
             uid: request.uid,
             namespace: request.namespace.unwrap_or_default(),
@@ -380,7 +419,7 @@ fn respond(
         None => request.name.clone(),
     };
     Ok(Reviewed {
-        response: response.into_review(),
+        response: response.into(),
         outcome,
         uid: request.uid.clone(),
         namespace: request.namespace.clone().unwrap_or_default(),
@@ -651,7 +690,53 @@ mod tests {
         let body = serde_json::to_vec(&deployment).expect("encodes");
         let reviewed = review(&settings(), &body).expect("answered");
         assert_eq!(reviewed.outcome, Outcome::Skipped(SkipReason::NotPod));
-        assert!(reviewed.response.response.expect("response").allowed);
+        assert!(reviewed.response.response.admission.allowed);
+    }
+
+    #[test]
+    fn the_patch_goes_out_as_a_base64_string_in_both_review_versions() {
+        for version in SUPPORTED_API_VERSIONS {
+            let mut body: Value = serde_json::from_slice(&pod_review(json!({
+                "spec": {"containers": [{"name": "app", "image": "ghcr.io/acme/app"}]}
+            })))
+            .expect("json");
+            body["apiVersion"] = json!(version);
+            let reviewed = review(&settings(), &serde_json::to_vec(&body).expect("encodes"))
+                .expect("answered");
+            let wire: Value =
+                serde_json::from_slice(&serde_json::to_vec(&reviewed.response).expect("encodes"))
+                    .expect("json");
+            assert_eq!(wire["apiVersion"], version);
+            assert_eq!(wire["kind"], "AdmissionReview");
+            let response = &wire["response"];
+            assert_eq!(response["uid"], "u-1");
+            assert_eq!(response["allowed"], true);
+            assert_eq!(response["patchType"], "JSONPatch");
+            assert_eq!(response["auditAnnotations"]["injected-secrets"], "acme");
+            // Standard base64 (RFC 4648 with padding): the alphabet Go's encoding/json uses.
+            let expected =
+                r#"[{"op":"add","path":"/spec/imagePullSecrets","value":[{"name":"acme"}]}]"#;
+            assert_eq!(
+                response["patch"],
+                "W3sib3AiOiJhZGQiLCJwYXRoIjoiL3NwZWMvaW1hZ2VQdWxsU2VjcmV0cyIsInZhbHVlIjpbeyJuYW1lIjoiYWNtZSJ9XX1d",
+                "{response}"
+            );
+            assert_eq!(reviewed.response.patch(), Some(expected.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn an_answer_without_a_patch_has_neither_patch_nor_patch_type() {
+        let reviewed = review(
+            &settings(),
+            &pod_review(json!({"spec": {"containers": [{"image": "quay.io/other/app"}]}})),
+        )
+        .expect("answered");
+        let wire = serde_json::to_value(&reviewed.response).expect("encodes");
+        let response = wire["response"].as_object().expect("response");
+        assert!(!response.contains_key("patch"), "{wire}");
+        assert!(!response.contains_key("patchType"), "{wire}");
+        assert_eq!(response["allowed"], true);
     }
 
     #[test]

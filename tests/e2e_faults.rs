@@ -193,7 +193,7 @@ async fn apiserver_killed_and_restarted_replicator_resumes_and_converges() {
     // And it admits as before.
     let (response, _) = review_directly(&replicator, &created).await;
     assert_eq!(response["allowed"], true);
-    assert!(response["patch"].is_array(), "{response}");
+    assert!(response["patch"].is_string(), "{response}");
     let metrics = replicator.injector.metrics().await;
     assert_eq!(
         metric(&metrics, "pullsecret_injector_leader"),
@@ -302,7 +302,7 @@ async fn etcd_paused_admission_answers_from_caches_and_the_pod_is_created_when_i
     let line = admitted(&replicator.injector).expect("admission line");
     assert_eq!(line["injected"], "regcred", "{line}");
     let (response, took) = review_directly(&replicator, &ns).await;
-    assert!(response["patch"].is_array(), "{response}");
+    assert!(response["patch"].is_string(), "{response}");
     assert!(response["warnings"].is_null(), "{response}");
     assert!(
         took < Duration::from_secs(1),
@@ -476,7 +476,7 @@ async fn forbidden_by_rbac_is_logged_and_counted_and_retried_slowly_without_a_cr
     // patch and a warning that names the problem.
     let (response, _) = review_directly(&replicator, &ns).await;
     assert_eq!(response["allowed"], true);
-    assert!(response["patch"].is_array(), "{response}");
+    assert!(response["patch"].is_string(), "{response}");
     let warnings = response["warnings"].to_string();
     assert!(warnings.contains("forbidden"), "{response}");
 

@@ -38,11 +38,11 @@ fn handler_inputs_are_answered_and_allowed() {
         .expect("valid");
     for (name, body) in inputs("handler") {
         if let Ok(reviewed) = admission::review(&settings, &body) {
-            let response = reviewed.response.response.expect("a response");
+            let response = &reviewed.response.response.admission;
             assert!(response.allowed, "{name}");
             assert_eq!(response.uid, reviewed.uid, "{name}");
             assert_eq!(
-                response.patch.is_some(),
+                reviewed.response.patch().is_some(),
                 matches!(reviewed.outcome, Outcome::Patched(_)),
                 "{name}"
             );

@@ -5,12 +5,12 @@ mod support;
 
 use std::time::Duration;
 
-use base64_free::decode_patch;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use support::client::{Response, TlsClient};
 use support::injector::{self, Injector, Options, metric};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wire::decode_patch;
 
 const CONFIG: &str = r#"
 limits:
@@ -96,8 +96,8 @@ impl Harness {
     }
 }
 
-/// The patch bytes as kube's AdmissionResponse encodes them.
-mod base64_free {
+/// The patch as the API documents it: a base64 string (a Go `[]byte`) beside its patchType.
+mod wire {
     use serde_json::Value;
 
     pub fn decode_patch(answer: &Value) -> Option<json_patch::Patch> {
@@ -107,8 +107,10 @@ mod base64_free {
             response["patchType"], "JSONPatch",
             "a patch needs patchType"
         );
-        let bytes: Vec<u8> = serde_json::from_value(patch.clone()).expect("patch bytes");
-        Some(serde_json::from_slice(&bytes).expect("patch is a JSON patch"))
+        let text = patch.as_str().expect("the patch is a base64 string");
+        let bytes: k8s_openapi::ByteString =
+            serde_json::from_value(Value::from(text)).expect("the patch is valid base64");
+        Some(serde_json::from_slice(&bytes.0).expect("patch is a JSON patch"))
     }
 }
 
@@ -138,11 +140,40 @@ async fn real_pod_create_gets_the_matching_secret_and_stays_a_valid_pod() {
         "jmalloc"
     );
     assert_eq!(pull_secret_names(&pod), ["jmalloc"]);
-    let patch = base64_free::decode_patch(&answer).expect("patch");
+    let patch = decode_patch(&answer).expect("patch");
     assert_eq!(
         serde_json::to_value(&patch).unwrap(),
         json!([{"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": "jmalloc"}]}])
     );
+}
+
+/// The bytes on the wire, as `jq -r .response.patch | base64 -d` reads them: in both review
+/// versions the patch is one base64 string, never kube-core's array of numbers. The expected
+/// strings are `base64 -w0` (coreutils) of the patch
+/// `[{"op":"add","path":"/spec/imagePullSecrets","value":[{"name":"<secret>"}]}]`.
+#[tokio::test]
+async fn the_patch_on_the_wire_is_a_base64_string_in_v1_and_v1beta1() {
+    let h = start();
+    for (fixture_name, encoded) in [
+        (
+            "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
+            "W3sib3AiOiJhZGQiLCJwYXRoIjoiL3NwZWMvaW1hZ2VQdWxsU2VjcmV0cyIsInZhbHVlIjpbeyJuYW1lIjoiam1hbGxvYyJ9XX1d",
+        ),
+        (
+            "02_connctd-sqlbee_sting_test_go_pod_create_v1beta1_replicaset.json",
+            "W3sib3AiOiJhZGQiLCJwYXRoIjoiL3NwZWMvaW1hZ2VQdWxsU2VjcmV0cyIsInZhbHVlIjpbeyJuYW1lIjoiazhzLWdjciJ9XX1d",
+        ),
+    ] {
+        let response = h.review(&fixture(fixture_name)).await;
+        assert_eq!(response.status, 200);
+        let raw = std::str::from_utf8(&response.body).expect("UTF-8 answer");
+        assert!(
+            raw.contains(&format!(r#""patch":"{encoded}""#)),
+            "{fixture_name}: no base64 patch in {raw}"
+        );
+        assert!(!raw.contains(r#""patch":["#), "{fixture_name}: {raw}");
+        assert!(raw.contains(r#""patchType":"JSONPatch""#), "{raw}");
+    }
 }
 
 #[tokio::test]
@@ -203,7 +234,7 @@ async fn existing_entries_are_kept_in_order_and_never_duplicated() {
     spec["initContainers"] = json!([{"name": "init", "image": "jmalloc/echo-server"}]);
     let (answer, pod) = h.mutate(&review).await;
     assert_eq!(pull_secret_names(&pod), ["zzz", "jmalloc", "k8s-gcr"]);
-    let patch = base64_free::decode_patch(&answer).expect("patch");
+    let patch = decode_patch(&answer).expect("patch");
     assert_eq!(
         serde_json::to_value(&patch).unwrap(),
         json!([{"op": "add", "path": "/spec/imagePullSecrets/-", "value": {"name": "k8s-gcr"}}])
@@ -417,6 +448,91 @@ async fn an_announced_oversized_body_is_refused_without_being_read() {
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert!(head.contains("over the limit of 7340032 bytes"), "{head}");
+}
+
+/// A client that sends its body right after the headers is still sending when an early
+/// refusal goes out. The server reads and discards the rest before closing (a lingering
+/// close), so the kernel never resets the connection under the answer: every client reads
+/// its 413 (announced 40 MiB) or 503 (no room in the body budget).
+#[tokio::test]
+async fn early_refusals_reach_clients_that_send_their_body_after_the_headers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = injector::certificates(dir.path());
+    let config = CONFIG.replace(
+        "limits:\n",
+        "limits:\n  maxBodyBytes: 1048576\n  maxBufferedBodyBytes: 1048576\n  bodyReadTimeoutSeconds: 300\n",
+    );
+    let injector = Injector::start(Options::new(&config, dir.path()));
+    let client = TlsClient::new(&ca.cert_pem);
+    // Holds the whole body budget for the test: announces 1 MiB, sends one byte, waits.
+    let mut holder = client.tls(injector.addr).await.expect("connect");
+    holder
+        .write_all(b"POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n{")
+        .await
+        .expect("holder's request");
+    let tries = 100;
+    for (announced, expected) in [(40u64 << 20, "413"), (1 << 20, "503")] {
+        let mut answered = 0;
+        let mut failures = Vec::new();
+        for batch in 0..tries / 50 {
+            let clients = (0..50).map(|i| {
+                let client = client.clone();
+                let addr = injector.addr;
+                let sent = (64 + (batch * 50 + i) * 37 % 193) << 10;
+                async move {
+                    let mut tls = client.tls(addr).await.map_err(|e| e.to_string())?;
+                    let head = format!(
+                        "POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {announced}\r\n\r\n"
+                    );
+                    tls.write_all(head.as_bytes())
+                        .await
+                        .map_err(|e| format!("headers: {e}"))?;
+                    tls.write_all(&vec![b' '; sent])
+                        .await
+                        .map_err(|e| format!("body of {sent} bytes: {e}"))?;
+                    let mut answer = Vec::new();
+                    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer))
+                        .await
+                        .map_err(|_| "no answer within 10 s".to_string())?
+                        .map_err(|e| {
+                            format!(
+                                "after {} bytes of answer: {e}",
+                                answer.len()
+                            )
+                        })?;
+                    Ok::<_, String>(String::from_utf8_lossy(&answer).into_owned())
+                }
+            });
+            for result in futures::future::join_all(clients).await {
+                match result {
+                    Ok(answer) if answer.starts_with(&format!("HTTP/1.1 {expected}")) => {
+                        assert!(answer.contains("connection: close"), "{answer}");
+                        answered += 1;
+                    }
+                    Ok(answer) => failures.push(format!("unexpected answer: {answer}")),
+                    Err(e) => failures.push(e),
+                }
+            }
+        }
+        assert_eq!(
+            answered, tries,
+            "{expected}: {answered} of {tries} clients read the answer; the others: {failures:?}"
+        );
+    }
+    drop(holder);
+    // And the server goes on serving.
+    let ok = client
+        .post(
+            injector.addr,
+            "/mutate?timeout=10s",
+            JSON,
+            serde_json::to_vec(&fixture(
+                "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
+            ))
+            .expect("encode"),
+        )
+        .await;
+    assert_eq!(ok.status, 200);
 }
 
 #[tokio::test]

@@ -76,24 +76,20 @@ async fn serve(data: &[u8]) -> (StatusCode, bytes::Bytes) {
 }
 
 fn check_review(data: &[u8], reviewed: &admission::Reviewed) {
-    let response = reviewed
-        .response
-        .response
-        .as_ref()
-        .expect("a review answers with a response");
+    let response = &reviewed.response.response.admission;
     assert!(response.allowed, "the injector never denies");
     assert_eq!(response.uid, reviewed.uid, "the uid is echoed");
     let Outcome::Patched(patched) = &reviewed.outcome else {
         assert!(
-            response.patch.is_none(),
+            reviewed.response.patch().is_none(),
             "a patch without a Patched outcome"
         );
         return;
     };
     let patch: json_patch::Patch = serde_json::from_slice(
-        response
-            .patch
-            .as_deref()
+        reviewed
+            .response
+            .patch()
             .expect("a Patched outcome has a patch"),
     )
     .expect("the patch is a JSON patch");
