@@ -438,6 +438,31 @@ impl Drop for Container {
     }
 }
 
+/// Deletes the containers that a killed run of this suite left running: their id ends in the
+/// pid of a test process that is gone. (A panic deletes them through [`Container`]'s drop.)
+fn remove_orphan_containers(runc: &Path, state: &Path) {
+    let Ok(output) = Command::new(runc)
+        .arg("--root")
+        .arg(state)
+        .args(["list", "--quiet"])
+        .output()
+    else {
+        return;
+    };
+    for id in String::from_utf8_lossy(&output.stdout).lines() {
+        let owner = id
+            .rsplit_once('-')
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = Command::new(runc)
+                .arg("--root")
+                .arg(state)
+                .args(["delete", "--force", id])
+                .status();
+        }
+    }
+}
+
 #[test]
 fn the_injector_image_serves_as_nonroot_on_a_read_only_root() {
     let a = &registry::shared().a;
@@ -512,7 +537,8 @@ fn the_injector_image_serves_as_nonroot_on_a_read_only_root() {
         }));
     std::fs::write(&spec_path, spec.to_string()).expect("writing the spec");
 
-    let state = dir.path().join("runc-state");
+    let state = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/image-runc");
+    remove_orphan_containers(&runc, &state);
     let id = format!("pullsecret-injector-image-{}", std::process::id());
     let log = dir.path().join("container.log");
     let out = std::fs::File::create(&log).expect("log");
