@@ -74,6 +74,19 @@ final_stage="$(
     sed -e ':join' -e '/\\$/{N;s/\\\n[[:space:]]*/ /;b join' -e '}' "$repo/Dockerfile" |
         awk '/^FROM /{stage=""} {stage = stage $0 "\n"} END {printf "%s", stage}'
 )"
+# Anything else in the final stage would be lost here: refuse it, so the two images cannot
+# drift apart unnoticed.
+while read -r keyword args; do
+    case "$keyword" in
+    "" | \#*) ;;
+    FROM) [[ "$args" == gcr.io/distroless/cc-debian12* ]] ||
+        die "Dockerfile: the runtime base is now $args; the base layer here copies gcr.io/distroless/cc-debian12: update ${BASH_SOURCE[0]}" ;;
+    COPY) [[ "$args" == *" /pullsecret-injector" ]] ||
+        die "Dockerfile: COPY $args: only the binary at /pullsecret-injector is carried over: update ${BASH_SOURCE[0]}" ;;
+    LABEL | USER | EXPOSE | ENTRYPOINT | CMD) ;;
+    *) die "Dockerfile: $keyword in the final stage is not carried over by ${BASH_SOURCE[0]}: teach it, or move it" ;;
+    esac
+done <<<"$final_stage"
 instruction() { # instruction NAME: the arguments of every NAME line of the final stage
     sed -n "s/^$1[[:space:]]\{1,\}//p" <<<"$final_stage"
 }
