@@ -7,20 +7,17 @@
 //! Needs `make registry-tools` (registry, crane, runc, sleeper) and `make build` (the release
 //! binary the injector image is made from).
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use support::images::{self, Image};
-use support::registry::{self, Login, Registry};
+use test_support::images::{self, Image};
+use test_support::registry::{self, Login, Registry};
+use test_support::secrets;
 
 fn manifest(registry: &Registry, login: Login<'_>, reference: &str) -> std::process::Output {
     registry
@@ -37,7 +34,7 @@ fn stderr(output: &std::process::Output) -> String {
 #[test]
 fn a_push_with_credentials_is_pulled_back_and_logged_with_the_user() {
     let a = &registry::shared().a;
-    let _log = a.log_on_failure();
+    let _log = a.logs_on_failure();
 
     let image = images::push_test_image(a, "owned", "v1");
     let pulled = manifest(a, Login::Own, &image.reference);
@@ -79,7 +76,7 @@ fn a_push_with_credentials_is_pulled_back_and_logged_with_the_user() {
 #[test]
 fn an_anonymous_pull_gets_401_and_the_registry_logs_it() {
     let a = &registry::shared().a;
-    let _log = a.log_on_failure();
+    let _log = a.logs_on_failure();
     let image = images::push_test_image(a, "private", "v1");
     let before = a.unauthorized("private").len();
 
@@ -115,7 +112,7 @@ fn an_anonymous_pull_gets_401_and_the_registry_logs_it() {
 fn neither_registry_lets_the_other_registry_user_in() {
     let registries = registry::shared();
     let (a, b) = (&registries.a, &registries.b);
-    let _logs = (a.log_on_failure(), b.log_on_failure());
+    let _logs = (a.logs_on_failure(), b.logs_on_failure());
     let on_b = images::push_test_image(b, "only-b", "v1");
     let on_a = images::push_test_image(a, "only-a", "v1");
 
@@ -173,10 +170,10 @@ fn the_dockerconfigjson_and_pull_secret_hold_the_registry_credentials() {
     let entry = &json["auths"][a.host()];
     assert_eq!(entry["username"], a.user());
     assert_eq!(entry["password"], a.password());
-    let auth = BASE64
-        .decode(entry["auth"].as_str().expect("auth is a string"))
-        .expect("auth is base64");
-    assert_eq!(auth, format!("{}:{}", a.user(), a.password()).into_bytes());
+    assert_eq!(
+        entry["auth"],
+        secrets::base64(format!("{}:{}", a.user(), a.password()).as_bytes())
+    );
     assert_eq!(json["auths"].as_object().map(|o| o.len()), Some(1));
 
     let secret = a.pull_secret("regcred-a");
@@ -256,7 +253,7 @@ struct FinalStage {
 }
 
 fn dockerfile_final_stage() -> FinalStage {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile");
+    let path = test_support::repo_root().join("Dockerfile");
     let text = std::fs::read_to_string(&path).expect("reading the Dockerfile");
     let joined = text.replace("\\\n", " ");
     let lines: Vec<&str> = joined
@@ -311,7 +308,7 @@ fn label_pairs(args: &str) -> Vec<(String, String)> {
 #[test]
 fn the_injector_image_has_the_dockerfile_config() {
     let a = &registry::shared().a;
-    let _log = a.log_on_failure();
+    let _log = a.logs_on_failure();
     let image = injector_image();
     let config = images::config(a, &image.reference);
     let stage = dockerfile_final_stage();
@@ -367,14 +364,6 @@ fn the_injector_image_is_reproducible() {
         first.digest, again.digest,
         "two builds of the same binary gave different images"
     );
-}
-
-/// Free ports on 127.0.0.1, released before returning.
-fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().expect("addr").port())
 }
 
 /// The status code of `GET path` on a plain-HTTP server, or an error.
@@ -466,7 +455,7 @@ fn remove_orphan_containers(runc: &Path, state: &Path) {
 #[test]
 fn the_injector_image_serves_as_nonroot_on_a_read_only_root() {
     let a = &registry::shared().a;
-    let _log = a.log_on_failure();
+    let _log = a.logs_on_failure();
     let image = injector_image();
     let config = images::config(a, &image.reference);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -477,9 +466,9 @@ fn the_injector_image_serves_as_nonroot_on_a_read_only_root() {
     // The chart's mounts: the config and the serving certificate, read-only.
     let etc = dir.path().join("etc");
     std::fs::create_dir_all(&etc).expect("mkdir");
-    let ca = support::pki::TestCa::new("image test CA");
+    let ca = test_support::pki::TestCa::new("image test CA");
     ca.serving("injector", &["127.0.0.1"]).write_to(&etc);
-    let [webhook, admin] = free_ports();
+    let [webhook, admin] = test_support::ports::free_ports();
     std::fs::write(
         etc.join("config.yaml"),
         format!(
@@ -537,7 +526,7 @@ fn the_injector_image_serves_as_nonroot_on_a_read_only_root() {
         }));
     std::fs::write(&spec_path, spec.to_string()).expect("writing the spec");
 
-    let state = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/image-runc");
+    let state = test_support::repo_root().join("target/image-runc");
     remove_orphan_containers(&runc, &state);
     let id = format!("pullsecret-injector-image-{}", std::process::id());
     let log = dir.path().join("container.log");

@@ -6,6 +6,7 @@
 //! ```ignore
 //! let regs = registry::shared();          // A (user "alice") and B (user "bob"), one CA
 //! let a = &regs.a;
+//! let _logs = a.logs_on_failure();         // prints A's log tail if the test panics
 //! a.host();                                // "127.0.0.1:PORT", as in image references
 //! a.pull_secret("regcred");                // a kubernetes.io/dockerconfigjson Secret for A
 //! a.crane(Login::Own).args(["manifest", &image]);   // crane, trusting the CA, logged in
@@ -21,17 +22,17 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::core::v1::Secret;
 
-use super::pki::TestCa;
+use crate::logs::LogsOnFailure;
+use crate::pki::TestCa;
+use crate::secrets::{self, Credentials};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// bcrypt's lowest cost: the registry checks the hash on every request, and at the usual
@@ -64,9 +65,7 @@ echo "[registry] $1 (pid $child) exited with status $?"
 /// `<repo>/.cache/registry/bin/<name>`: `registry`, `crane`, `runc` or `sleeper`. Panics with
 /// instructions when missing.
 pub fn tool(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".cache/registry/bin")
-        .join(name);
+    let path = crate::repo_root().join(".cache/registry/bin").join(name);
     assert!(
         path.is_file(),
         "{} not found: build the registry and image tools once with `make registry-tools` \
@@ -126,7 +125,7 @@ pub struct Registry {
     wrapper: Mutex<Child>,
     /// Wrappers of attempts that lost a port race: their stdin stays open as long as this
     /// registry lives, because closing it removes the state directory this one uses.
-    retired: Vec<Child>,
+    _retired: Vec<Child>,
 }
 
 impl Registry {
@@ -153,7 +152,7 @@ impl Registry {
         let mut last_error = String::new();
         let mut retired = Vec::new();
         for _attempt in 0..5 {
-            let port = free_port()?;
+            let port = crate::ports::free_port();
             let host = format!("127.0.0.1:{port}");
             let config = state_dir.join("config.yml");
             write(
@@ -171,13 +170,13 @@ impl Registry {
                 state_dir: state_dir.clone(),
                 log: log.clone(),
                 wrapper: Mutex::new(wrapper),
-                retired: Vec::new(),
+                _retired: Vec::new(),
             };
             match registry.wait_listening() {
                 Ok(()) => {
                     registry.write_docker_configs()?;
                     return Ok(Registry {
-                        retired,
+                        _retired: retired,
                         ..registry
                     });
                 }
@@ -234,16 +233,18 @@ impl Registry {
     /// `{"auths":{"<host>":{"username":…,"password":…,"auth":base64(user:password)}}}`, the
     /// `.dockerconfigjson` of a pull secret for this registry.
     pub fn dockerconfigjson(&self) -> String {
-        dockerconfigjson(&self.host, &self.user, &self.password)
+        String::from_utf8_lossy(&self.credentials().dockerconfigjson()).into_owned()
+    }
+
+    /// The registry's user as [`Credentials`], for the dockerconfigjson helpers of
+    /// [`crate::secrets`].
+    pub fn credentials(&self) -> Credentials {
+        Credentials::new(&self.host, &self.user, &self.password)
     }
 
     /// A `kubernetes.io/dockerconfigjson` Secret `name` holding [`Self::dockerconfigjson`].
     pub fn pull_secret(&self, name: &str) -> Secret {
-        super::secrets::secret(
-            name,
-            "kubernetes.io/dockerconfigjson",
-            &[(".dockerconfigjson", self.dockerconfigjson().as_bytes())],
-        )
+        secrets::pull_secret(name, self.dockerconfigjson().as_bytes())
     }
 
     /// crane (from `make registry-tools`) trusting this registry's CA and logged in as `login`
@@ -266,7 +267,7 @@ impl Registry {
                     .and_then(|()| {
                         fs::write(
                             dir.join("config.json"),
-                            dockerconfigjson(&self.host, user, password),
+                            Credentials::new(&self.host, user, password).dockerconfigjson(),
                         )
                     })
                     .unwrap_or_else(|e| panic!("writing {}: {e}", dir.display()));
@@ -331,8 +332,15 @@ impl Registry {
     }
 
     /// A guard that prints the log's tail to stderr if the test panics while it lives.
-    pub fn log_on_failure(&self) -> LogOnFailure<'_> {
-        LogOnFailure { registry: self }
+    pub fn logs_on_failure(&self) -> LogsOnFailure<'_> {
+        LogsOnFailure::new("registry", || {
+            format!(
+                "(full log in {})\n{}",
+                self.log.display(),
+                self.log_tail(40)
+            )
+        })
+        .named(&self.name)
     }
 
     /// Fails if the registry process has exited.
@@ -384,24 +392,6 @@ impl Registry {
     }
 }
 
-/// See [`Registry::log_on_failure`].
-pub struct LogOnFailure<'a> {
-    registry: &'a Registry,
-}
-
-impl Drop for LogOnFailure<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "==== {} log (full log in {}) ====\n{}",
-                self.registry.name,
-                self.registry.log.display(),
-                self.registry.log_tail(40)
-            );
-        }
-    }
-}
-
 /// Writes containerd's registry host configuration into `dir` (the CRI plugin's
 /// `registry.config_path`): for each registry `<dir>/<host:port>/hosts.toml`, pointing at
 /// `https://<host:port>` and trusting the registry's CA, copied next to it as `ca.crt`.
@@ -426,17 +416,6 @@ pub fn containerd_hosts_toml(host: &str, ca_file: &Path) -> String {
         "server = \"https://{host}\"\n\n[host.\"https://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{}\"\n",
         ca_file.display()
     )
-}
-
-/// A dockerconfigjson with one entry: `host` logged in as `user`.
-pub fn dockerconfigjson(host: &str, user: &str, password: &str) -> String {
-    let auth = BASE64.encode(format!("{user}:{password}"));
-    serde_json::json!({
-        "auths": {
-            host: { "username": user, "password": password, "auth": auth }
-        }
-    })
-    .to_string()
 }
 
 // ---------------------------------------------------------------------------
@@ -622,7 +601,7 @@ fn spawn(config: &Path, state_dir: &Path, log: &Path) -> Result<Child, String> {
 fn log_dir() -> Result<PathBuf, String> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/registry-logs");
+        let root = crate::repo_root().join("target/registry-logs");
         fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
         if let Ok(entries) = fs::read_dir(&root) {
             for entry in entries.flatten() {
@@ -644,13 +623,6 @@ fn log_dir() -> Result<PathBuf, String> {
         Ok(dir)
     })
     .clone()
-}
-
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("binding 127.0.0.1:0: {e}"))
 }
 
 fn random_hex(bytes: usize) -> Result<String, String> {

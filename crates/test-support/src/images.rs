@@ -1,5 +1,5 @@
 //! Images without a Docker engine: layers written with `tar`, assembled and pushed by crane
-//! (`make registry-tools`), into the registries of [`super::registry`].
+//! (`make registry-tools`), into the registries of [`crate::registry`].
 //!
 //! ```ignore
 //! let a = &registry::shared().a;
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use super::registry::{Login, Registry, tool};
+use crate::registry::{Login, Registry, tool};
 
 /// The name the pause (sandbox) image carries in [`pause_archive`]: give it to containerd as
 /// its pinned sandbox image. It is never pulled: import the archive before the kubelet starts.
@@ -102,7 +102,7 @@ pub fn pause_archive(registry: &Registry) -> &'static Path {
 /// Runs `image/build.sh` (what `make image` runs) to push the injector's image as
 /// `registry`'s user to `<host>/<repository>:<tag>`. Needs the release binary (`make build`).
 pub fn push_injector_image(registry: &Registry, repository: &str, tag: &str) -> Image {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = crate::repo_root();
     let binary = repo.join("target/release/pullsecret-injector");
     assert!(
         binary.is_file(),
