@@ -90,7 +90,7 @@ controlplane: ## Build (or reuse) etcd, kube-apiserver, kube-controller-manager 
 	tests/controlplane/build.sh
 
 .PHONY: node
-node: ## Build (or reuse) the test node: kubelet, kube-scheduler, containerd, runc, CNI plugins, sandbox image
+node: registry-tools ## Build (or reuse) the test node: kubelet, kube-scheduler, containerd, CNI plugins, sandbox image
 	tests/node/build.sh
 
 .PHONY: chart

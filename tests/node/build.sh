@@ -4,9 +4,11 @@
 #                               so versions agree and Go's build cache is shared with it)
 #   containerd, containerd-shim-runc-v2, ctr  from tests/node/containerd/go.mod
 #   the CNI plugins bridge, host-local, loopback  from tests/node/cni/go.mod
-#   runc                        Debian's package, pinned by version and SHA-256, unpacked
-#   the sandbox image           tests/node/pause, as an OCI archive for `ctr images import`
+#   runc                        Debian's, from the registry tools (tests/registry/build.sh)
+#   the sandbox image           the registry tools' `sleeper`, as an OCI archive for
+#                               `ctr images import`, assembled here with tar and sha256sum
 #
+# Needs the registry tools (`make registry-tools`) first.
 # Output:  <repo>/.cache/node/bin/{kubelet,kube-scheduler,containerd,containerd-shim-runc-v2,ctr,runc}
 #          <repo>/.cache/node/cni/{bridge,host-local,loopback}
 #          <repo>/.cache/node/images/pause.tar
@@ -19,8 +21,6 @@
 set -euo pipefail
 
 MIN_GO="1.26.8" # tests/node/cni/go.mod says "go 1.26.8" (containernetworking/plugins v1.10.0)
-RUNC_VERSION="1.1.5+ds1-1+deb12u1" # Debian 12 (bookworm and bookworm-security)
-RUNC_SHA256="a00351f8c0318de0b424ecf5cd0fdb69880a89f3511cae4f6fff7de3e57881c5"
 PAUSE_IMAGE="localhost/pullsecret-injector-node/pause:1"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,6 +30,7 @@ bin="$out/bin"
 cni="$out/cni"
 images="$out/images"
 stamp="$out/stamp"
+registry_tools="$repo/.cache/registry/bin"
 binaries=(kubelet kube-scheduler containerd containerd-shim-runc-v2 ctr runc)
 plugins=(bridge host-local loopback)
 
@@ -38,7 +39,7 @@ for arg in "$@"; do
     case "$arg" in
     --force) force=1 ;;
     -h | --help)
-        sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -52,6 +53,11 @@ die() {
     echo "node: $*" >&2
     exit 1
 }
+
+for tool in runc sleeper; do
+    [[ -x "$registry_tools/$tool" ]] ||
+        die "$registry_tools/$tool not found: build the registry tools first (make registry-tools)"
+done
 
 if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
     PATH="/usr/local/go/bin:$PATH"
@@ -74,9 +80,9 @@ fingerprint() {
     (
         cd "$here/.."
         sha256sum node/build.sh controlplane/kube/go.mod controlplane/kube/go.sum \
-            node/containerd/go.mod node/containerd/go.sum node/cni/go.mod node/cni/go.sum \
-            node/pause/go.mod node/pause/main.go
-        echo "$go_version $(go env GOOS)/$(go env GOARCH) runc $RUNC_VERSION $RUNC_SHA256"
+            node/containerd/go.mod node/containerd/go.sum node/cni/go.mod node/cni/go.sum
+        sha256sum "$registry_tools/runc" "$registry_tools/sleeper" | cut -d' ' -f1
+        echo "$go_version $(go env GOOS)/$(go env GOARCH)"
     ) | sha256sum | cut -d' ' -f1
 }
 
@@ -142,29 +148,16 @@ build cni "$cni/" "-s -w -X github.com/containernetworking/plugins/pkg/utils/bui
     github.com/containernetworking/plugins/plugins/ipam/host-local \
     github.com/containernetworking/plugins/plugins/main/loopback
 
-# runc: Debian's build (cgo, libseccomp: seccomp profiles work). Downloaded, never installed.
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-echo "node: fetching Debian's runc $RUNC_VERSION (apt-get download)"
-if ! (cd "$work" && apt-get download -q "runc=$RUNC_VERSION" >/dev/null 2>&1); then
-    # A fresh machine may have no package lists yet.
-    if [[ $(id -u) -eq 0 ]]; then
-        apt-get update -q >/dev/null
-    fi
-    (cd "$work" && apt-get download -q "runc=$RUNC_VERSION") ||
-        die "cannot download runc=$RUNC_VERSION with apt-get (Debian 12 package lists needed; if Debian replaced it, bump RUNC_VERSION and RUNC_SHA256 in $0)"
-fi
-deb="$(echo "$work"/runc_*.deb)"
-got="$(sha256sum "$deb" | cut -d' ' -f1)"
-[[ "$got" == "$RUNC_SHA256" ]] || die "$deb has SHA-256 $got, expected $RUNC_SHA256"
-dpkg-deb -x "$deb" "$work/runc"
-install -m 0755 "$work/runc/usr/sbin/runc" "$bin/runc"
+# runc (Debian's: cgo and libseccomp, so seccomp profiles work) beside the node's binaries.
+install -m 0755 "$registry_tools/runc" "$bin/runc"
 "$bin/runc" --version >/dev/null || die "runc does not run here (it needs libseccomp2, which apt itself depends on)"
 
-# The sandbox image: the static pause program, as an OCI image layout in a tar archive.
-build pause "$work/pause" "-s -w" .
+# The sandbox image: the sleeper (a static Go program that waits for SIGTERM and reaps
+# orphans), as an OCI image layout in a tar archive.
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/rootfs" "$work/oci/blobs/sha256"
-install -m 0755 "$work/pause" "$work/rootfs/pause"
+install -m 0755 "$registry_tools/sleeper" "$work/rootfs/sleeper"
 deterministic_tar() { # deterministic_tar <output> <dir>: same bytes for the same files
     tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=posix \
         --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
@@ -179,7 +172,7 @@ blob() { # blob <file> -> prints "<sha256> <size>" and stores the file as a blob
 }
 deterministic_tar "$work/layer.tar" "$work/rootfs"
 read -r layer_digest layer_size < <(blob "$work/layer.tar")
-printf '{"architecture":"%s","os":"linux","config":{"Entrypoint":["/pause"],"User":"65535:65535"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+printf '{"architecture":"%s","os":"linux","config":{"Entrypoint":["/sleeper"],"User":"65535:65535"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
     "$(go env GOARCH)" "$layer_digest" >"$work/config.json"
 read -r config_digest config_size < <(blob "$work/config.json")
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
@@ -201,7 +194,7 @@ done
     echo "kubernetes $kube_version"
     echo "containerd $containerd_version"
     echo "cni-plugins $cni_version"
-    echo "runc $RUNC_VERSION"
+    echo "runc $("$bin/runc" --version | head -n1)"
     echo "pause-image $PAUSE_IMAGE"
 } >"$stamp"
 echo "node: built in $((SECONDS - start))s"

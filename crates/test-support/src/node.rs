@@ -50,7 +50,8 @@ use crate::ports::free_ports;
 
 /// The node's name (`--hostname-override`), also its `kubernetes.io/hostname` label.
 pub const NODE_NAME: &str = "pullsecret-node";
-/// The sandbox image `tests/node/build.sh` assembles; containerd pins it.
+/// The sandbox image `tests/node/build.sh` assembles (the registry tools' `sleeper`);
+/// containerd pins it.
 pub const PAUSE_IMAGE: &str = "localhost/pullsecret-injector-node/pause:1";
 /// Where the first running node records the machine's settings, for the last one to restore.
 pub const MACHINE_STATE: &str = "/run/pullsecret-injector-node.state";
@@ -330,21 +331,6 @@ impl Node {
     /// at each pull.
     pub fn registry_config_dir(&self) -> PathBuf {
         self.dir.join("certs.d")
-    }
-
-    /// Makes containerd trust `ca_pem` for the registry at `host_port` (`127.0.0.1:5000`):
-    /// a hosts.toml in its registry configuration directory, read at each pull.
-    pub fn trust_registry(&self, host_port: &str, ca_pem: &str) -> Result<(), String> {
-        let dir = self.dir.join("certs.d").join(host_port);
-        fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        write_file(&dir.join("ca.crt"), ca_pem)?;
-        write_file(
-            &dir.join("hosts.toml"),
-            &format!(
-                "server = \"https://{host_port}\"\n\n[host.\"https://{host_port}\"]\n  ca = \"{}\"\n",
-                dir.join("ca.crt").display()
-            ),
-        )
     }
 
     /// Runs `ctr -n k8s.io <args>` against the node's containerd and returns its stdout.
