@@ -125,6 +125,10 @@ image: build registry-tools ## Assemble the image from the release binary withou
 docker-build: ## docker build the image (IMAGE=name:tag; needs a Docker engine, not available here)
 	docker build --tag $(IMAGE) .
 
+.PHONY: demo
+demo: controlplane node registry-tools build ## A real node, a private registry, the chart: a private-image Pod Running beside the same Pod refused, then torn down
+	cargo test --locked --test e2e_node -- --ignored --exact demo --nocapture
+
 .PHONY: install
 install: $(HELM_DEPS) ## helm upgrade --install into the current kube context (NAMESPACE, HELM_ARGS="-f my-values.yaml")
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace $(HELM_ARGS)

@@ -78,7 +78,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Tears the node down when stdin closes; see the module documentation. Environment:
 /// NODE_DIR, NODE_BIN, NODE_SOCK, MACHINE_STATE, SYSCTLS, SHARED_DIRS. Stdin lines:
-/// `server <name> <pid>` (stopped in reverse order), `bridge <bridge> <CNI network name>`.
+/// `server <name> <pid>` (stopped in reverse order), `bridge <bridge> <CNI network name>`,
+/// `logs <directory>` (where the pods' logs are copied before the node's directory goes).
 pub const REAPER: &str = r#"
 trap '' INT TERM HUP
 log() { echo "[node-reaper $(date +%T.%N | cut -c1-12)] $*"; }
@@ -102,10 +103,12 @@ fi
 servers=""
 bridge=""
 net=""
+logs=""
 while read -r what name value; do
     case "$what" in
     server) servers="$name:$value $servers" ;;
     bridge) bridge="$name" net="$value" ;;
+    logs) logs="$name" ;;
     esac
 done
 log "the test process is gone: tearing down the node in $NODE_DIR"
@@ -159,6 +162,9 @@ if [ -n "$bridge" ]; then
 fi
 
 [ -z "$net" ] || rm -f /var/lib/cni/results/"$net"-*
+if [ -n "$logs" ] && [ -d "$NODE_DIR/pod-logs" ]; then
+    cp -r "$NODE_DIR/pod-logs" "$logs/pod-logs" && log "kept the pods' logs in $logs/pod-logs"
+fi
 for link in /var/log/containers/*.log; do
     case "$(readlink "$link" 2>/dev/null)" in "$NODE_DIR"/*) rm -f "$link" ;; esac
 done
@@ -402,6 +408,32 @@ impl Node {
         tails(servers.iter().map(|s| s.log.as_path()), lines)
     }
 
+    /// The last `lines` lines of the logs of every container of the pods in `namespace`
+    /// (the kubelet's files under `podLogsDir`; kept in the log directory after teardown).
+    pub fn pod_log_tails(&self, namespace: &str, lines: usize) -> String {
+        let root = self.dir.join("pod-logs");
+        let mut logs: Vec<PathBuf> = fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|pod| {
+                pod.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{namespace}_"))
+            })
+            .flat_map(|pod| fs::read_dir(pod.path()).into_iter().flatten().flatten())
+            .flat_map(|container| {
+                fs::read_dir(container.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|log| log.path())
+            .collect();
+        logs.sort();
+        tails(logs.iter().map(PathBuf::as_path), lines)
+    }
+
     /// A guard that prints the node's and the control plane's log tails to stderr if it is
     /// dropped during a panic.
     pub fn logs_on_failure(&self) -> LogsOnFailure<'_> {
@@ -459,6 +491,7 @@ fn start() -> Result<Node, String> {
     let reaper_log = log_dir.join("node-reaper.log");
     let _ = fs::rename(&reaper.log, &reaper_log);
     reaper.log = reaper_log;
+    reaper.tell(&format!("logs {}", log_dir.display()))?;
 
     let layout = Layout::new(&dir, &cache);
     layout.create()?;
