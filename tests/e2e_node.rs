@@ -268,11 +268,18 @@ async fn teardown_after_sigkill() {
         panic!("unexpected READY line {ready:?}");
     };
 
-    let containers: Vec<String> = std::fs::read_dir(format!("{dir}/runc/k8s.io"))
-        .expect("runc's state directory of the child's node")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .collect();
+    // Containers and sandboxes, as runc and containerd's CRI plugin know them.
+    let containers: Vec<String> = [
+        format!("{dir}/runc/k8s.io"),
+        format!("{dir}/containerd/root/io.containerd.grpc.v1.cri/sandboxes"),
+    ]
+    .iter()
+    .flat_map(|d| std::fs::read_dir(d).unwrap_or_else(|e| panic!("{d}: {e}")))
+    .flatten()
+    .map(|e| e.file_name().to_string_lossy().to_string())
+    .collect::<std::collections::BTreeSet<_>>()
+    .into_iter()
+    .collect();
     let before = leftovers(dir, bridge, network, &containers);
     for what in [
         "mount",
@@ -282,6 +289,8 @@ async fn teardown_after_sigkill() {
         "container process",
         "network namespace",
         "directory",
+        "cgroup",
+        "CNI cache entry",
     ] {
         assert!(
             before.iter().any(|l| l.starts_with(what)),
@@ -384,12 +393,26 @@ fn leftovers(dir: &str, bridge: &str, network: &str, containers: &[String]) -> V
         .flatten()
     {
         let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with(&format!("{network}-")) {
+        if name.starts_with(&format!("{network}-"))
+            || containers.iter().any(|id| name.contains(id.as_str()))
+        {
             found.push(format!("CNI cache entry {name}"));
+        }
+    }
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+        .expect("/sys/fs/cgroup")
+        .flatten()
+    {
+        for id in containers {
+            let cgroup = hierarchy.path().join("k8s.io").join(id);
+            if cgroup.exists() {
+                found.push(format!("cgroup {}", cgroup.display()));
+            }
         }
     }
     found
 }
+
 // ---------------------------------------------------------------------------
 // As users run it: registries, the injector's image, the chart (issue 12, a–g)
 // ---------------------------------------------------------------------------
@@ -1768,6 +1791,7 @@ async fn demo() {
     let without_ns = controlplane::namespace(&client, "demo-without", &[]).await;
     println!("{with_ns:<24} labelled {OPT_IN}=enabled");
     println!("{without_ns:<24} not labelled");
+    let pushed = logged_before(&cluster.registries.a);
     for ns in [&with_ns, &without_ns] {
         Api::<Pod>::namespaced(client.clone(), ns)
             .create(
@@ -1802,13 +1826,14 @@ async fn demo() {
     );
     assert_eq!(pods::secret_names(&running), [SECRET_A]);
     assert!(pods::secret_names(&without).is_empty());
-    say("registry A's log for demo-app");
-    for request in cluster.registries.a.requests().into_iter().filter(|r| {
-        r.repository.as_deref() == Some("demo-app")
-            && r.method != "PUT"
-            && r.method != "POST"
-            && r.method != "PATCH"
-    }) {
+    say("registry A's log since the pods were created: the refused pull, then alice's");
+    for request in cluster
+        .registries
+        .a
+        .requests()
+        .into_iter()
+        .filter(|r| r.repository.as_deref() == Some("demo-app") && !pushed.contains(&r.id))
+    {
         println!(
             "{:<5} {:<40} user={:<6} status={}",
             request.method,

@@ -120,18 +120,27 @@ for s in $servers; do
     [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$NODE_BIN/$name" ] || continue
     kill -TERM "$pid" 2>/dev/null
     i=0
-    while [ -e "/proc/$pid" ] && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    while [ -e "/proc/$pid" ] && [ "$i" -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
     kill -KILL "$pid" 2>/dev/null
     log "stopped $name (pid $pid)"
 done
 
-# Containers (pods' processes), then the shims that watched them.
-for root in "$NODE_DIR"/runc/*; do
-    [ -d "$root" ] || continue
-    for id in $("$NODE_BIN/runc" --root "$root" list -q 2>/dev/null); do
-        "$NODE_BIN/runc" --root "$root" delete --force "$id" && log "deleted container $id"
-        rm -f /var/lib/cni/results/cni-loopback-"$id"-lo
+# Every sandbox and container id the node holds state of: for their cgroups and CNI cache
+# entries, which outlive a container deleted by force.
+ids="$(ls "$NODE_DIR"/runc/*/ "$NODE_DIR"/containerd/root/io.containerd.grpc.v1.cri/sandboxes \
+    "$NODE_DIR"/containerd/root/io.containerd.grpc.v1.cri/containers \
+    "$NODE_DIR"/containerd/state/io.containerd.runtime.v2.task/k8s.io 2>/dev/null |
+    grep -E '^[0-9a-f]{64}$' | sort -u)"
+# The containers, while their shims still reap them (twice: with containerd gone no new one
+# is asked for, but one a shim was creating may have appeared meanwhile); then the shims.
+for pass in 1 2; do
+    for root in "$NODE_DIR"/runc/*; do
+        [ -d "$root" ] || continue
+        for id in $("$NODE_BIN/runc" --root "$root" list -q 2>/dev/null); do
+            "$NODE_BIN/runc" --root "$root" delete --force "$id" && log "deleted container $id"
+        done
     done
+    sleep 0.2
 done
 for p in /proc/[0-9]*; do
     case "$(tr '\0' ' ' 2>/dev/null <"$p/cmdline")" in
@@ -162,6 +171,16 @@ if [ -n "$bridge" ]; then
 fi
 
 [ -z "$net" ] || rm -f /var/lib/cni/results/"$net"-*
+for id in $ids; do
+    rm -f /var/lib/cni/results/*-"$id"-*
+    for cgroup in /sys/fs/cgroup/*/k8s.io/"$id" /sys/fs/cgroup/k8s.io/"$id"; do
+        i=0
+        while [ -d "$cgroup" ] && ! rmdir "$cgroup" 2>/dev/null && [ "$i" -lt 20 ]; do
+            sleep 0.1
+            i=$((i + 1))
+        done
+    done
+done
 if [ -n "$logs" ] && [ -d "$NODE_DIR/pod-logs" ]; then
     cp -r "$NODE_DIR/pod-logs" "$logs/pod-logs" && log "kept the pods' logs in $logs/pod-logs"
 fi
