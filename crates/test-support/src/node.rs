@@ -9,7 +9,8 @@
 //! let client = node.control_plane().client();
 //! ```
 //!
-//! Network. The node claims a number N (the first free of 20..=219) by creating the bridge
+//! Network. The node claims a free number N in 20..=219 (tried from one its pid picks, so that
+//! concurrent test binaries rarely collide) by creating the bridge
 //! `psi-brN`, which holds two addresses: 10.201.N.1/24, the gateway of the pod network
 //! 10.201.N.0/24, and 10.200.N.1/32, the ClusterIP of the `kubernetes` Service (the first
 //! address of the service range 10.200.N.0/24), where kube-apiserver listens on port 443.
@@ -23,10 +24,11 @@
 //! Lifecycle. A reaper (`sh`, [`REAPER`]) is started first; its stdin is a pipe held by the
 //! test process, through which it learns the servers' pids and the bridge. When the test
 //! process exits for any reason (tests passed, a panic, SIGKILL), the pipe closes and the
-//! reaper stops the kubelet, kube-scheduler and containerd, deletes every container with
-//! runc, kills the shims, unmounts everything under the node's directory (root file
-//! systems, volumes, network namespaces), deletes the bridge (and with the namespaces the
-//! veths), removes the CNI cache entries and the kubelet's log links, and deletes the
+//! reaper stops kube-scheduler, the kubelet and containerd, deletes every container with
+//! runc while the shims still reap them, kills the shims, unmounts everything under the
+//! node's directory (root file systems, volumes, network namespaces), deletes the bridge
+//! (the veths went with the namespaces), removes the containers' cgroups, the CNI cache
+//! entries and the kubelet's log links, keeps a copy of the pods' logs, and deletes the
 //! directory. The last node of the machine to go also restores the kernel settings the
 //! kubelet changes (`vm.overcommit_memory`, `kernel.panic`, `kernel.panic_on_oops`, …) and
 //! removes the shared directories it created, as recorded by the first one in
