@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod explain;
 pub mod image;
+pub mod kubelet_url;
 pub mod matching;
 pub mod metrics;
 pub mod patch;
