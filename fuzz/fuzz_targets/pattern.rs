@@ -1,7 +1,8 @@
 //! Registry patterns and the keyring. Input: patterns separated by spaces on the first line,
-//! images on the following lines. Parsing never panics, and the keyring's indexed lookup
-//! agrees with a plain scan of `matches_directly` over every pattern, the Docker Hub fallback
-//! applying only when nothing matched directly.
+//! images on the following lines, read as `auths` keys (as the kubelet reads them). Parsing
+//! never panics, a pattern the config accepts reads the same as a key, and the keyring's
+//! indexed lookup agrees with a plain scan of `matches_directly` over every pattern, the
+//! Docker Hub fallback applying only when nothing matched directly.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -18,8 +19,11 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or_default()
         .split(' ')
         .filter_map(|raw| {
-            let pattern = Pattern::parse(raw).ok()?;
+            let pattern = Pattern::from_auths_key(raw).ok()?;
             assert_eq!(pattern.raw(), raw);
+            if let Ok(configured) = Pattern::parse(raw) {
+                assert_eq!(configured, pattern, "config and auths readings of {raw:?}");
+            }
             Some(pattern)
         })
         .collect();
