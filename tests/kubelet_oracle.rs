@@ -70,19 +70,22 @@ fn our_matching_and_normalization_agree_with_the_kubelets_code() {
     run.finish();
 
     let total = run.compared;
-    println!(
-        "kubelet oracle: compared {total} cases with the kubelet's code ({tsv} matching-cases.tsv rows, {fuzz} from the fuzz corpus, {generated} generated with seed {seed:#x}) in {:.1} s: {} disagreements",
+    let summary = format!(
+        "kubelet oracle: compared {total} cases with the kubelet's code ({tsv} matching-cases.tsv rows, {fuzz} from the fuzz corpus, {generated} generated with seed {seed:#x}) in {:.1} s: {} disagreements\n\
+         kubelet oracle: {} looked up with config patterns, {} with a source Secret's bytes; the kubelet uses credentials for {}, cannot parse {} images, refuses the secrets of {} requests\n",
         started.elapsed().as_secs_f64(),
-        run.disagreements
-    );
-    println!(
-        "kubelet oracle: {} looked up with config patterns, {} with a source Secret's bytes; the kubelet uses credentials for {}, cannot parse {} images, refuses the secrets of {} requests",
+        run.disagreements,
         run.from_config,
         run.from_source,
         run.with_credentials,
         run.invalid_images,
         run.refused_secrets
     );
+    print!("{summary}");
+    // `make test` shows it after the run (test output is captured).
+    let summary_file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kubelet-oracle-summary.txt");
+    std::fs::write(&summary_file, &summary)
+        .unwrap_or_else(|e| panic!("write {}: {e}", summary_file.display()));
     assert!(
         run.disagreements == 0,
         "{} disagreements with the kubelet; the first ones:\n{}",
