@@ -101,7 +101,7 @@ ORACLE_SUMMARY := target/tmp/kubelet-oracle-summary.txt
 
 .PHONY: oracle-soak
 oracle-soak: oracle ## Our matching and normalization against the kubelet's code on ORACLE_SOAK_CASES (10 million) cases
-	ORACLE_CASES=$(ORACLE_SOAK_CASES) cargo test --locked --release --test kubelet_oracle -- --show-output
+	ORACLE_CASES=$(ORACLE_SOAK_CASES) cargo test --locked --test kubelet_oracle -- --show-output
 
 .PHONY: chart
 chart: $(HELM_DEPS) ## helm lint each certificate mode and render it into target/chart/<mode>.yaml

@@ -127,6 +127,9 @@ struct Ours {
     wanted: Option<BTreeSet<usize>>,
     /// Source flavor: we refuse the Secret as the kubelet would.
     refused: Option<bool>,
+    /// Source flavor: the id of the entry whose credentials the kubelet returns without a
+    /// username.
+    anonymous_id: Option<String>,
     /// Describes our setup for a disagreement report.
     setup: String,
 }
@@ -252,13 +255,9 @@ fn source_question(
         .map(|(k, key)| (key.as_str(), k))
         .collect();
     let mut ours = answer_with(&keyring, &images, |secret, pattern| {
-        key_index
-            .get(pattern.raw())
-            .map(|&k| match anonymous_entry {
-                Some(a) if a == k => String::new(),
-                _ => entry_id(secret, k),
-            })
+        key_index.get(pattern.raw()).map(|&k| entry_id(secret, k))
     });
+    ours.anonymous_id = anonymous_entry.map(|k| entry_id(0, k));
     ours.wanted = Some(
         admission::wanted_secrets(&settings, &keyring, images.iter().map(String::as_str))
             .into_iter()
@@ -316,6 +315,7 @@ fn answer_with(
         key_of,
         wanted: None,
         refused: None,
+        anonymous_id: None,
         setup: String::new(),
     }
 }
@@ -455,7 +455,15 @@ impl Run {
                 ));
                 continue;
             }
-            let theirs = canonical(&kubelet.used, &ours.key_of);
+            let kubelet_used: Vec<String> = kubelet
+                .used
+                .iter()
+                .map(|id| match &ours.anonymous_id {
+                    Some(anonymous) if id.is_empty() => anonymous.clone(),
+                    _ => id.clone(),
+                })
+                .collect();
+            let theirs = canonical(&kubelet_used, &ours.key_of);
             let mine = canonical(&ours.used[i], &ours.key_of);
             if theirs != mine {
                 self.disagree(format!(
@@ -463,11 +471,9 @@ impl Run {
                     q.label, kubelet_name, ours.setup
                 ));
             }
-            for id in &kubelet.used {
+            for id in &kubelet_used {
                 if let Some(secret) = id.split('_').next().and_then(|s| s.parse::<usize>().ok()) {
                     kubelet_wanted.insert(secret);
-                } else if id.is_empty() {
-                    kubelet_wanted.insert(0);
                 }
             }
             if let Some(row) = &q.row {
