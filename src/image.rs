@@ -292,6 +292,8 @@ mod tests {
     #[case::ipv6_without_port("[fe80::1]/x", "[fe80::1]/x")]
     #[case::uppercase_domain("MyRegistry/app", "MyRegistry/app")]
     #[case::separators("ghcr.io/a__b/c-d--e/f.g_h", "ghcr.io/a__b/c-d--e/f.g_h")]
+    #[case::domain_less("my_registry.example/a/app", "my_registry.example/a/app")]
+    #[case::bracketed_hex("[AB]/x", "[AB]/x")]
     fn normalizes(#[case] image: &str, #[case] expected: &str) {
         let name = ImageName::parse(image).expect("parses");
         assert_eq!(name.as_str(), expected);
@@ -334,8 +336,36 @@ mod tests {
     }
 
     #[test]
-    fn rejects_names_longer_than_255() {
-        let image = format!("ghcr.io/{}", "a".repeat(260));
+    fn limits_the_repository_path_to_255() {
+        let image = format!("ghcr.io/{}", "a".repeat(256));
         assert_eq!(ImageName::parse(&image), Err(ImageError::NameTooLong));
+        let image = format!("ghcr.io/{}", "a".repeat(255));
+        assert_eq!(ImageName::parse(&image).unwrap().as_str(), image);
+        // A domain-less name is all path.
+        let image = format!("my_registry.example/{}", "a".repeat(236));
+        assert_eq!(ImageName::parse(&image), Err(ImageError::NameTooLong));
+    }
+
+    #[test]
+    fn a_domain_less_name_is_matched_on_its_first_component() {
+        let name = ImageName::parse("my_registry.example/a/app:1").unwrap();
+        assert_eq!(name.domain(), "my_registry.example");
+        assert_eq!(name.path(), "a/app");
+        assert!(ImageName::parse("my_registry.example:5000/app").is_err());
+    }
+
+    #[test]
+    fn a_bracketed_host_that_is_not_ipv6_parses_but_not_as_a_url() {
+        assert!(!ImageName::parse("[AB]/x").unwrap().kubelet_url_parses());
+        assert!(
+            !ImageName::parse("[1:2:3:4:5:6:7:8::]:5000/x")
+                .unwrap()
+                .kubelet_url_parses()
+        );
+        assert!(
+            ImageName::parse("[::1]:5000/x")
+                .unwrap()
+                .kubelet_url_parses()
+        );
     }
 }
