@@ -44,14 +44,14 @@ fn explain_one(settings: &Settings, keyring: &Keyring, image: &str, out: &mut St
             out,
             "  secret {:?}: pattern {:?} (key {}) {how}",
             settings.secrets[found.secret].name,
-            pattern.raw(),
+            pattern.shown(),
             pattern.key()
         );
         if kind == MatchKind::Direct && pattern.matches_mid_segment(&name) {
             let _ = writeln!(
                 out,
                 "    note: {:?} matches as a raw string prefix, as the kubelet does; write {:?} to match only that path",
-                pattern.raw(),
+                pattern.shown(),
                 format!("{}/", pattern.key())
             );
         }

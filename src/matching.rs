@@ -60,6 +60,9 @@ pub struct Pattern {
     /// Bytes, as Go has them: a decoded escape need not be UTF-8.
     key: Vec<u8>,
     key_shown: String,
+    /// `raw` with any user information (`user:password@`, which the kubelet drops from a
+    /// key) replaced: what reports may show.
+    raw_shown: String,
     /// None when the key can match no image name: parsing it again fails, it is not UTF-8,
     /// or a host label is a malformed glob (the kubelet's `filepath.Match` fails on it).
     matcher: Option<KeyMatcher>,
@@ -122,10 +125,27 @@ impl Pattern {
     /// An `auths` key of a dockerconfigjson Secret, read exactly as the kubelet reads it: an
     /// error is a key the kubelet ignores. Keys that parse but can match nothing are kept.
     pub fn from_auths_key(raw: &str) -> Result<Self, UrlError> {
-        let url = if raw.starts_with("https://") || raw.starts_with("http://") {
+        let has_scheme = raw.starts_with("https://") || raw.starts_with("http://");
+        let url = if has_scheme {
             kubelet_url::parse(raw.as_bytes())?
         } else {
             kubelet_url::parse(format!("https://{raw}").as_bytes())?
+        };
+        let raw_shown = if url.had_user_info {
+            let start = if has_scheme {
+                raw.find("://").map_or(0, |i| i + 3)
+            } else {
+                0
+            };
+            let authority_end = raw[start..]
+                .find(['/', '?', '#'])
+                .map_or(raw.len(), |i| start + i);
+            let at = raw[start..authority_end]
+                .rfind('@')
+                .map_or(start, |i| start + i);
+            format!("{}<redacted>{}", &raw[..start], &raw[at..])
+        } else {
+            raw.to_string()
         };
         let path = url.path.as_slice();
         let effective_path = if path.starts_with(b"/v2/") || path.starts_with(b"/v1/") {
@@ -139,6 +159,7 @@ impl Pattern {
         }
         Ok(Self {
             raw: raw.to_string(),
+            raw_shown,
             key_shown: String::from_utf8_lossy(&key).into_owned(),
             matcher: KeyMatcher::from_key(&key),
             key,
@@ -148,6 +169,11 @@ impl Pattern {
     /// The pattern as configured.
     pub fn raw(&self) -> &str {
         &self.raw
+    }
+
+    /// The pattern as it may be shown: an `auths` key's user information redacted.
+    pub fn shown(&self) -> &str {
+        &self.raw_shown
     }
 
     /// The normalized key: `host[:port][/path]` (a byte that is not UTF-8 shown as U+FFFD).
@@ -644,6 +670,22 @@ mod tests {
         let pattern = Pattern::from_auths_key("ghcr.io/a%3Fb").unwrap();
         assert_eq!(pattern.key(), "ghcr.io/a?b");
         assert!(pattern.matches_directly(&image("ghcr.io/acme/x")));
+    }
+
+    #[test]
+    fn user_information_in_a_key_is_never_shown() {
+        for (raw, shown) in [
+            (
+                "https://robot:s3cret@ghcr.io/a@b",
+                "https://<redacted>@ghcr.io/a@b",
+            ),
+            ("robot:s3cr@et@ghcr.io", "<redacted>@ghcr.io"),
+            ("ghcr.io/acme", "ghcr.io/acme"),
+        ] {
+            let pattern = Pattern::from_auths_key(raw).unwrap();
+            assert_eq!(pattern.shown(), shown, "{raw:?}");
+            assert!(!pattern.key().contains("s3"), "{raw:?}");
+        }
     }
 
     #[test]
