@@ -2,6 +2,7 @@
 //! part of it, so unused items are expected.
 #![allow(dead_code)]
 
+pub mod access;
 pub mod client;
 pub mod controlplane;
 pub mod injector;

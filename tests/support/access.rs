@@ -1,0 +1,210 @@
+//! The chart's own access for an injector under test: `helm template` of the chart with the
+//! values that match the injector's config, its ServiceAccount, ClusterRole, Roles,
+//! bindings and Secret policy applied to the control plane, and a kubeconfig with a token
+//! of that ServiceAccount (TokenRequest API). An injector started with it has exactly what
+//! an installation has, and nothing the admin credentials would add.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use serde_json::Value;
+
+use super::controlplane;
+use super::scenario::{service_account_token, token_kubeconfig};
+
+pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/pullsecret-injector");
+
+/// What the chart grants one installation, applied to the shared control plane.
+pub struct ChartAccess {
+    /// The release namespace: the ServiceAccount's, the Lease's, the sources' by default.
+    pub namespace: String,
+    /// The chart's full name: ServiceAccount, ClusterRole, Lease, webhook configuration.
+    pub fullname: String,
+    /// Everything `helm template` rendered.
+    pub docs: Vec<Value>,
+    /// A kubeconfig that authenticates as the ServiceAccount.
+    pub kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ChartAccess {
+    /// Renders the chart as release `fullname` (its `fullnameOverride`) in `namespace` with
+    /// `helm_args`, applies the access objects (server-side apply, so granting again, as a
+    /// `helm upgrade` would, replaces them) and mints a token.
+    pub async fn grant(
+        admin: &kube::Client,
+        namespace: &str,
+        fullname: &str,
+        helm_args: &[String],
+    ) -> Self {
+        let docs = render(namespace, fullname, helm_args);
+        apply_access(admin, &docs).await;
+        let token = service_account_token(admin, namespace, fullname).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cp = controlplane::shared();
+        let kubeconfig = token_kubeconfig(dir.path(), cp.apiserver_url(), cp.ca_pem(), &token);
+        Self {
+            namespace: namespace.to_string(),
+            fullname: fullname.to_string(),
+            docs,
+            kubeconfig,
+            _dir: dir,
+        }
+    }
+
+    /// The access an installation whose chart values match `config` (an injector config file)
+    /// would have: the release namespace is `namespace`, the full name `leaderElection.leaseName`,
+    /// and `secrets`, `retiredSecrets` and self-managed certificates come from the config.
+    /// Panics when the config names what the chart cannot: a certificate Secret or webhook
+    /// configuration named otherwise than the chart names them.
+    pub async fn for_config(admin: &kube::Client, config: &str) -> Self {
+        let config: Value = serde_saphyr::from_str(config).expect("the injector config is YAML");
+        let namespace = config["namespace"]
+            .as_str()
+            .expect("the config names its namespace (the release namespace)");
+        let fullname = config["leaderElection"]["leaseName"]
+            .as_str()
+            .expect("the config names its Lease (the chart's full name)");
+        let mut args = vec![
+            "--set-json".to_string(),
+            format!(
+                "secrets={}",
+                config
+                    .get("secrets")
+                    .cloned()
+                    .unwrap_or(Value::Array(vec![]))
+            ),
+        ];
+        if let Some(retired) = config.get("retiredSecrets") {
+            args.extend([
+                "--set-json".to_string(),
+                format!("retiredSecrets={retired}"),
+            ]);
+        }
+        match config.get("certificates") {
+            Some(certificates) => {
+                assert_eq!(
+                    certificates["secretName"].as_str(),
+                    Some(format!("{fullname}-tls").as_str()),
+                    "the chart keeps the certificate in <fullname>-tls"
+                );
+                assert_eq!(
+                    certificates["webhookConfigurationName"].as_str(),
+                    Some(fullname),
+                    "the chart's webhook configuration is named <fullname>"
+                );
+                args.extend(["--set".to_string(), "certs.mode=self".to_string()]);
+            }
+            // Certificate files: the chart's `external` mode, which grants nothing for them.
+            None => args.extend(
+                [
+                    "--set",
+                    "certs.mode=external",
+                    "--set",
+                    "certs.external.secretName=unused",
+                    "--set",
+                    "certs.external.caBundle=dW51c2Vk",
+                ]
+                .map(String::from),
+            ),
+        }
+        Self::grant(admin, namespace, fullname, &args).await
+    }
+
+    /// `system:serviceaccount:<namespace>:<fullname>`.
+    pub fn username(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.namespace, self.fullname)
+    }
+
+    /// The groups the apiserver gives that ServiceAccount's tokens.
+    pub fn groups(&self) -> Vec<String> {
+        vec![
+            "system:serviceaccounts".to_string(),
+            format!("system:serviceaccounts:{}", self.namespace),
+            "system:authenticated".to_string(),
+        ]
+    }
+
+    /// `KUBECONFIG=<the token's kubeconfig>`, for an injector's environment.
+    pub fn env(&self) -> (String, String) {
+        ("KUBECONFIG".into(), self.kubeconfig.display().to_string())
+    }
+
+    /// The rendered documents of `kind`.
+    pub fn of_kind(&self, kind: &str) -> Vec<&Value> {
+        self.docs.iter().filter(|d| d["kind"] == kind).collect()
+    }
+}
+
+/// `helm template` of the chart as the documents it renders.
+pub fn render(namespace: &str, fullname: &str, helm_args: &[String]) -> Vec<Value> {
+    let cp = controlplane::shared();
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-home");
+    let out = Command::new(cp.binary("helm"))
+        .args(["template", fullname, CHART, "--namespace", namespace])
+        .args(["--set", &format!("fullnameOverride={fullname}")])
+        .args(helm_args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("running helm template");
+    assert!(
+        out.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    serde_saphyr::from_multiple::<Value>(&text)
+        .expect("rendered YAML")
+        .into_iter()
+        .filter(|d| d.is_object())
+        .collect()
+}
+
+/// Applies the rendered identity and permissions: the ServiceAccount, ClusterRole, Roles,
+/// their bindings, and the Secret policy with its binding.
+pub async fn apply_access(admin: &kube::Client, docs: &[Value]) {
+    use k8s_openapi::Resource;
+    let kinds = [
+        (
+            ApiResource::erase::<ServiceAccount>(&()),
+            ServiceAccount::KIND,
+        ),
+        (ApiResource::erase::<ClusterRole>(&()), ClusterRole::KIND),
+        (
+            ApiResource::erase::<ClusterRoleBinding>(&()),
+            ClusterRoleBinding::KIND,
+        ),
+        (ApiResource::erase::<Role>(&()), Role::KIND),
+        (ApiResource::erase::<RoleBinding>(&()), RoleBinding::KIND),
+        (
+            ApiResource::erase::<ValidatingAdmissionPolicy>(&()),
+            ValidatingAdmissionPolicy::KIND,
+        ),
+        (
+            ApiResource::erase::<ValidatingAdmissionPolicyBinding>(&()),
+            ValidatingAdmissionPolicyBinding::KIND,
+        ),
+    ];
+    let params = PatchParams::apply("e2e-chart-access").force();
+    for (resource, kind) in &kinds {
+        for doc in docs.iter().filter(|d| d["kind"] == *kind) {
+            let name = doc["metadata"]["name"].as_str().expect("a name");
+            let api: Api<DynamicObject> = match doc["metadata"]["namespace"].as_str() {
+                Some(namespace) => Api::namespaced_with(admin.clone(), namespace, resource),
+                None => Api::all_with(admin.clone(), resource),
+            };
+            api.patch(name, &params, &Patch::Apply(doc))
+                .await
+                .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+        }
+    }
+}
