@@ -54,6 +54,10 @@ pub struct Config {
     pub certificates: Option<CertificatesConfig>,
     #[serde(default)]
     pub secrets: Vec<SecretConfig>,
+    /// Names of entries taken out of `secrets` whose copies this installation still deletes:
+    /// with RBAC by name, the injector cannot find the copies of a name it no longer knows.
+    #[serde(default)]
+    pub retired_secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -277,6 +281,8 @@ pub struct Settings {
     pub leader_election: LeaderElectionConfig,
     pub certificates: Option<CertificatesConfig>,
     pub secrets: Vec<SecretSpec>,
+    /// Copies to delete wherever this installation made them (`retiredSecrets`).
+    pub retired_secrets: Vec<String>,
     /// The patterns written in config; the replicator adds those read from sources.
     pub keyring: Keyring,
 }
@@ -456,6 +462,17 @@ impl Config {
             });
         }
 
+        for (i, name) in self.retired_secrets.iter().enumerate() {
+            if let Err(reason) = check_dns1123_subdomain(name) {
+                error(format!("retiredSecrets[{i}]"), reason);
+            } else if let Some(live) = self.secrets.iter().position(|s| &s.name == name) {
+                error(
+                    format!("retiredSecrets[{i}]"),
+                    format!("{name:?} is in use at secrets[{live}]; a retired name must not be"),
+                );
+            }
+        }
+
         match (listen, metrics_listen) {
             (Ok(listen), Ok(metrics_listen)) if errors.is_empty() => {
                 let keyring = Keyring::new(
@@ -476,6 +493,7 @@ impl Config {
                     leader_election: self.leader_election,
                     certificates: self.certificates,
                     secrets,
+                    retired_secrets: self.retired_secrets,
                     keyring,
                 })
             }
@@ -489,10 +507,22 @@ impl Settings {
     /// otherwise `serve` runs standalone.
     pub fn needs_cluster(&self) -> bool {
         self.certificates.is_some()
+            || !self.retired_secrets.is_empty()
             || self
                 .secrets
                 .iter()
                 .any(|s| s.source.is_some() || s.namespace_selector.is_some())
+    }
+
+    /// The names the injector's copies may have: entries with a source, and retired ones.
+    /// Each is watched on its own (RBAC grants Secrets by name only).
+    pub fn copy_names(&self) -> std::collections::BTreeSet<&str> {
+        self.secrets
+            .iter()
+            .filter(|s| s.source.is_some())
+            .map(|s| s.name.as_str())
+            .chain(self.retired_secrets.iter().map(String::as_str))
+            .collect()
     }
 
     /// Whether replicated copies belong in this namespace for `secret`.
@@ -649,6 +679,30 @@ secrets:
             "{err}"
         );
         settings("limits: {maxBodyBytes: 1000, maxBufferedBodyBytes: 1000}").unwrap();
+    }
+
+    #[test]
+    fn retired_names_are_secret_names_not_in_use() {
+        let err = settings(
+            "secrets: [{name: live, source: {name: s}}]\nretiredSecrets: [old, Bad_Name, live]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("retiredSecrets[1]: \"Bad_Name\" is not a valid Secret name"),
+            "{err}"
+        );
+        assert!(
+            err.contains("retiredSecrets[2]: \"live\" is in use at secrets[0]"),
+            "{err}"
+        );
+        let s = settings("namespace: infra\nsecrets: [{name: live, source: {name: s}}, {name: p, registries: [x.io]}]\nretiredSecrets: [old]")
+            .unwrap();
+        assert_eq!(
+            s.copy_names().into_iter().collect::<Vec<_>>(),
+            ["live", "old"]
+        );
+        assert!(settings("retiredSecrets: [old]").unwrap().needs_cluster());
     }
 
     #[test]

@@ -20,8 +20,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Cluster, FIELD_MANAGER, HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ReplicateError,
-    SOURCE_ANNOTATION, copy_of, is_managed,
+    Cluster, FIELD_MANAGER, HASH_ANNOTATION, ReplicateError, SOURCE_ANNOTATION, copy_of, is_managed,
 };
 use crate::config::{SecretSpec, SourceRef};
 
@@ -121,7 +120,7 @@ async fn leader_duties(cluster: Arc<Cluster>, identity: String, stop: Cancellati
             stop.clone(),
         ))
     });
-    if settings.secrets.iter().any(|s| s.source.is_some()) {
+    if !settings.copy_names().is_empty() {
         run_controller(Arc::clone(&cluster), identity, stop).await;
     }
     if let Some(keeper) = keeper {
@@ -147,23 +146,29 @@ async fn run_controller(cluster: Arc<Cluster>, identity: String, stop: Cancellat
             changes.changed().await.ok()?;
             Some(((), changes))
         });
-    let copies =
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    Controller::new(
+    let mut controller = Controller::new(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
-    )
-    .watches(Api::<Secret>::all(client), copies, |secret| {
-        secret
-            .namespace()
-            .map(|ns| ObjectRef::<Namespace>::new(&ns))
-    })
-    .reconcile_all_on(source_trigger)
-    .trigger_backoff(super::watch_backoff())
-    .graceful_shutdown_on(stop.cancelled_owned())
-    .run(reconcile, error_policy, context)
-    .for_each(|_| async {})
-    .await;
+    );
+    // A change to one of our copies re-syncs its namespace: one watch per name.
+    for name in cluster.settings().copy_names() {
+        controller = controller.watches(
+            Api::<Secret>::all(client.clone()),
+            super::copies_watch(name),
+            |secret| {
+                secret
+                    .namespace()
+                    .map(|ns| ObjectRef::<Namespace>::new(&ns))
+            },
+        );
+    }
+    controller
+        .reconcile_all_on(source_trigger)
+        .trigger_backoff(super::watch_backoff())
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(reconcile, error_policy, context)
+        .for_each(|_| async {})
+        .await;
 }
 
 fn error_policy(namespace: Arc<Namespace>, error: &ReplicateError, ctx: Arc<Context>) -> Action {
@@ -203,6 +208,10 @@ async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Actio
         let Some(source) = cluster.source(source_ref) else {
             continue;
         };
+        // Reported when the source changes; its copies, if any, are left as they are.
+        if !super::is_replicable(&source) {
+            continue;
+        }
         sync_copy(&ctx, &api, &namespace, spec, source_ref, &source).await?;
     }
     for copy in cluster.copies_in(&name) {
