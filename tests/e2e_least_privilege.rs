@@ -384,6 +384,9 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
 const POLICY_FULLNAME: &str = "lpp-pullsecret-injector";
 const OWNER_ANNOTATION: &str = "pullsecret-injector.io/owner";
 
+/// A SubjectAccessReview to make: verb, what it is about, namespace, name, the answer expected.
+type Check<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, bool);
+
 /// What the apiserver's authorizer answers for `access`'s ServiceAccount.
 async fn may(
     admin: &kube::Client,
@@ -505,7 +508,7 @@ async fn chart_rbac_reads_only_the_managed_secrets_and_the_policy_allows_only_th
     .await;
     let (all, rel, sh) = (None, Some(release.as_str()), Some(shared.as_str()));
     let app_ns = Some(app.as_str());
-    let checks: Vec<(&str, &str, Option<&str>, Option<&str>, bool)> = vec![
+    let checks: Vec<Check> = vec![
         // What the issue names, and more: nothing the injector does not manage.
         (
             "get",
