@@ -83,7 +83,8 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
 
     // The chart's identity and permissions, exactly as rendered: ServiceAccount, RBAC and
     // the Secret policy.
-    let access = ChartAccess::grant(&admin, &namespace, FULLNAME, &values()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let access = ChartAccess::grant(&admin, &namespace, FULLNAME, &values(), dir.path()).await;
     let docs = &access.docs;
     let sa: ServiceAccount = one_of(docs, "ServiceAccount");
     let sa_name = sa.metadata.name.clone().expect("ServiceAccount name");
@@ -119,7 +120,6 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
     let source = create_secret(&admin, &namespace, &pull_secret("regcred-source", &first)).await;
 
     // A token of the chart's ServiceAccount, and the chart's config.
-    let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = access.kubeconfig.clone();
     let configmap: ConfigMap = one_of(docs, "ConfigMap");
     let config: String = configmap.data.expect("ConfigMap data")["config.yaml"]
@@ -494,7 +494,8 @@ async fn chart_rbac_reads_only_the_managed_secrets_and_the_policy_allows_only_th
         "--set-json".to_string(),
         r#"retiredSecrets=["old-regcred"]"#.to_string(),
     ];
-    let access = ChartAccess::grant(&admin, &release, POLICY_FULLNAME, &values).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let access = ChartAccess::grant(&admin, &release, POLICY_FULLNAME, &values, dir.path()).await;
     let owner = format!("{release}/{POLICY_FULLNAME}");
     let tls = format!("{POLICY_FULLNAME}-tls");
 

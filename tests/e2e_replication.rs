@@ -6,9 +6,10 @@
 //! its own. Each test has its own source namespace (which also holds its Lease), its own
 //! opt-in label (`pullsecret-injector.io/e2e-repl-<id>`), its own Lease name, its own
 //! namespaces and, where pods are involved, its own MutatingWebhookConfiguration selecting
-//! that label (deleted at the end, or on drop if the test panics). Every injector watches the
-//! whole cluster, so these tests also show that one installation leaves another's copies
-//! alone.
+//! that label (deleted at the end, or on drop if the test panics). Every injector runs with
+//! the access the chart grants for its config (a ServiceAccount token, tests/support/access.rs)
+//! and watches its copies' names across the whole cluster, so these tests also show that one
+//! installation leaves another's copies alone.
 //!
 //! Needs `make controlplane` once.
 
@@ -25,6 +26,7 @@ use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use support::access::ChartAccess;
 use support::controlplane::{self, eventually};
 use support::injector::{Injector, Instance, Options, free_port, metric};
 use support::pods::{dry_run_secrets, pod, secret_names, wait_dry_run};
@@ -88,14 +90,12 @@ fn start_leader(config: &str) -> Instance {
 }
 
 /// Starts `serve` with `config` on `listen` in `dir` (certificates already there) against the test
-/// control plane, and waits for "caches synced".
+/// control plane, with the access the chart grants for that config, and waits for "caches
+/// synced".
 fn start_in(config: &str, listen: &str, dir: &std::path::Path) -> Injector {
-    let kubeconfig = controlplane::shared()
-        .kubeconfig_path()
-        .display()
-        .to_string();
+    let access = ChartAccess::for_config_blocking(config, dir);
     let mut injector = Injector::start(Options {
-        env: vec![("KUBECONFIG".into(), kubeconfig)],
+        env: vec![access.env()],
         listen,
         ..Options::new(config, dir)
     });
@@ -1337,10 +1337,15 @@ async fn removed_entry_or_unlabelled_namespace_loses_only_its_own_copies() {
         }
     }
 
-    // The entry is removed from config: its copies go, the rest stays as it was.
+    // The entry is removed from config, its name retired: its copies go, the rest stays as
+    // it was.
     let Instance { injector, dir, .. } = first;
     injector.stop_cleanly();
-    let mut second = start_in(&config(id, &source_ns, entry_a), "127.0.0.1:0", dir.path());
+    let retired = format!(
+        "{}retiredSecrets: [regcred-b]\n",
+        config(id, &source_ns, entry_a)
+    );
+    let mut second = start_in(&retired, "127.0.0.1:0", dir.path());
     wait_leader_log(&mut second);
     let _injector_logs = second.logs_on_failure().named("second");
     for ns in [&one, &two] {

@@ -30,32 +30,48 @@ pub struct ChartAccess {
     pub docs: Vec<Value>,
     /// A kubeconfig that authenticates as the ServiceAccount.
     pub kubeconfig: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl ChartAccess {
     /// Renders the chart as release `fullname` (its `fullnameOverride`) in `namespace` with
     /// `helm_args`, applies the access objects (server-side apply, so granting again, as a
-    /// `helm upgrade` would, replaces them) and mints a token.
+    /// `helm upgrade` would, replaces them) and writes a kubeconfig with a new token into
+    /// `dir`.
     pub async fn grant(
         admin: &kube::Client,
         namespace: &str,
         fullname: &str,
         helm_args: &[String],
+        dir: &Path,
     ) -> Self {
         let docs = render(namespace, fullname, helm_args);
         apply_access(admin, &docs).await;
         let token = service_account_token(admin, namespace, fullname).await;
-        let dir = tempfile::tempdir().expect("tempdir");
         let cp = controlplane::shared();
-        let kubeconfig = token_kubeconfig(dir.path(), cp.apiserver_url(), cp.ca_pem(), &token);
+        let kubeconfig = token_kubeconfig(dir, cp.apiserver_url(), cp.ca_pem(), &token);
         Self {
             namespace: namespace.to_string(),
             fullname: fullname.to_string(),
             docs,
             kubeconfig,
-            _dir: dir,
         }
+    }
+
+    /// [`Self::for_config`] from synchronous code, on a runtime of its own.
+    pub fn for_config_blocking(config: &str, dir: &Path) -> Self {
+        let (config, dir) = (config.to_string(), dir.to_path_buf());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let admin = controlplane::shared().client();
+                Self::for_config(&admin, &config, &dir).await
+            })
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
     /// The access an installation whose chart values match `config` (an injector config file)
@@ -63,7 +79,7 @@ impl ChartAccess {
     /// and `secrets`, `retiredSecrets` and self-managed certificates come from the config.
     /// Panics when the config names what the chart cannot: a certificate Secret or webhook
     /// configuration named otherwise than the chart names them.
-    pub async fn for_config(admin: &kube::Client, config: &str) -> Self {
+    pub async fn for_config(admin: &kube::Client, config: &str, dir: &Path) -> Self {
         let config: Value = serde_saphyr::from_str(config).expect("the injector config is YAML");
         let namespace = config["namespace"]
             .as_str()
@@ -114,7 +130,7 @@ impl ChartAccess {
                 .map(String::from),
             ),
         }
-        Self::grant(admin, namespace, fullname, &args).await
+        Self::grant(admin, namespace, fullname, &args, dir).await
     }
 
     /// `system:serviceaccount:<namespace>:<fullname>`.
