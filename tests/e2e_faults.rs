@@ -3,6 +3,10 @@
 //! replicator watches, kube-apiserver down when the injector starts, etcd frozen while pods
 //! are admitted, RBAC refusing the replicator's writes, and the source Secret deleted.
 //!
+//! The injectors run with the access the chart grants for their config (a ServiceAccount
+//! token, RBAC by name, the Secret policy: tests/support/access.rs), except in the RBAC test,
+//! which takes write access away on purpose.
+//!
 //! Each test binary has a control plane of its own, so breaking it here disturbs no other
 //! suite. Within this binary, the tests that break it hold `FAULTS` for writing and the others
 //! for reading: nothing runs while the control plane is broken but the test that broke it.
@@ -20,6 +24,7 @@ use k8s_openapi::api::rbac::v1::{
 };
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::Value;
+use support::access::ChartAccess;
 use support::client::TlsClient;
 use support::controlplane::{self, eventually};
 use support::injector::{Injector, Options, metric};
@@ -115,7 +120,7 @@ async fn apiserver_killed_and_restarted_replicator_resumes_and_converges() {
         source,
     } = start("restart", "before-the-outage").await;
     let config = replication_config(&source_ns, &label, "faults-restart", REGCRED);
-    let replicator = Running::start(&config, cp.kubeconfig_path(), &[]);
+    let replicator = Running::with_chart_access(&config, &[]);
     replicator.wait_leader().await;
     let _injector_logs = LogsOnFailure(&replicator.injector);
     let before =
@@ -216,17 +221,16 @@ async fn apiserver_down_when_the_injector_starts_it_replicates_once_the_apiserve
     } = start("cold", "cold-start").await;
     let opted_in = controlplane::namespace(&client, "faults-cold", &[(&label, "enabled")]).await;
 
-    let stopped = tokio::task::spawn_blocking(move || cp.kill_apiserver())
-        .await
-        .expect("kill kube-apiserver");
+    // The chart's access is granted while the apiserver is up, as an install would.
     let dir = tempfile::tempdir().expect("tempdir");
     support::injector::certificates(dir.path());
     let config = replication_config(&source_ns, &label, "faults-cold", REGCRED);
+    let access = ChartAccess::for_config(&client, &config, dir.path()).await;
+    let stopped = tokio::task::spawn_blocking(move || cp.kill_apiserver())
+        .await
+        .expect("kill kube-apiserver");
     let injector = Injector::start(Options {
-        env: vec![(
-            "KUBECONFIG".into(),
-            cp.kubeconfig_path().display().to_string(),
-        )],
+        env: vec![access.env()],
         ..Options::new(&config, dir.path())
     });
     let _injector_logs = LogsOnFailure(&injector);
@@ -264,7 +268,7 @@ async fn etcd_paused_admission_answers_from_caches_and_the_pod_is_created_when_i
         source,
     } = start("etcd", "frozen").await;
     let config = replication_config(&source_ns, &label, "faults-etcd", REGCRED);
-    let replicator = Running::start(&config, cp.kubeconfig_path(), &[]);
+    let replicator = Running::with_chart_access(&config, &[]);
     replicator.wait_leader().await;
     let _injector_logs = LogsOnFailure(&replicator.injector);
     let ns = controlplane::namespace(&client, "faults-etcd", &[(&label, "enabled")]).await;
@@ -509,7 +513,7 @@ async fn forbidden_by_rbac_is_logged_and_counted_and_retried_slowly_without_a_cr
 async fn deleted_source_leaves_copies_and_user_secrets_alone_until_it_is_back() {
     let _serial = FAULTS.read().await;
     let Start {
-        cp,
+        cp: _,
         _logs,
         client,
         label,
@@ -517,7 +521,7 @@ async fn deleted_source_leaves_copies_and_user_secrets_alone_until_it_is_back() 
         source,
     } = start("deleted", "first").await;
     let config = replication_config(&source_ns, &label, "faults-deleted", REGCRED);
-    let replicator = Running::start(&config, cp.kubeconfig_path(), &[]);
+    let replicator = Running::with_chart_access(&config, &[]);
     replicator.wait_leader().await;
     let _injector_logs = LogsOnFailure(&replicator.injector);
 

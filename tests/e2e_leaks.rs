@@ -4,6 +4,7 @@
 //! `auth` field), for the base64 of each whole `.dockerconfigjson` (how the API carries Secret
 //! data) and for the bytes as Rust's `Debug` prints them. Zero hits.
 //!
+//! The replicas run with the access the chart grants for their config (tests/support/access.rs).
 //! The run: copies into opted-in namespaces, pods admitted (copies made at admission too),
 //! dry runs, a user's Secret in the way (conflict), a rotation, a source that is not a docker
 //! config, a source whose `auths` key carries credentials in a URL, a missing source, bad
@@ -138,9 +139,9 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
 
     // Two replicas, debug logs for everything (kube, hyper, rustls included).
     let debug = [("LOG_LEVEL", "debug")];
-    let a = Running::start(&config, cp.kubeconfig_path(), &debug);
+    let a = Running::with_chart_access(&config, &debug);
     a.wait_leader().await;
-    let b = Running::start(&config, cp.kubeconfig_path(), &debug);
+    let b = Running::with_chart_access(&config, &debug);
     let _a_logs = LogsOnFailure(&a.injector);
     let _b_logs = LogsOnFailure(&b.injector);
     let _webhook = Registration::create(

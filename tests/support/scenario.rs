@@ -214,7 +214,28 @@ pub struct Running {
 impl Running {
     /// Starts `serve` (JSON logs) and waits until its caches have synced.
     pub fn start(config: &str, kubeconfig: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_in(
+            tempfile::tempdir().expect("tempdir"),
+            config,
+            kubeconfig,
+            env,
+        )
+    }
+
+    /// Starts `serve` like [`Self::start`], with the access the chart grants for `config`
+    /// (its ServiceAccount's token, RBAC and Secret policy) instead of admin credentials.
+    pub fn with_chart_access(config: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let access = super::access::ChartAccess::for_config_blocking(config, dir.path());
+        Self::start_in(dir, config, &access.kubeconfig, env)
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        config: &str,
+        kubeconfig: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let ca = injector::certificates(dir.path());
         let mut env: Vec<(String, String)> = env
             .iter()
