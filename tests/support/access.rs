@@ -12,10 +12,15 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use std::time::Duration;
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::Value;
 
-use super::controlplane;
+use super::controlplane::{self, eventually};
 use super::scenario::{service_account_token, token_kubeconfig};
 
 pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/pullsecret-injector");
@@ -46,14 +51,70 @@ impl ChartAccess {
     ) -> Self {
         let docs = render(namespace, fullname, helm_args);
         apply_access(admin, &docs).await;
-        let token = service_account_token(admin, namespace, fullname).await;
-        let cp = controlplane::shared();
-        let kubeconfig = token_kubeconfig(dir, cp.apiserver_url(), cp.ca_pem(), &token);
-        Self {
+        let access = Self {
             namespace: namespace.to_string(),
             fullname: fullname.to_string(),
             docs,
-            kubeconfig,
+            kubeconfig: PathBuf::new(),
+        };
+        access.wait_in_force(admin).await;
+        let token = service_account_token(admin, namespace, fullname).await;
+        let cp = controlplane::shared();
+        Self {
+            kubeconfig: token_kubeconfig(dir, cp.apiserver_url(), cp.ca_pem(), &token),
+            ..access
+        }
+    }
+
+    /// Waits until the authorizer grants the ServiceAccount every rule just applied (RBAC
+    /// reaches the apiserver through its informers), so that a request made at once is not
+    /// refused for a moment.
+    async fn wait_in_force(&self, admin: &kube::Client) {
+        for role in self
+            .of_kind("ClusterRole")
+            .into_iter()
+            .chain(self.of_kind("Role"))
+        {
+            let namespace = role["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or(&self.namespace);
+            for rule in role["rules"].as_array().into_iter().flatten() {
+                let first = |key: &str| rule[key][0].as_str().map(str::to_string);
+                let attributes = ResourceAttributes {
+                    namespace: Some(namespace.to_string()),
+                    verb: first("verbs"),
+                    group: first("apiGroups"),
+                    resource: first("resources"),
+                    name: first("resourceNames"),
+                    ..ResourceAttributes::default()
+                };
+                let review = SubjectAccessReview {
+                    metadata: ObjectMeta::default(),
+                    spec: SubjectAccessReviewSpec {
+                        user: Some(self.username()),
+                        groups: Some(self.groups()),
+                        resource_attributes: Some(attributes.clone()),
+                        ..SubjectAccessReviewSpec::default()
+                    },
+                    status: None,
+                };
+                let reviews = Api::<SubjectAccessReview>::all(admin.clone());
+                eventually(
+                    &format!("RBAC in force: {attributes:?}"),
+                    Duration::from_secs(30),
+                    || async {
+                        let answer = reviews
+                            .create(&PostParams::default(), &review)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        match answer.status {
+                            Some(status) if status.allowed => Ok(()),
+                            other => Err(format!("{other:?}")),
+                        }
+                    },
+                )
+                .await;
+            }
         }
     }
 
