@@ -2,16 +2,14 @@
 //! patterns are their sources' `auths` keys: with the token of the chart's ServiceAccount, as
 //! `kubectl exec` into the injector's pod would, which may read those sources by name only.
 
-mod support;
-
 use std::process::Command;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
-use support::access::ChartAccess;
-use support::controlplane;
-use support::injector::BIN;
-use support::secrets::secret;
+use test_support::access::ChartAccess;
+use test_support::controlplane;
+use test_support::injector;
+use test_support::secrets::secret;
 
 #[tokio::test]
 async fn match_reads_patterns_from_the_source_through_kubeconfig() {
@@ -38,7 +36,7 @@ async fn match_reads_patterns_from_the_source_through_kubeconfig() {
     std::fs::write(&config, &config_text).unwrap();
     let access = ChartAccess::for_config(&client, &config_text, dir.path()).await;
     let run = |extra: &[&str]| {
-        let out = Command::new(BIN)
+        let out = Command::new(injector::binary())
             .args(["match", "--config"])
             .arg(&config)
             .args(extra)

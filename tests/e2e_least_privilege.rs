@@ -14,8 +14,6 @@
 //!
 //! Needs `make controlplane` once.
 
-mod support;
-
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingAdmissionPolicy,
 };
@@ -27,14 +25,18 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccou
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::access::ChartAccess;
-use support::controlplane::{self, eventually};
-use support::injector::{Injector, Options, metric};
-use support::scenario::{
-    CONVERGE, Credentials, LogsOnFailure, Registration, admitted_pod, client_from, conflict_events,
-    copies_metric, create_secret, errors_metric, get_secret, pull_secret, rotate, set_label,
-    status_of, wait_absent, wait_copy, wait_log, webhook_configuration,
+use test_support::access::ChartAccess;
+use test_support::accounts::{client_from, status_of};
+use test_support::controlplane::{self, eventually, set_label};
+use test_support::injector::{Injector, Options};
+use test_support::metrics::{conflicts_metric, copies_metric, errors_metric};
+use test_support::pods::{admitted_pod, pod};
+use test_support::ports::free_port;
+use test_support::replication::{
+    CONVERGE, Snapshot, assert_untouched, conflict_events, wait_absent, wait_copy,
 };
+use test_support::secrets::{Credentials, create_secret, get_secret, pull_secret, rotate, secret};
+use test_support::webhook::{self, register};
 
 const FULLNAME: &str = "lp-pullsecret-injector";
 const OPT_IN: &str = "least-privilege.pullsecret-injector.io/opt-in";
@@ -64,13 +66,6 @@ fn one_of<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str) -> T {
         .find(|d| d["kind"] == kind)
         .unwrap_or_else(|| panic!("the chart renders no {kind}"));
     serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{kind}: {e}"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding 127.0.0.1:0")
-        .port()
 }
 
 #[tokio::test]
@@ -103,21 +98,27 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
         hook.client_config.service = None;
         hook.client_config.url = Some(format!("https://127.0.0.1:{port}/mutate"));
     }
-    let _webhook = Registration::create(cp.config(), &webhook).await;
+    let _webhook = register(&admin, &webhook).await;
     // Someone else's, which the injector's token may not change.
-    let _other = Registration::create(
-        cp.config(),
-        &webhook_configuration(
+    let _other = register(
+        &admin,
+        &webhook::replicating(
             "lp-someone-else",
             "nobody-has-this-label",
             "https://127.0.0.1:1/x",
             "x",
+            10,
         ),
     )
     .await;
 
     let first = Credentials::new("registry.example.com", "robot", "lp-first");
-    let source = create_secret(&admin, &namespace, &pull_secret("regcred-source", &first)).await;
+    let source = create_secret(
+        &admin,
+        &namespace,
+        &pull_secret("regcred-source", &first.dockerconfigjson()),
+    )
+    .await;
 
     // A token of the chart's ServiceAccount, and the chart's config.
     let kubeconfig = access.kubeconfig.clone();
@@ -131,19 +132,16 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
     let injector = Injector::start(Options {
         listen: &listen,
         tls_files: false,
+        kubeconfig: Some(&kubeconfig),
         env: vec![
-            ("KUBECONFIG".into(), kubeconfig.display().to_string()),
             ("POD_NAMESPACE".into(), namespace.clone()),
             ("POD_NAME".into(), POD_NAME.into()),
         ],
         ..Options::new(&config, dir.path())
     });
-    let _injector_logs = LogsOnFailure(&injector);
-    wait_log(&injector, CONVERGE, |l| l["message"] == "caches synced").await;
-    wait_log(&injector, CONVERGE, |l| {
-        l["message"] == "became the leader; replicating"
-    })
-    .await;
+    let _injector_logs = injector.logs_on_failure();
+    injector.wait_synced().await;
+    injector.wait_leader(CONVERGE).await;
 
     // Leader election: the Lease named like the release, held by this replica.
     let lease = Api::<Lease>::namespaced(admin.clone(), &namespace)
@@ -184,7 +182,7 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
     wait_copy(&admin, &opted_in, "regcred", &source, CONVERGE).await;
     admitted_pod(&admin, &opted_in, "web", IMAGE, &["regcred"]).await;
     let second = Credentials::new("registry.example.com", "robot", "lp-second");
-    let rotated = rotate(&admin, &namespace, "regcred-source", &second).await;
+    let rotated = rotate(&admin, &namespace, "regcred-source", &[second]).await;
     wait_copy(&admin, &opted_in, "regcred", &rotated, CONVERGE).await;
     set_label(&admin, &opted_in, OPT_IN, None).await;
     wait_absent(&admin, &opted_in, "regcred", CONVERGE).await;
@@ -196,7 +194,7 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
         &users,
         &pull_secret(
             "regcred",
-            &Credentials::new("registry.example.com", "me", "mine"),
+            &Credentials::new("registry.example.com", "me", "mine").dockerconfigjson(),
         ),
     )
     .await;
@@ -208,13 +206,7 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
         }
     })
     .await;
-    let untouched = get_secret(&admin, &users, "regcred")
-        .await
-        .expect("user's Secret");
-    assert_eq!(
-        untouched.metadata.resource_version,
-        own.metadata.resource_version
-    );
+    assert_untouched(&admin, &users, "regcred", &Snapshot::of(&own)).await;
 
     let metrics = injector.metrics().await;
     for action in ["created", "updated", "deleted"] {
@@ -224,7 +216,7 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
         );
     }
     assert_eq!(errors_metric(&metrics, "forbidden"), 0.0, "{metrics}");
-    assert!(metric(&metrics, "pullsecret_injector_replication_conflicts_total") >= 1.0);
+    assert!(conflicts_metric(&metrics) >= 1.0);
     let refused: Vec<String> = injector
         .logs()
         .into_iter()
@@ -331,7 +323,7 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
         .await;
     refusals.push(("bind cluster-admin", status_of(&binding)));
     let pod = Api::<Pod>::namespaced(token_client.clone(), &namespace)
-        .create(&pp, &support::scenario::pod("intruder", IMAGE))
+        .create(&pp, &pod("intruder", &[IMAGE]))
         .await;
     refusals.push(("create a Pod", status_of(&pod)));
     let ns_delete = Api::<Namespace>::all(token_client.clone())
@@ -423,16 +415,20 @@ async fn may(
 
 /// A Secret for the policy to judge: `type_`, with our label and `owner` when given.
 fn candidate(name: &str, type_: &str, labelled: bool, owner: Option<&str>) -> Secret {
-    let mut secret = support::secrets::secret(name, type_, &[]);
+    let mut candidate = secret(name, type_, &[]);
     match type_ {
         "kubernetes.io/dockerconfigjson" => {
-            secret.data = pull_secret(name, &Credentials::new("r.example", "u", "p")).data;
+            candidate.data = pull_secret(
+                name,
+                &Credentials::new("r.example", "u", "p").dockerconfigjson(),
+            )
+            .data;
         }
         "kubernetes.io/tls" => {
-            secret = support::secrets::secret(name, type_, &[("tls.crt", b"c"), ("tls.key", b"k")]);
+            candidate = secret(name, type_, &[("tls.crt", b"c"), ("tls.key", b"k")]);
         }
         "kubernetes.io/service-account-token" => {
-            secret.metadata.annotations = Some(
+            candidate.metadata.annotations = Some(
                 [(
                     "kubernetes.io/service-account.name".to_string(),
                     "default".to_string(),
@@ -443,7 +439,7 @@ fn candidate(name: &str, type_: &str, labelled: bool, owner: Option<&str>) -> Se
         _ => {}
     }
     if labelled {
-        secret.metadata.labels = Some(
+        candidate.metadata.labels = Some(
             [(
                 "app.kubernetes.io/managed-by".to_string(),
                 "pullsecret-injector".to_string(),
@@ -452,13 +448,13 @@ fn candidate(name: &str, type_: &str, labelled: bool, owner: Option<&str>) -> Se
         );
     }
     if let Some(owner) = owner {
-        secret
+        candidate
             .metadata
             .annotations
             .get_or_insert_with(Default::default)
             .insert(OWNER_ANNOTATION.to_string(), owner.to_string());
     }
-    secret
+    candidate
 }
 
 /// Whether a write was refused by the Secret policy: 403 with the policy's name.
@@ -646,15 +642,18 @@ async fn chart_rbac_reads_only_the_managed_secrets_and_the_policy_allows_only_th
     // The same, with the ServiceAccount's token against real Secrets.
     let token = client_from(&access.kubeconfig).await;
     let pp = PostParams::default();
-    let opaque = |name: &str| support::secrets::secret(name, "Opaque", &[("password", b"hunter2")]);
+    let opaque = |name: &str| secret(name, "Opaque", &[("password", b"hunter2")]);
     let kube_system = Api::<Secret>::namespaced(admin.clone(), "kube-system");
     kube_system
         .create(
             &pp,
-            &support::secrets::secret(
+            &secret(
                 "bootstrap-token-abc",
                 "bootstrap.kubernetes.io/token",
-                &[("token-id", b"abc"), ("token-secret", b"0123456789abcdef")],
+                &[
+                    ("token-id", b"abc".as_slice()),
+                    ("token-secret", b"0123456789abcdef"),
+                ],
             ),
         )
         .await
@@ -870,7 +869,11 @@ async fn chart_rbac_reads_only_the_managed_secrets_and_the_policy_allows_only_th
         .await
         .expect("creating a copy");
     let mut updated = copy.clone();
-    updated.data = pull_secret("regcred", &Credentials::new("r.example", "u", "rotated")).data;
+    updated.data = pull_secret(
+        "regcred",
+        &Credentials::new("r.example", "u", "rotated").dockerconfigjson(),
+    )
+    .data;
     let updated = in_app
         .replace("regcred", &pp, &updated)
         .await

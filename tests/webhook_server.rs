@@ -1,14 +1,16 @@
 //! The webhook server as the apiserver sees it: the real binary, a real TLS stack, HTTP/1.1
 //! keep-alive, real-world AdmissionReviews in, JSON patches out that apply to a valid Pod.
 
-mod support;
-
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
-use support::client::{Response, TlsClient};
-use support::injector::{self, Injector, Options, metric};
+use test_support::client::{Response, TlsClient};
+use test_support::controlplane::eventually;
+use test_support::injector::{Injector, Instance, Options};
+use test_support::metrics::metric;
+use test_support::pki::{CertifiedKey, MountedSecret, TestCa, der};
+use test_support::pods::secret_names;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wire::decode_patch;
 
@@ -54,13 +56,15 @@ struct Harness {
 }
 
 fn start() -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = injector::certificates(dir.path());
-    let injector = Injector::start(Options::new(CONFIG, dir.path()));
+    let Instance {
+        injector,
+        ca_pem,
+        dir,
+    } = Instance::start(|dir| Injector::start(Options::new(CONFIG, dir)));
     Harness {
         injector,
-        client: TlsClient::new(&ca.cert_pem),
-        ca_pem: ca.cert_pem,
+        client: TlsClient::new(&ca_pem),
+        ca_pem,
         _dir: dir,
     }
 }
@@ -117,13 +121,8 @@ mod wire {
 fn pull_secret_names(object: &Value) -> Vec<String> {
     let pod: Pod =
         serde_json::from_value(object.clone()).expect("the patched object is a valid Pod");
-    pod.spec
-        .expect("spec")
-        .image_pull_secrets
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect()
+    assert!(pod.spec.is_some(), "the patched Pod has a spec");
+    secret_names(&pod)
 }
 
 #[tokio::test]
@@ -178,15 +177,18 @@ async fn the_patch_on_the_wire_is_a_base64_string_in_v1_and_v1beta1() {
 
 #[tokio::test]
 async fn v1beta1_review_is_answered_in_v1beta1_and_uses_the_request_namespace() {
-    let mut h = start();
+    let h = start();
     let review = fixture("02_connctd-sqlbee_sting_test_go_pod_create_v1beta1_replicaset.json");
     let (answer, pod) = h.mutate(&review).await;
     assert_eq!(answer["apiVersion"], "admission.k8s.io/v1beta1");
     assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
     assert_eq!(pull_secret_names(&pod), ["k8s-gcr"]);
-    let line = h.injector.wait_for_log(Duration::from_secs(5), |l| {
-        l["message"] == "admission reviewed"
-    });
+    let line = h
+        .injector
+        .wait_for_log(Duration::from_secs(5), |l| {
+            l["message"] == "admission reviewed"
+        })
+        .await;
     assert_eq!(line["namespace"], "default");
     assert_eq!(
         line["pod"],
@@ -676,22 +678,10 @@ async fn failed_handshakes_and_silent_clients_are_dropped_without_affecting_othe
 
 #[tokio::test]
 async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored() {
-    use std::os::unix::fs::symlink;
     let dir = tempfile::tempdir().unwrap();
-    let ca = support::pki::TestCa::new("rotation CA");
-    // The kubelet's layout for a mounted Secret: tls.crt -> ..data/tls.crt, ..data -> ..<ts>.
-    let install = |version: &str, pair: &support::pki::ServingPair| {
-        let versioned = dir.path().join(format!("..{version}"));
-        std::fs::create_dir(&versioned).unwrap();
-        pair.write_to(&versioned);
-        let tmp = dir.path().join("..data_tmp");
-        symlink(format!("..{version}"), &tmp).unwrap();
-        std::fs::rename(&tmp, dir.path().join("..data")).unwrap();
-    };
+    let ca = TestCa::new("rotation CA");
     let first = ca.serving("first", &["localhost"]);
-    install("v1", &first);
-    symlink("..data/tls.crt", dir.path().join("tls.crt")).unwrap();
-    symlink("..data/tls.key", dir.path().join("tls.key")).unwrap();
+    let mut mounted = MountedSecret::new(dir.path(), &first);
     // Long enough that the kept-alive connection below is not closed as idle meanwhile.
     let config = CONFIG.replace(
         "headerReadTimeoutSeconds: 1",
@@ -699,12 +689,6 @@ async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored(
     );
     let h = Injector::start(Options::new(&config, dir.path()));
     let client = TlsClient::new(&ca.cert_pem);
-    let der = |pem: &str| {
-        use rustls::pki_types::pem::PemObject;
-        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-            .unwrap()
-            .to_vec()
-    };
     assert_eq!(
         client.peer_certificate(h.addr).await.unwrap(),
         der(&first.cert_pem)
@@ -720,8 +704,8 @@ async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored(
     );
 
     let second = ca.serving("second", &["localhost"]);
-    install("v2", &second);
-    support::controlplane::eventually(
+    mounted.rotate(&second);
+    eventually(
         "the new certificate to be served",
         Duration::from_secs(10),
         || async {
@@ -741,17 +725,19 @@ async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored(
 
     // A key that does not belong to the certificate: refused, the good pair stays.
     let third = ca.serving("third", &["localhost"]);
-    let broken = support::pki::ServingPair {
+    let broken = CertifiedKey {
         cert_pem: third.cert_pem.clone(),
         key_pem: first.key_pem.clone(),
     };
-    install("v3", &broken);
-    let mut waiting = h;
-    let line = waiting.wait_for_log(Duration::from_secs(10), |l| {
-        l["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("new certificate not loaded"))
-    });
+    mounted.rotate(&broken);
+    let waiting = h;
+    let line = waiting
+        .wait_for_log(Duration::from_secs(10), |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("new certificate not loaded"))
+        })
+        .await;
     assert!(
         line["error"].as_str().unwrap().contains("does not match"),
         "{line}"
@@ -779,7 +765,7 @@ async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored(
 
 #[tokio::test]
 async fn sigterm_answers_in_flight_requests_with_connection_close_and_exits_zero() {
-    let mut h = start();
+    let h = start();
     let body = serde_json::to_vec(&fixture(
         "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
     ))
@@ -795,11 +781,13 @@ async fn sigterm_answers_in_flight_requests_with_connection_close_and_exits_zero
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     h.injector.signal("TERM");
-    h.injector.wait_for_log(Duration::from_secs(5), |l| {
-        l["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("draining"))
-    });
+    h.injector
+        .wait_for_log(Duration::from_secs(5), |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("draining"))
+        })
+        .await;
     tls.write_all(&body[100..]).await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response))
@@ -815,12 +803,15 @@ async fn sigterm_answers_in_flight_requests_with_connection_close_and_exits_zero
 
 #[tokio::test]
 async fn every_admission_is_logged_as_one_json_line_with_the_fields_operators_need() {
-    let mut h = start();
+    let h = start();
     let review = fixture("01_kube-rs_kube-core_admission_rs_pod_create_v1.json");
     h.mutate(&review).await;
-    let line = h.injector.wait_for_log(Duration::from_secs(5), |l| {
-        l["message"] == "admission reviewed"
-    });
+    let line = h
+        .injector
+        .wait_for_log(Duration::from_secs(5), |l| {
+            l["message"] == "admission reviewed"
+        })
+        .await;
     assert_eq!(line["level"], "INFO");
     assert_eq!(line["uid"], review["request"]["uid"]);
     assert_eq!(line["namespace"], "colin-coder");

@@ -5,7 +5,6 @@
 //! an installation has, and nothing the admin credentials would add.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -20,10 +19,14 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::Value;
 
-use super::controlplane::{self, eventually};
-use super::scenario::{service_account_token, token_kubeconfig};
+use crate::accounts::{service_account_token, token_kubeconfig};
+use crate::controlplane::{self, eventually};
+use crate::injector::{Injector, Instance, Options};
 
-pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/pullsecret-injector");
+/// The chart, in the repository.
+pub fn chart() -> PathBuf {
+    crate::repo_root().join("charts/pullsecret-injector")
+}
 
 /// What the chart grants one installation, applied to the shared control plane.
 pub struct ChartAccess {
@@ -208,11 +211,6 @@ impl ChartAccess {
         ]
     }
 
-    /// `KUBECONFIG=<the token's kubeconfig>`, for an injector's environment.
-    pub fn env(&self) -> (String, String) {
-        ("KUBECONFIG".into(), self.kubeconfig.display().to_string())
-    }
-
     /// The rendered documents of `kind`.
     pub fn of_kind(&self, kind: &str) -> Vec<&Value> {
         self.docs.iter().filter(|d| d["kind"] == kind).collect()
@@ -221,16 +219,13 @@ impl ChartAccess {
 
 /// `helm template` of the chart as the documents it renders.
 pub fn render(namespace: &str, fullname: &str, helm_args: &[String]) -> Vec<Value> {
-    let cp = controlplane::shared();
-    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-home");
-    let out = Command::new(cp.binary("helm"))
-        .args(["template", fullname, CHART, "--namespace", namespace])
+    let out = crate::helm::command()
+        .arg("template")
+        .arg(fullname)
+        .arg(chart())
+        .args(["--namespace", namespace])
         .args(["--set", &format!("fullnameOverride={fullname}")])
         .args(helm_args)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .env_remove("KUBECONFIG")
         .output()
         .expect("running helm template");
     assert!(
@@ -244,6 +239,25 @@ pub fn render(namespace: &str, fullname: &str, helm_args: &[String]) -> Vec<Valu
         .into_iter()
         .filter(|d| d.is_object())
         .collect()
+}
+
+/// `serve` with `config` and the access the chart grants for it (the token's kubeconfig in
+/// the instance's own directory), with extra environment `env`; returns once its caches have
+/// synced.
+pub async fn replicator(config: &str, env: &[(&str, &str)]) -> Instance {
+    let instance = Instance::start(|dir| {
+        let access = ChartAccess::for_config_blocking(config, dir);
+        Injector::start(Options {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            kubeconfig: Some(&access.kubeconfig),
+            ..Options::new(config, dir)
+        })
+    });
+    instance.injector.wait_synced().await;
+    instance
 }
 
 /// Applies the rendered identity and permissions: the ServiceAccount, ClusterRole, Roles,
