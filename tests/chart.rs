@@ -1411,6 +1411,7 @@ fn rendered_config_is_accepted_by_the_binary() {
         for extra in [
             &[][..],
             &["--set-json", SECRETS, "--set", "limits.maxConnections=100"][..],
+            &REPLICATED[..],
         ] {
             let config = render_mode(mode, extra).config_yaml();
             let file = tempfile::NamedTempFile::new().unwrap();
