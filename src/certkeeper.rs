@@ -83,7 +83,8 @@ pub async fn follow_secret(
                 ) {
                     Ok(()) => {
                         metrics.certificate_reloaded(true);
-                        tracing::info!(secret = %origin, not_after = pair.cert_not_after, "serving certificate loaded");
+                        let ca_sha256 = selfcert::fingerprints(&pair.ca_cert).join(",");
+                        tracing::info!(secret = %origin, not_after = pair.cert_not_after, ca_sha256, "serving certificate loaded");
                     }
                     Err(error) => {
                         metrics.certificate_reloaded(false);
@@ -225,7 +226,8 @@ async fn ensure_ca_bundle(
     }
     if changed {
         api.replace(name, params, &configuration).await?;
-        tracing::info!(webhook_configuration = %configuration.name_any(), "caBundle updated");
+        let cas = selfcert::fingerprints(&String::from_utf8_lossy(ca)).join(",");
+        tracing::info!(webhook_configuration = %configuration.name_any(), ca_sha256 = cas, "caBundle updated");
     }
     Ok(true)
 }

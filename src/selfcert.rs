@@ -331,6 +331,24 @@ pub fn apply(
     Ok(certificates)
 }
 
+/// The SHA-256 fingerprints of the certificates in a PEM bundle (as `openssl x509 -fingerprint
+/// -sha256` prints them, lowercase without colons): which CAs a bundle or a pair involves,
+/// fit for logs.
+pub fn fingerprints(pem: &str) -> Vec<String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|der| {
+            ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .collect()
+}
+
 pub fn now() -> u64 {
     unix_now()
 }
@@ -624,6 +642,11 @@ mod tests {
                 }
             }
         }
+        let cas = fingerprints(&promoted.ca_bundle());
+        assert_eq!(cas.len(), 2);
+        assert_eq!(cas[0], fingerprints(&next.cert)[0]);
+        assert_eq!(cas[1], fingerprints(&start.pair.ca_cert)[0]);
+        assert_eq!(cas[0].len(), 64);
         // The checks can fail: the new CA alone does not trust the old serving certificate.
         assert!(!verifies(&dropped.ca_bundle(), &start.pair.cert, name));
     }

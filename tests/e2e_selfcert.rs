@@ -12,6 +12,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, PostParams};
+use pullsecret_injector::selfcert::fingerprints;
+use serde_json::Value;
 use test_support::access::ChartAccess;
 use test_support::client::TlsClient;
 use test_support::controlplane::{self, eventually};
@@ -95,6 +97,28 @@ fn counter_sum(metrics: &str, name: &str) -> f64 {
         .filter(|l| l.starts_with(&format!("{name}{{")))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
+}
+
+/// Seconds since the epoch of a JSON log line's timestamp (RFC 3339, UTC, as
+/// "2026-11-28T05:21:34.058811Z").
+fn log_time(line: &Value) -> f64 {
+    let stamp = line["timestamp"].as_str().expect("a timestamp");
+    let number = |range: std::ops::Range<usize>| -> i64 {
+        stamp[range]
+            .parse()
+            .unwrap_or_else(|_| panic!("timestamp {stamp}"))
+    };
+    let (year, month, day) = (number(0..4), number(5..7), number(8..10));
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let seconds: f64 = stamp[17..stamp.len() - 1]
+        .parse()
+        .unwrap_or_else(|_| panic!("timestamp {stamp}"));
+    (days * 86_400 + number(11..13) * 3_600 + number(14..16) * 60) as f64 + seconds
 }
 
 /// Where the rollover of the first CA stands, as the certificate Secret shows it.
@@ -307,6 +331,80 @@ secrets:
             "replica {i}: {metrics}"
         );
     }
+
+    // The order, from the injectors' own logs: a replica serves a pair of a new CA only once a
+    // bundle with that CA has been written and has had the settling time (10 s: a check
+    // interval, at least 10 s; the leader counts it in whole seconds, hence 9 here) to reach
+    // the apiserver, and no bundle leaves out a CA whose pair a replica still serves.
+    let bundle_updates: Vec<(f64, String)> = replicas
+        .iter()
+        .flat_map(Injector::json_logs)
+        .filter(|l| l["message"] == "caBundle updated")
+        .map(|l| {
+            (
+                log_time(&l),
+                l["ca_sha256"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let loads: Vec<Vec<(f64, String)>> = replicas
+        .iter()
+        .map(|r| {
+            r.json_logs()
+                .iter()
+                .filter(|l| l["message"] == "serving certificate loaded")
+                .map(|l| {
+                    (
+                        log_time(l),
+                        l["ca_sha256"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let first_fingerprint = fingerprints(&first_pem).remove(0);
+    let mut checked = (0, 0);
+    for (i, replica_loads) in loads.iter().enumerate() {
+        for (at, ca) in replica_loads
+            .iter()
+            .filter(|(_, ca)| *ca != first_fingerprint)
+        {
+            let trusted_since = bundle_updates
+                .iter()
+                .filter(|(_, cas)| cas.split(',').any(|c| c == ca))
+                .map(|(t, _)| *t)
+                .reduce(f64::min);
+            match trusted_since {
+                Some(since) if at - since >= 9.0 => checked.0 += 1,
+                other => panic!(
+                    "replica {i} served a pair of CA {ca} at {at}, bundle with it written at \
+                     {other:?}; bundle updates: {bundle_updates:?}"
+                ),
+            }
+        }
+    }
+    for (at, cas) in &bundle_updates {
+        for (i, replica_loads) in loads.iter().enumerate() {
+            // Loads are in the order logged: the last one before this update.
+            if let Some((_, serving)) = replica_loads.iter().rev().find(|(t, _)| t < at) {
+                assert!(
+                    cas.split(',').any(|c| c == serving),
+                    "the bundle written at {at} ({cas}) leaves out CA {serving}, which replica \
+                     {i} serves"
+                );
+                checked.1 += 1;
+            }
+        }
+    }
+    println!(
+        "order: {} loads of a new CA's pair came after its bundle had settled; {} (bundle, \
+         replica) pairs kept the served CA",
+        checked.0, checked.1
+    );
+    assert!(
+        checked.0 >= 2,
+        "no replica loaded the new CA's pair: {loads:?}"
+    );
 
     registration.delete().await;
     for replica in replicas {
