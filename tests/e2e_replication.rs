@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
-use test_support::access::ChartAccess;
+use test_support::access::{self, ChartAccess};
 use test_support::controlplane::{self, NamespaceName, eventually, set_label};
 use test_support::injector::{Injector, Instance, Options};
 use test_support::metrics::{conflicts_metric, copies_metric, ensured_metric, leader_metric};
@@ -73,10 +73,10 @@ fn config(id: &str, source_ns: &str, secrets: &str) -> String {
 /// The usual single entry: `regcred`, copied from `regcred-source`, patterns from its auths.
 const REGCRED: &str = "  - name: regcred\n    source: {name: regcred-source}\n";
 
-/// Starts an injector with cluster access (its certificate directory kept for restarts) and
-/// waits until its caches have synced.
+/// Starts an injector with the chart's access for `config` (its certificate directory kept
+/// for restarts) and waits until its caches have synced.
 async fn start_replicator(config: &str) -> Instance {
-    Instance::replicator(config, controlplane::shared().kubeconfig_path(), &[]).await
+    access::replicator(config, &[]).await
 }
 
 async fn start_replicator_on(config: &str, listen: &str) -> Instance {
