@@ -458,14 +458,16 @@ async fn an_announced_oversized_body_is_refused_without_being_read() {
 /// its 413 (announced 40 MiB) or 503 (no room in the body budget).
 #[tokio::test]
 async fn early_refusals_reach_clients_that_send_their_body_after_the_headers() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = injector::certificates(dir.path());
     let config = CONFIG.replace(
         "limits:\n",
         "limits:\n  maxBodyBytes: 1048576\n  maxBufferedBodyBytes: 1048576\n  bodyReadTimeoutSeconds: 300\n",
     );
-    let injector = Injector::start(Options::new(&config, dir.path()));
-    let client = TlsClient::new(&ca.cert_pem);
+    let Instance {
+        injector,
+        ca_pem,
+        dir: _dir,
+    } = Instance::start(|dir| Injector::start(Options::new(&config, dir)));
+    let client = TlsClient::new(&ca_pem);
     // Holds the whole body budget for the test: announces 1 MiB, sends one byte, waits.
     let mut holder = client.tls(injector.addr).await.expect("connect");
     holder
