@@ -17,8 +17,8 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CertificatesConfig;
+use crate::kubernetes::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, watch_backoff};
 use crate::metrics::Metrics;
-use crate::replicate::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::selfcert::{self, Lifetimes, Renewal};
 use crate::tls::CertResolver;
 
@@ -44,7 +44,7 @@ pub async fn follow_secret(
     let origin = format!("secret {namespace}/{}", config.secret_name);
     let mut stream = std::pin::pin!(
         watcher(api, watch)
-            .backoff(crate::replicate::watch_backoff())
+            .backoff(watch_backoff())
             .applied_objects()
     );
     loop {

@@ -263,6 +263,13 @@ impl SecretSpec {
     }
 }
 
+/// Where `serve` takes its certificate from (see [`Settings::check_serving_files`]).
+#[derive(Debug, Clone, Copy)]
+pub enum ServingCertificate<'a> {
+    Files(&'a TlsConfig),
+    SelfManaged(&'a CertificatesConfig),
+}
+
 /// The validated configuration, shared read-only.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -511,12 +518,12 @@ impl Settings {
             && secret.applies_to(namespace, labels)
     }
 
-    /// What `serve` needs beyond a valid config: certificate files that exist, unless the
-    /// certificates are self-managed (then `None`).
-    pub fn check_serving_files(&self) -> Result<Option<&TlsConfig>, ConfigError> {
+    /// What `serve` needs beyond a valid config: a certificate to serve, from files that
+    /// exist or self-managed in the cluster.
+    pub fn check_serving_files(&self) -> Result<ServingCertificate<'_>, ConfigError> {
         let Some(tls) = &self.tls else {
-            if self.certificates.is_some() {
-                return Ok(None);
+            if let Some(certificates) = &self.certificates {
+                return Ok(ServingCertificate::SelfManaged(certificates));
             }
             return Err(ConfigError::Invalid(vec![FieldError {
                 path: "tls".into(),
@@ -536,7 +543,7 @@ impl Settings {
         })
         .collect();
         if missing.is_empty() {
-            Ok(Some(tls))
+            Ok(ServingCertificate::Files(tls))
         } else {
             Err(ConfigError::Invalid(missing))
         }
