@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::admission::{self, Outcome};
+use crate::admission::{self, ClusterView, Outcome, PodToDecide};
 use crate::config::Settings;
 use crate::matching::Keyring;
 
@@ -95,13 +95,14 @@ pub fn preview_document(
     }
     if kind == "AdmissionReview" {
         let body = serde_json::to_vec(&document).map_err(|e| fail(e.to_string()))?;
-        let scope = admission::Scope {
+        // Offline: the keyring may hold the sources' patterns (--kubeconfig), no labels.
+        let view = ClusterView {
             keyring,
             namespace_labels: None,
         };
-        let decoded = admission::decode(&body).map_err(|e| fail(e.to_string()))?;
-        let reviewed =
-            admission::answer(settings, &scope, decoded).map_err(|e| fail(e.to_string()))?;
+        let reviewed = admission::decode(&body)
+            .and_then(|decoded| admission::review(settings, &view, decoded))
+            .map_err(|e| fail(e.to_string()))?;
         let patch = match reviewed.outcome {
             Outcome::Patched(p) => p.patch,
             _ => Patch(Vec::new()),
@@ -134,22 +135,23 @@ pub fn preview_document(
             ))
         })?),
     };
-    if admission::skip_reason(settings, annotations.as_ref()).is_some() {
-        return Ok(Previewed {
-            document,
-            patch: Patch(Vec::new()),
-        });
-    }
     let namespace = document
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    // Offline there are no namespace labels: entries narrowed by a selector do not apply.
-    let applies = |secret: &crate::config::SecretSpec| {
-        secret.namespace_selector.is_none() && !secret.exclude_namespaces.contains(&namespace)
+    let view = ClusterView {
+        keyring,
+        namespace_labels: None,
     };
-    let Some(patch) = admission::patch_for_spec(settings, keyring, &applies, spec_path, &spec)
+    let pod = PodToDecide {
+        namespace: &namespace,
+        annotations: annotations.as_ref(),
+        existing: spec.image_pull_secrets.as_deref(),
+        pointer: spec_path,
+    };
+    let Outcome::Patched(patch) =
+        admission::decide_pod(settings, &view, &pod, admission::pod_images(&spec))
     else {
         return Ok(Previewed {
             document,

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use pullsecret_injector::admission::{self, Outcome};
+use pullsecret_injector::admission::{self, ClusterView, Outcome};
 use pullsecret_injector::config::Config;
 use pullsecret_injector::image::ImageName;
 use pullsecret_injector::matching::Pattern;
@@ -37,7 +37,9 @@ fn handler_inputs_are_answered_and_allowed() {
         .validate()
         .expect("valid");
     for (name, body) in inputs("handler") {
-        if let Ok(reviewed) = admission::review(&settings, &body) {
+        if let Ok(reviewed) = admission::decode(&body)
+            .and_then(|d| admission::review(&settings, &ClusterView::offline(&settings), d))
+        {
             let response = &reviewed.response.response.admission;
             assert!(response.allowed, "{name}");
             assert_eq!(response.uid, reviewed.uid, "{name}");
@@ -64,7 +66,9 @@ fn invalid_utf8_in_an_ignored_field_is_answered() {
         .find(|(name, _)| name.ends_with("invalid-utf8-in-ignored-field.json"))
         .expect("the regression input");
     assert!(std::str::from_utf8(&body).is_err());
-    let reviewed = admission::review(&settings, &body).expect("answered");
+    let reviewed = admission::decode(&body)
+        .and_then(|d| admission::review(&settings, &ClusterView::offline(&settings), d))
+        .expect("answered");
     assert_eq!(reviewed.outcome.injected(), ["corp"]);
 }
 

@@ -14,7 +14,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Pod;
 use libfuzzer_sys::fuzz_target;
-use pullsecret_injector::admission::{self, Outcome};
+use pullsecret_injector::admission::{self, ClusterView, Outcome};
 use pullsecret_injector::config::{Config, Settings};
 use pullsecret_injector::metrics::Metrics;
 use pullsecret_injector::server::{AppState, router};
@@ -37,7 +37,8 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 });
 
 fuzz_target!(|data: &[u8]| {
-    let core = admission::review(&SETTINGS, data);
+    let core = admission::decode(data)
+        .and_then(|decoded| admission::review(&SETTINGS, &ClusterView::offline(&SETTINGS), decoded));
     if let Ok(reviewed) = &core {
         check_review(data, reviewed);
     }
@@ -51,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(error) => {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-            assert_eq!(body["reason"], error.reason());
+            assert_eq!(body["reason"], error.metric_label());
         }
     }
 });
