@@ -6,7 +6,7 @@
 
 pub mod admin;
 pub mod admission;
-pub mod certkeeper;
+pub mod certificates;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -17,7 +17,6 @@ pub mod matching;
 pub mod metrics;
 pub mod patch;
 pub mod replicate;
-pub mod selfcert;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
@@ -127,7 +126,7 @@ pub async fn run(
         )),
         CertificateSource::SelfManaged(config) => {
             let cluster = cluster.as_ref().ok_or(RunError::NoCluster)?;
-            tokio::spawn(certkeeper::follow_secret(
+            tokio::spawn(certificates::keeper::follow_secret(
                 cluster.client(),
                 settings.namespace.clone(),
                 config.clone(),
@@ -195,7 +194,7 @@ fn leader_duties(
         Box::pin(async move {
             let settings = Arc::clone(cluster.settings());
             let keeper = self_managed.map(|config| {
-                tokio::spawn(certkeeper::keep(
+                tokio::spawn(certificates::keeper::keep(
                     cluster.client(),
                     settings.namespace.clone(),
                     config,

@@ -1,4 +1,5 @@
-//! `certs.mode: self`: the injector keeps its own CA and serving certificate in a Secret.
+//! The pure part of self-managed certificates: the CA and serving pair, its renewal, and its
+//! form in a Secret.
 //!
 //! The leader creates the pair, renews the serving certificate well before it expires (same
 //! CA, so the webhook's caBundle stays valid through a renewal), and keeps the caBundle of
@@ -25,7 +26,7 @@ pub const CA_NOT_AFTER_ANNOTATION: &str = "pullsecret-injector.io/ca-not-after";
 const CA_COMMON_NAME: &str = "pullsecret-injector CA";
 
 #[derive(Debug, Error)]
-pub enum SelfCertError {
+pub enum PairError {
     #[error("generating a certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("secret {0} lacks {1}")]
@@ -65,7 +66,7 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn ca_params(not_after: u64) -> Result<CertificateParams, SelfCertError> {
+fn ca_params(not_after: u64) -> Result<CertificateParams, PairError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, CA_COMMON_NAME);
@@ -83,7 +84,7 @@ fn to_time(unix: u64) -> time::OffsetDateTime {
 }
 
 /// A new CA and a serving certificate for `dns_names`.
-pub fn generate(dns_names: &[String], lifetimes: Lifetimes) -> Result<Pair, SelfCertError> {
+pub fn generate(dns_names: &[String], lifetimes: Lifetimes) -> Result<Pair, PairError> {
     let ca_not_after = unix_now() + lifetimes.ca.as_secs();
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca_params(ca_not_after)?.self_signed(&ca_key)?;
@@ -104,8 +105,8 @@ pub fn renew_serving(
     pair: &mut Pair,
     dns_names: &[String],
     lifetimes: Lifetimes,
-) -> Result<(), SelfCertError> {
-    let ca_key = KeyPair::from_pem(&pair.ca_key).map_err(|_| SelfCertError::BadKey("CA".into()))?;
+) -> Result<(), PairError> {
+    let ca_key = KeyPair::from_pem(&pair.ca_key).map_err(|_| PairError::BadKey("CA".into()))?;
     // Signing needs the issuer's name and key; the name is fixed, so the CA is rebuilt from them.
     let issuer = Issuer::new(ca_params(pair.ca_not_after)?, ca_key);
     let not_after = (unix_now() + lifetimes.serving.as_secs()).min(pair.ca_not_after);

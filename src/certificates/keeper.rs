@@ -16,10 +16,10 @@ use kube::{Client, ResourceExt};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+use super::pair::{self, Lifetimes, Renewal};
 use crate::config::CertificatesConfig;
 use crate::kubernetes::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, watch_backoff};
 use crate::metrics::Metrics;
-use crate::selfcert::{self, Lifetimes, Renewal};
 use crate::tls::CertResolver;
 
 #[derive(Debug, Error)]
@@ -27,7 +27,7 @@ pub enum KeeperError {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error(transparent)]
-    Generate(#[from] selfcert::SelfCertError),
+    Generate(#[from] pair::PairError),
 }
 
 /// Every replica: installs the Secret's serving pair whenever it changes.
@@ -54,7 +54,7 @@ pub async fn follow_secret(
         };
         match next {
             Some(Ok(secret)) => {
-                let Some(pair) = selfcert::from_secret(&secret) else {
+                let Some(pair) = pair::from_secret(&secret) else {
                     tracing::warn!(secret = %origin, "certificate secret is incomplete; waiting for the leader");
                     continue;
                 };
@@ -117,22 +117,22 @@ pub async fn keep_once(
         ca: Duration::from_secs(config.ca_validity_seconds),
         serving: Duration::from_secs(config.serving_validity_seconds),
     };
-    let mut hosts = selfcert::service_dns_names(&config.service_name, namespace);
+    let mut hosts = pair::service_dns_names(&config.service_name, namespace);
     hosts.extend(config.extra_hosts.iter().cloned());
     let existing = secrets.get_opt(&config.secret_name).await?;
-    let stored = existing.as_ref().and_then(selfcert::from_secret);
-    let pair = match selfcert::renewal(stored.as_ref(), lifetimes, selfcert::now()) {
+    let stored = existing.as_ref().and_then(pair::from_secret);
+    let pair = match pair::renewal(stored.as_ref(), lifetimes, pair::now()) {
         Renewal::Keep => stored,
         decision => {
             let pair = match (decision, stored) {
                 (Renewal::RenewServing, Some(mut pair)) => {
-                    selfcert::renew_serving(&mut pair, &hosts, lifetimes)?;
+                    pair::renew_serving(&mut pair, &hosts, lifetimes)?;
                     pair
                 }
-                _ => selfcert::generate(&hosts, lifetimes)?,
+                _ => pair::generate(&hosts, lifetimes)?,
             };
             let labels = [(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())].into();
-            let mut secret = selfcert::to_secret(&config.secret_name, namespace, &pair, labels);
+            let mut secret = pair::to_secret(&config.secret_name, namespace, &pair, labels);
             match &existing {
                 None => {
                     secrets.create(&params, &secret).await?;
