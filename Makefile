@@ -103,6 +103,20 @@ chart: $(HELM_DEPS) ## helm lint each certificate mode and render it into target
 		$(HELM) template $(RELEASE) $(CHART) --namespace $(NAMESPACE) "$${args[@]}" > target/chart/$$mode.yaml; \
 	done
 
+# `make image`: where image/build.sh pushes the image assembled without Docker.
+IMAGE_REGISTRY ?=
+IMAGE_REPOSITORY ?= pullsecret-injector
+IMAGE_TAG ?= $(VERSION)
+
+.PHONY: registry-tools
+registry-tools: ## Install (or reuse) the pinned registry, runc, crane and test-image entrypoint (tests/registry/build.sh)
+	tests/registry/build.sh
+
+.PHONY: image
+image: build registry-tools ## Assemble the image from the release binary without Docker and push it to IMAGE_REGISTRY (host:port)
+	@[[ -n "$(IMAGE_REGISTRY)" ]] || { echo "make image: set IMAGE_REGISTRY=host:port, the registry to push to (credentials from \$$DOCKER_CONFIG)" >&2; exit 2; }
+	image/build.sh --registry "$(IMAGE_REGISTRY)" --repository "$(IMAGE_REPOSITORY)" --tag "$(IMAGE_TAG)"
+
 .PHONY: docker-build
 docker-build: ## docker build the image (IMAGE=name:tag; needs a Docker engine, not available here)
 	docker build --tag $(IMAGE) .
@@ -112,7 +126,7 @@ install: $(HELM_DEPS) ## helm upgrade --install into the current kube context (N
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace $(HELM_ARGS)
 
 .PHONY: test
-test: lint deny controlplane fuzz-smoke ## Lint, deny, fuzz smoke, then unit, integration and end-to-end tests
+test: lint deny controlplane registry-tools build fuzz-smoke ## Lint, deny, fuzz smoke, then unit, integration and end-to-end tests
 	cargo test --locked --all-targets
 
 # Installed once per version, like hadolint.

@@ -6,6 +6,8 @@
 //! |---|---|
 //! | a real control plane (etcd, kube-apiserver, kube-controller-manager), namespaces, polling | [`controlplane`] |
 //! | the pinned helm | [`helm`] |
+//! | private registries on loopback (TLS, htpasswd), their logs, containerd's hosts.toml | [`registry`] |
+//! | images without Docker: the test image, the pause archive, the injector's image | [`images`] |
 //! | the `pullsecret-injector serve` binary, its logs and metrics | [`injector`] |
 //! | printing logs when a test fails | [`logs`] |
 //! | the registry-matching specification (matching-cases.tsv) | [`matching_cases`] |
@@ -25,6 +27,7 @@ pub mod adversary;
 pub mod client;
 pub mod controlplane;
 pub mod helm;
+pub mod images;
 pub mod injector;
 pub mod logs;
 pub mod matching_cases;
@@ -32,6 +35,7 @@ pub mod metrics;
 pub mod pki;
 pub mod pods;
 pub mod ports;
+pub mod registry;
 pub mod replication;
 pub mod secrets;
 pub mod webhook;
