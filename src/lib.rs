@@ -49,8 +49,8 @@ pub enum CertificateSource {
         files: Arc<CertificateFiles>,
         reload_interval: Duration,
     },
-    /// A Secret in the cluster (`certificates.mode: self`) that the leader keeps and every
-    /// replica serves; handshakes fail until it holds a pair.
+    /// A Secret in the cluster (the config's `certificates` block) that the leader keeps
+    /// and every replica serves; handshakes fail until it holds a pair.
     SelfManaged(CertificatesConfig),
 }
 
@@ -226,15 +226,4 @@ async fn joined<T>(task: &'static str, handle: JoinHandle<T>) -> Result<T, RunEr
             reason: error.to_string(),
         }
     })
-}
-/// The Lease identity: the pod's name in a cluster ($POD_NAME, or the hostname, which is the
-/// pod's name), with the process id to tell apart several processes on one machine.
-pub fn identity() -> String {
-    let host = std::env::var("POD_NAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "pullsecret-injector".to_string());
-    format!("{host}-{}", std::process::id())
 }

@@ -1,6 +1,6 @@
-//! `certificates.mode: self` through the real control plane: the injector creates its own
-//! CA and serving certificate, sets the caBundle, and the apiserver calls it; renewals keep
-//! every pod creation working.
+//! Self-managed certificates (a `certificates` block) through the real control plane: the
+//! injector creates its own CA and serving certificate, sets the caBundle, and the apiserver
+//! calls it; renewals keep every pod creation working.
 
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,6 @@ async fn self_managed_certificate_is_created_trusted_and_renewed_without_a_faile
 namespace: {infra}
 leaderElection: {{leaseName: {name}, leaseDurationSeconds: 4}}
 certificates:
-  mode: self
   secretName: {name}-tls
   webhookConfigurationName: {name}
   serviceName: pullsecret-injector

@@ -1,4 +1,4 @@
-//! The Kubernetes side of `certificates.mode: self`: every replica serves the pair that the
+//! The cluster part of self-managed certificates: every replica serves the pair that the
 //! Secret holds; the leader creates and renews it and keeps the caBundle of the webhook
 //! configuration current.
 

@@ -3,14 +3,14 @@
 
 use std::fmt::Write;
 
-use super::{CommandError, keyring_with_sources, load_settings};
+use super::{CommandError, Environment, keyring_with_sources, load_settings};
 use crate::cli::MatchArgs;
 use crate::config::Settings;
 use crate::image::ImageName;
 use crate::matching::{Keyring, MatchKind};
 
-pub fn match_images(args: MatchArgs) -> Result<(), CommandError> {
-    let settings = load_settings(&args.config, |_| {})?;
+pub fn match_images(args: MatchArgs, environment: &Environment) -> Result<(), CommandError> {
+    let settings = load_settings(&args.config, environment, |_| {})?;
     let keyring = keyring_with_sources(&settings, args.kubeconfig.as_deref())?;
     print!("{}", explain(&settings, &keyring, &args.images));
     Ok(())

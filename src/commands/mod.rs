@@ -61,12 +61,41 @@ impl CommandError {
     }
 }
 
-/// Reads and validates the config file after `overrides` (command-line flags) are applied.
+/// What the process environment says, read once by `main`.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `$POD_NAMESPACE` (the chart sets it from the downward API): the injector's namespace
+    /// when the config file does not name one.
+    pub pod_namespace: Option<String>,
+    /// `$POD_NAME`, else the hostname (a pod's hostname is its name).
+    pub pod_name: Option<String>,
+}
+
+impl Environment {
+    /// This replica's name in the leader-election Lease: the pod's name, with the process id
+    /// to tell apart several processes on one machine.
+    pub fn identity(&self) -> String {
+        let host = self
+            .pod_name
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .unwrap_or("pullsecret-injector");
+        format!("{host}-{}", std::process::id())
+    }
+}
+
+/// Reads and validates the config file, with `$POD_NAMESPACE` as the default namespace and
+/// `overrides` (command-line flags) applied.
 fn load_settings(
     path: &Path,
+    environment: &Environment,
     overrides: impl FnOnce(&mut Config),
 ) -> Result<Settings, CommandError> {
     let mut config = Config::from_file(path).map_err(|e| CommandError::Usage(e.to_string()))?;
+    if config.namespace.is_none() {
+        config.namespace = environment.pod_namespace.clone();
+    }
     overrides(&mut config);
     config
         .validate()
@@ -136,4 +165,47 @@ fn keyring_with_sources(
         eprintln!("note: {problem}");
     }
     Ok(keyring)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str, pod_namespace: Option<&str>) -> Settings {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), yaml).expect("write config");
+        let environment = Environment {
+            pod_namespace: pod_namespace.map(String::from),
+            pod_name: None,
+        };
+        load_settings(file.path(), &environment, |_| {}).expect("valid config")
+    }
+
+    #[test]
+    fn the_namespace_comes_from_the_file_then_pod_namespace_then_default() {
+        let named = "namespace: infra\nsecrets: [{name: a, source: {name: b}}]\n";
+        let unnamed = "secrets: [{name: a, source: {name: b}}]\n";
+        assert_eq!(load(named, Some("from-env")).namespace, "infra");
+        let from_env = load(unnamed, Some("from-env"));
+        assert_eq!(from_env.namespace, "from-env");
+        assert_eq!(
+            from_env.secrets[0].source.as_ref().map(ToString::to_string),
+            Some("from-env/b".to_string())
+        );
+        assert_eq!(load(unnamed, None).namespace, "default");
+    }
+
+    #[test]
+    fn the_identity_is_the_pod_name_and_the_process_id() {
+        let pid = std::process::id();
+        let named = Environment {
+            pod_namespace: None,
+            pod_name: Some("web-5d4f8-abcde\n".into()),
+        };
+        assert_eq!(named.identity(), format!("web-5d4f8-abcde-{pid}"));
+        assert_eq!(
+            Environment::default().identity(),
+            format!("pullsecret-injector-{pid}")
+        );
+    }
 }

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::Value;
 use thiserror::Error;
 
-use super::{CommandError, keyring_with_sources, load_settings};
+use super::{CommandError, Environment, keyring_with_sources, load_settings};
 use crate::admission::{self, ClusterView, Outcome, PodToDecide};
 use crate::cli::{MutateArgs, OutputFormat};
 use crate::config::Settings;
@@ -36,8 +36,8 @@ pub struct Previewed {
     pub patch: Patch,
 }
 
-pub fn mutate(args: MutateArgs) -> Result<(), CommandError> {
-    let settings = load_settings(&args.config, |_| {})?;
+pub fn mutate(args: MutateArgs, environment: &Environment) -> Result<(), CommandError> {
+    let settings = load_settings(&args.config, environment, |_| {})?;
     let text = if args.file == "-" {
         let mut text = String::new();
         std::io::stdin()

@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{CommandError, load_settings};
+use super::{CommandError, Environment, load_settings};
 use crate::cli::ServeArgs;
 use crate::config::{ServingCertificate, TlsConfig};
 use crate::metrics::Metrics;
 use crate::tls::CertificateFiles;
-use crate::{CertificateSource, Listeners, Service, identity, run};
+use crate::{CertificateSource, Listeners, Service, run};
 
-pub fn serve(args: ServeArgs) -> Result<(), CommandError> {
-    let settings = load_settings(&args.config, |config| {
+pub fn serve(args: ServeArgs, environment: &Environment) -> Result<(), CommandError> {
+    let settings = load_settings(&args.config, environment, |config| {
         if let Some(listen) = args.listen {
             config.listen = listen.to_string();
         }
@@ -93,7 +93,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CommandError> {
             certificates,
             metrics: Arc::new(Metrics::new()),
             client,
-            identity: identity(),
+            identity: environment.identity(),
         };
         run(service, Listeners { webhook, admin }, shutdown).await?;
         tracing::info!("stopped");
