@@ -20,12 +20,14 @@
 //! | MutatingWebhookConfigurations | [`webhook`] |
 //! | ServiceAccount tokens and the kubeconfigs that use them | [`accounts`] |
 //! | a TLS client that talks like the apiserver | [`client`] |
+//! | the fuzz targets' checks, shared with their regression replay | [`fuzz_checks`] |
 //! | hostile clients and a measured valid load | [`adversary`] |
 
 pub mod accounts;
 pub mod adversary;
 pub mod client;
 pub mod controlplane;
+pub mod fuzz_checks;
 pub mod helm;
 pub mod images;
 pub mod injector;
