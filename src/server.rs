@@ -268,16 +268,16 @@ async fn mutate_inner(
             );
         }
         Ok(Err(e)) => {
-            return refuse_early(
-                body,
+            return refuse(
                 StatusCode::BAD_REQUEST,
                 "body_read_error",
                 format!("reading the body failed: {e}"),
             );
         }
         Err(_) => {
-            return refuse_early(
-                body,
+            // A sender this slow gets no lingering: waiting longer for its bytes is what a
+            // slowloris wants, and it is not reading our answer in a hurry either.
+            let mut response = refuse(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_read_timeout",
                 format!(
@@ -285,6 +285,10 @@ async fn mutate_inner(
                     limits.body_read_timeout_seconds
                 ),
             );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
     };
 
