@@ -69,7 +69,7 @@ fmt: tools ## Format the code
 .PHONY: lint
 lint: tools $(HADOLINT) ## fmt --check, clippy -D warnings, hadolint; helm lint if helm is built
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 	$(HADOLINT) Dockerfile
 	@if [[ -x "$(HELM)" ]]; then \
 		echo "$(HELM) lint --strict $(CHART)"; $(HELM) lint --strict --quiet $(CHART); \
@@ -117,6 +117,20 @@ chart: $(HELM_DEPS) ## helm lint each certificate mode and render it into target
 		$(HELM) template $(RELEASE) $(CHART) --namespace $(NAMESPACE) "$${args[@]}" > target/chart/$$mode.yaml; \
 	done
 
+# `make image`: where image/build.sh pushes the image assembled without Docker.
+IMAGE_REGISTRY ?=
+IMAGE_REPOSITORY ?= pullsecret-injector
+IMAGE_TAG ?= $(VERSION)
+
+.PHONY: registry-tools
+registry-tools: ## Install (or reuse) the pinned registry, runc, crane and test-image entrypoint (tests/registry/build.sh)
+	tests/registry/build.sh
+
+.PHONY: image
+image: build registry-tools ## Assemble the image from the release binary without Docker and push it to IMAGE_REGISTRY (host:port)
+	@[[ -n "$(IMAGE_REGISTRY)" ]] || { echo "make image: set IMAGE_REGISTRY=host:port, the registry to push to (credentials from \$$DOCKER_CONFIG)" >&2; exit 2; }
+	image/build.sh --registry "$(IMAGE_REGISTRY)" --repository "$(IMAGE_REPOSITORY)" --tag "$(IMAGE_TAG)"
+
 .PHONY: docker-build
 docker-build: ## docker build the image (IMAGE=name:tag; needs a Docker engine, not available here)
 	docker build --tag $(IMAGE) .
@@ -126,10 +140,20 @@ install: $(HELM_DEPS) ## helm upgrade --install into the current kube context (N
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace $(HELM_ARGS)
 
 .PHONY: test
-test: lint deny controlplane oracle fuzz-smoke ## Lint, deny, fuzz smoke, the kubelet oracle check, then unit, integration and end-to-end tests
+test: lint deny controlplane registry-tools build oracle fuzz-smoke ## The whole gate CI runs: lint, deny, fuzz smoke, benches checked, every test (with the kubelet oracle check)
 	@rm -f $(ORACLE_SUMMARY)
-	cargo test --locked --all-targets
+	cargo check --locked --benches
+	cargo test --locked --lib --bins --tests
 	@cat $(ORACLE_SUMMARY)
+
+# The inner loop: what needs no control plane, no registry, no oracle and no fuzzing toolchain.
+CHECK_SUITES := --test matching_cases --test properties --test cli --test webhook_server
+
+.PHONY: check
+check: tools ## The fast inner loop (< 2 min warm): fmt, clippy, unit tests, the matching table, properties, CLI, the TLS server suite
+	cargo fmt --all -- --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo test --locked --lib $(CHECK_SUITES)
 
 # Installed once per version, like hadolint.
 $(CARGO_FUZZ):
@@ -146,8 +170,14 @@ fuzz: $(CARGO_FUZZ) ## Fuzz image, pattern, config and handler for FUZZ_SECONDS 
 fuzz-smoke: $(CARGO_FUZZ) ## The fuzz smoke `make test` runs: each target for FUZZ_SMOKE_SECONDS (60)
 	CARGO_FUZZ=$(abspath $(CARGO_FUZZ)) FUZZ_JOBS=$(FUZZ_JOBS) fuzz/run.sh $(FUZZ_SMOKE_SECONDS)
 
+# cargo-deny runs `cargo metadata --frozen`, which needs the crates of every platform in
+# Cargo.lock, not only this one's: a build fetches only what it compiles, so fetch them all.
+.PHONY: fetch
+fetch: ## Download every crate Cargo.lock names, for all platforms (cargo fetch --locked)
+	cargo fetch --locked
+
 .PHONY: deny
-deny: $(CARGO_DENY) ## cargo deny check licenses bans sources, offline (advisories need the network: see deny.toml)
+deny: $(CARGO_DENY) fetch ## cargo deny check licenses bans sources, offline (advisories need the network: see deny.toml)
 	$(CARGO_DENY) --frozen --log-level error check --hide-inclusion-graph licenses bans sources
 
 .PHONY: bench

@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::BodyExt;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -27,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::admission;
+use crate::admission::{self, ClusterView};
 use crate::config::{Limits, Settings};
 use crate::metrics::Metrics;
 use crate::replicate::Cluster;
@@ -180,7 +181,7 @@ async fn mutate_inner(
     state: &AppState,
     transport: &Transport,
     headers: &HeaderMap,
-    body: Body,
+    mut body: Body,
 ) -> Response {
     let limits = &state.settings.limits;
     let refuse = |status: StatusCode, reason: &'static str, message: String| {
@@ -188,12 +189,18 @@ async fn mutate_inner(
         tracing::warn!(status = status.as_u16(), reason, %message, "request refused");
         error_response(status, reason, message)
     };
+    // These answer before the body is read to its end: the rest is discarded in the
+    // background (see `linger`) so that the answer reaches the client.
+    let refuse_early = |body: Body, status: StatusCode, reason: &'static str, message: String| {
+        linger(body, refuse(status, reason, message))
+    };
     if !is_json(headers) {
         let got = headers
             .get(header::CONTENT_TYPE)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_else(|| "none".into());
-        return refuse(
+        return refuse_early(
+            body,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             format!("Content-Type is {got:?}; an AdmissionReview must be sent as application/json"),
@@ -206,7 +213,8 @@ async fn mutate_inner(
     if let Some(length) = announced
         && length > limits.max_body_bytes as u64
     {
-        return refuse(
+        return refuse_early(
+            body,
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!(
@@ -228,14 +236,15 @@ async fn mutate_inner(
     let Ok(_reserved) = Arc::clone(&state.body_budget)
         .try_acquire_many_owned(u32::try_from(reserve).unwrap_or(u32::MAX))
     else {
-        let mut response = refuse(
+        let in_memory = limits
+            .max_buffered_body_bytes
+            .saturating_sub(state.body_budget.available_permits());
+        let mut response = refuse_early(
+            body,
             StatusCode::SERVICE_UNAVAILABLE,
             "body_budget_exhausted",
             format!(
-                "{} bytes of request bodies are in memory already (limits.maxBufferedBodyBytes); retry",
-                limits
-                    .max_buffered_body_bytes
-                    .saturating_sub(state.body_budget.available_permits())
+                "{in_memory} bytes of request bodies are in memory already (limits.maxBufferedBodyBytes); retry"
             ),
         );
         response
@@ -245,13 +254,14 @@ async fn mutate_inner(
     };
     let read = tokio::time::timeout(
         Duration::from_secs(limits.body_read_timeout_seconds),
-        axum::body::to_bytes(body, limits.max_body_bytes),
+        http_body_util::Limited::new(&mut body, limits.max_body_bytes).collect(),
     )
     .await;
     let bytes = match read {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) if is_length_limit(&e) => {
-            return refuse(
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return refuse_early(
+                body,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!("body is over the limit of {} bytes", limits.max_body_bytes),
@@ -265,7 +275,9 @@ async fn mutate_inner(
             );
         }
         Err(_) => {
-            return refuse(
+            // A sender this slow gets no lingering: waiting longer for its bytes is what a
+            // slowloris wants, and it is not reading our answer in a hurry either.
+            let mut response = refuse(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_read_timeout",
                 format!(
@@ -273,6 +285,10 @@ async fn mutate_inner(
                     limits.body_read_timeout_seconds
                 ),
             );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
     };
 
@@ -282,7 +298,7 @@ async fn mutate_inner(
             let elapsed = started.elapsed();
             state
                 .metrics
-                .admission(reviewed.operation, reviewed.outcome.result_label(), elapsed);
+                .admission(reviewed.operation, reviewed.outcome.metric_label(), elapsed);
             for name in reviewed.outcome.injected() {
                 state.metrics.injected(name);
             }
@@ -292,7 +308,7 @@ async fn mutate_inner(
                 pod = %reviewed.name,
                 operation = reviewed.operation,
                 dry_run = reviewed.dry_run,
-                result = reviewed.outcome.result_label(),
+                result = reviewed.outcome.metric_label(),
                 injected = %reviewed.outcome.injected().join(","),
                 duration_us = elapsed.as_micros() as u64,
                 http_version = ?transport.version,
@@ -301,7 +317,11 @@ async fn mutate_inner(
             );
             axum::Json(reviewed.response).into_response()
         }
-        Err(error) => refuse(StatusCode::BAD_REQUEST, error.reason(), error.to_string()),
+        Err(error) => refuse(
+            StatusCode::BAD_REQUEST,
+            error.metric_label(),
+            error.to_string(),
+        ),
     }
 }
 
@@ -315,11 +335,7 @@ async fn review(
     let settings = &state.settings;
     let decoded = admission::decode(body)?;
     let Some(cluster) = &state.cluster else {
-        let scope = admission::Scope {
-            keyring: &settings.keyring,
-            namespace_labels: None,
-        };
-        return admission::answer(settings, &scope, decoded);
+        return admission::review(settings, &ClusterView::offline(settings), decoded);
     };
     let keyring = cluster.keyring();
     let namespace = match decoded.pod_create_namespace() {
@@ -329,11 +345,11 @@ async fn review(
     // A namespace that cannot be read counts as unlabelled: selector-narrowed entries skip it.
     let no_labels = BTreeMap::new();
     let labels = namespace.as_deref().map_or(&no_labels, |ns| ns.labels());
-    let scope = admission::Scope {
+    let view = ClusterView {
         keyring: &keyring,
         namespace_labels: Some(labels),
     };
-    let mut reviewed = admission::answer(settings, &scope, decoded)?;
+    let mut reviewed = admission::review(settings, &view, decoded)?;
     if !reviewed.dry_run && !reviewed.outcome.injected().is_empty() {
         let warnings = cluster
             .ensure_copies(
@@ -343,10 +359,8 @@ async fn review(
                 ensure_budget(transport),
             )
             .await;
-        if !warnings.is_empty()
-            && let Some(response) = reviewed.response.response.as_mut()
-        {
-            response.warnings = Some(warnings);
+        if !warnings.is_empty() {
+            reviewed.response.response.admission.warnings = Some(warnings);
         }
     }
     Ok(reviewed)
@@ -371,15 +385,37 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn is_length_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&dyn std::error::Error> = Some(error);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
+/// How long, and how many bytes, an early answer's unread body is read and discarded.
+/// A client that sends its body after the headers is still sending when we answer; closing
+/// with its bytes unread makes the kernel send a reset, which can destroy our answer before
+/// the client reads it. Two seconds is plenty for a client to read a small answer; the byte
+/// bound caps the decryption work a refused client can ask of us.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
+
+/// A lingering close: the answer goes out now, with `Connection: close`, while the rest of
+/// the body is read and dropped in the background (never buffered); hyper closes the
+/// connection once the body ends, or when the bounds above drop it.
+fn linger(mut body: Body, mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if !body.is_end_stream() {
+        tokio::spawn(async move {
+            let mut left = LINGER_BYTES;
+            let _ = tokio::time::timeout(LINGER_TIME, async {
+                while let Some(Ok(frame)) = body.frame().await {
+                    let read = frame.data_ref().map_or(0, |data| data.len());
+                    left = left.saturating_sub(read);
+                    if left == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        });
     }
-    false
+    response
 }
 
 /// Accepts TLS connections until `shutdown` fires, then drains in-flight requests for at

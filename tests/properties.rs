@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::AdmissionReview;
 use proptest::prelude::*;
-use pullsecret_injector::admission;
+use pullsecret_injector::admission::{self, ClusterView};
 use pullsecret_injector::config::{Config, Settings};
 use pullsecret_injector::image::ImageName;
 use pullsecret_injector::matching::{Keyring, Pattern};
@@ -128,14 +128,21 @@ fn review(containers: &[String], init: &[String], existing: &Option<Vec<String>>
 /// Runs the review and returns the object after applying the answer's patch.
 fn mutate(settings: &Settings, review: &Value) -> (Value, Vec<String>) {
     let body = serde_json::to_vec(review).unwrap();
-    let reviewed = admission::review(settings, &body).expect("reviews");
-    let answer = serde_json::to_value(&reviewed.response).unwrap();
+    let reviewed = admission::decode(&body)
+        .and_then(|decoded| admission::review(settings, &ClusterView::offline(settings), decoded))
+        .expect("reviews");
+    let mut answer = serde_json::to_value(&reviewed.response).unwrap();
+    // The patch is a base64 string; kube's own type reads the rest (it wants bytes as numbers).
+    let patch = answer["response"]
+        .as_object_mut()
+        .and_then(|r| r.remove("patch"));
     let _: AdmissionReview<kube::core::DynamicObject> =
         serde_json::from_value(answer.clone()).unwrap();
     let mut object = review["request"]["object"].clone();
-    if let Some(patch) = answer["response"].get("patch") {
-        let bytes: Vec<u8> = serde_json::from_value(patch.clone()).unwrap();
-        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    if let Some(patch) = patch {
+        let bytes: k8s_openapi::ByteString =
+            serde_json::from_value(patch).expect("the patch is a base64 string");
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes.0).unwrap();
         json_patch::patch(&mut object, &patch).expect("the patch applies");
     }
     (object, reviewed.outcome.injected().to_vec())

@@ -1,16 +1,18 @@
 //! The webhook server as the apiserver sees it: the real binary, a real TLS stack, HTTP/1.1
 //! keep-alive, real-world AdmissionReviews in, JSON patches out that apply to a valid Pod.
 
-mod support;
-
 use std::time::Duration;
 
-use base64_free::decode_patch;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
-use support::client::{Response, TlsClient};
-use support::injector::{self, Injector, Options, metric};
+use test_support::client::{Response, TlsClient};
+use test_support::controlplane::eventually;
+use test_support::injector::{Injector, Instance, Options};
+use test_support::metrics::metric;
+use test_support::pki::{CertifiedKey, MountedSecret, TestCa, der};
+use test_support::pods::secret_names;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wire::decode_patch;
 
 const CONFIG: &str = r#"
 limits:
@@ -54,13 +56,15 @@ struct Harness {
 }
 
 fn start() -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = injector::certificates(dir.path());
-    let injector = Injector::start(Options::new(CONFIG, dir.path()));
+    let Instance {
+        injector,
+        ca_pem,
+        dir,
+    } = Instance::start(|dir| Injector::start(Options::new(CONFIG, dir)));
     Harness {
         injector,
-        client: TlsClient::new(&ca.cert_pem),
-        ca_pem: ca.cert_pem,
+        client: TlsClient::new(&ca_pem),
+        ca_pem,
         _dir: dir,
     }
 }
@@ -96,8 +100,8 @@ impl Harness {
     }
 }
 
-/// The patch bytes as kube's AdmissionResponse encodes them.
-mod base64_free {
+/// The patch as the API documents it: a base64 string (a Go `[]byte`) beside its patchType.
+mod wire {
     use serde_json::Value;
 
     pub fn decode_patch(answer: &Value) -> Option<json_patch::Patch> {
@@ -107,21 +111,18 @@ mod base64_free {
             response["patchType"], "JSONPatch",
             "a patch needs patchType"
         );
-        let bytes: Vec<u8> = serde_json::from_value(patch.clone()).expect("patch bytes");
-        Some(serde_json::from_slice(&bytes).expect("patch is a JSON patch"))
+        let text = patch.as_str().expect("the patch is a base64 string");
+        let bytes: k8s_openapi::ByteString =
+            serde_json::from_value(Value::from(text)).expect("the patch is valid base64");
+        Some(serde_json::from_slice(&bytes.0).expect("patch is a JSON patch"))
     }
 }
 
 fn pull_secret_names(object: &Value) -> Vec<String> {
     let pod: Pod =
         serde_json::from_value(object.clone()).expect("the patched object is a valid Pod");
-    pod.spec
-        .expect("spec")
-        .image_pull_secrets
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect()
+    assert!(pod.spec.is_some(), "the patched Pod has a spec");
+    secret_names(&pod)
 }
 
 #[tokio::test]
@@ -138,24 +139,56 @@ async fn real_pod_create_gets_the_matching_secret_and_stays_a_valid_pod() {
         "jmalloc"
     );
     assert_eq!(pull_secret_names(&pod), ["jmalloc"]);
-    let patch = base64_free::decode_patch(&answer).expect("patch");
+    let patch = decode_patch(&answer).expect("patch");
     assert_eq!(
         serde_json::to_value(&patch).unwrap(),
         json!([{"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": "jmalloc"}]}])
     );
 }
 
+/// The bytes on the wire, as `jq -r .response.patch | base64 -d` reads them: in both review
+/// versions the patch is one base64 string, never kube-core's array of numbers. The expected
+/// strings are `base64 -w0` (coreutils) of the patch
+/// `[{"op":"add","path":"/spec/imagePullSecrets","value":[{"name":"<secret>"}]}]`.
+#[tokio::test]
+async fn the_patch_on_the_wire_is_a_base64_string_in_v1_and_v1beta1() {
+    let h = start();
+    for (fixture_name, encoded) in [
+        (
+            "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
+            "W3sib3AiOiJhZGQiLCJwYXRoIjoiL3NwZWMvaW1hZ2VQdWxsU2VjcmV0cyIsInZhbHVlIjpbeyJuYW1lIjoiam1hbGxvYyJ9XX1d",
+        ),
+        (
+            "02_connctd-sqlbee_sting_test_go_pod_create_v1beta1_replicaset.json",
+            "W3sib3AiOiJhZGQiLCJwYXRoIjoiL3NwZWMvaW1hZ2VQdWxsU2VjcmV0cyIsInZhbHVlIjpbeyJuYW1lIjoiazhzLWdjciJ9XX1d",
+        ),
+    ] {
+        let response = h.review(&fixture(fixture_name)).await;
+        assert_eq!(response.status, 200);
+        let raw = std::str::from_utf8(&response.body).expect("UTF-8 answer");
+        assert!(
+            raw.contains(&format!(r#""patch":"{encoded}""#)),
+            "{fixture_name}: no base64 patch in {raw}"
+        );
+        assert!(!raw.contains(r#""patch":["#), "{fixture_name}: {raw}");
+        assert!(raw.contains(r#""patchType":"JSONPatch""#), "{raw}");
+    }
+}
+
 #[tokio::test]
 async fn v1beta1_review_is_answered_in_v1beta1_and_uses_the_request_namespace() {
-    let mut h = start();
+    let h = start();
     let review = fixture("02_connctd-sqlbee_sting_test_go_pod_create_v1beta1_replicaset.json");
     let (answer, pod) = h.mutate(&review).await;
     assert_eq!(answer["apiVersion"], "admission.k8s.io/v1beta1");
     assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
     assert_eq!(pull_secret_names(&pod), ["k8s-gcr"]);
-    let line = h.injector.wait_for_log(Duration::from_secs(5), |l| {
-        l["message"] == "admission reviewed"
-    });
+    let line = h
+        .injector
+        .wait_for_log(Duration::from_secs(5), |l| {
+            l["message"] == "admission reviewed"
+        })
+        .await;
     assert_eq!(line["namespace"], "default");
     assert_eq!(
         line["pod"],
@@ -203,7 +236,7 @@ async fn existing_entries_are_kept_in_order_and_never_duplicated() {
     spec["initContainers"] = json!([{"name": "init", "image": "jmalloc/echo-server"}]);
     let (answer, pod) = h.mutate(&review).await;
     assert_eq!(pull_secret_names(&pod), ["zzz", "jmalloc", "k8s-gcr"]);
-    let patch = base64_free::decode_patch(&answer).expect("patch");
+    let patch = decode_patch(&answer).expect("patch");
     assert_eq!(
         serde_json::to_value(&patch).unwrap(),
         json!([{"op": "add", "path": "/spec/imagePullSecrets/-", "value": {"name": "k8s-gcr"}}])
@@ -419,6 +452,93 @@ async fn an_announced_oversized_body_is_refused_without_being_read() {
     assert!(head.contains("over the limit of 7340032 bytes"), "{head}");
 }
 
+/// A client that sends its body right after the headers is still sending when an early
+/// refusal goes out. The server reads and discards the rest before closing (a lingering
+/// close), so the kernel never resets the connection under the answer: every client reads
+/// its 413 (announced 40 MiB) or 503 (no room in the body budget).
+#[tokio::test]
+async fn early_refusals_reach_clients_that_send_their_body_after_the_headers() {
+    let config = CONFIG.replace(
+        "limits:\n",
+        "limits:\n  maxBodyBytes: 1048576\n  maxBufferedBodyBytes: 1048576\n  bodyReadTimeoutSeconds: 300\n",
+    );
+    let Instance {
+        injector,
+        ca_pem,
+        dir: _dir,
+    } = Instance::start(|dir| Injector::start(Options::new(&config, dir)));
+    let client = TlsClient::new(&ca_pem);
+    // Holds the whole body budget for the test: announces 1 MiB, sends one byte, waits.
+    let mut holder = client.tls(injector.addr).await.expect("connect");
+    holder
+        .write_all(b"POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n{")
+        .await
+        .expect("holder's request");
+    let tries = 100;
+    for (announced, expected) in [(40u64 << 20, "413"), (1 << 20, "503")] {
+        let mut answered = 0;
+        let mut failures = Vec::new();
+        for batch in 0..tries / 50 {
+            let clients = (0..50).map(|i| {
+                let client = client.clone();
+                let addr = injector.addr;
+                let sent = (64 + (batch * 50 + i) * 37 % 193) << 10;
+                async move {
+                    let mut tls = client.tls(addr).await.map_err(|e| e.to_string())?;
+                    let head = format!(
+                        "POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {announced}\r\n\r\n"
+                    );
+                    tls.write_all(head.as_bytes())
+                        .await
+                        .map_err(|e| format!("headers: {e}"))?;
+                    tls.write_all(&vec![b' '; sent])
+                        .await
+                        .map_err(|e| format!("body of {sent} bytes: {e}"))?;
+                    let mut answer = Vec::new();
+                    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer))
+                        .await
+                        .map_err(|_| "no answer within 10 s".to_string())?
+                        .map_err(|e| {
+                            format!(
+                                "after {} bytes of answer: {e}",
+                                answer.len()
+                            )
+                        })?;
+                    Ok::<_, String>(String::from_utf8_lossy(&answer).into_owned())
+                }
+            });
+            for result in futures::future::join_all(clients).await {
+                match result {
+                    Ok(answer) if answer.starts_with(&format!("HTTP/1.1 {expected}")) => {
+                        assert!(answer.contains("connection: close"), "{answer}");
+                        answered += 1;
+                    }
+                    Ok(answer) => failures.push(format!("unexpected answer: {answer}")),
+                    Err(e) => failures.push(e),
+                }
+            }
+        }
+        assert_eq!(
+            answered, tries,
+            "{expected}: {answered} of {tries} clients read the answer; the others: {failures:?}"
+        );
+    }
+    drop(holder);
+    // And the server goes on serving.
+    let ok = client
+        .post(
+            injector.addr,
+            "/mutate?timeout=10s",
+            JSON,
+            serde_json::to_vec(&fixture(
+                "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
+            ))
+            .expect("encode"),
+        )
+        .await;
+    assert_eq!(ok.status, 200);
+}
+
 #[tokio::test]
 async fn a_body_over_the_limit_without_content_length_gets_413() {
     let h = start();
@@ -560,22 +680,10 @@ async fn failed_handshakes_and_silent_clients_are_dropped_without_affecting_othe
 
 #[tokio::test]
 async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored() {
-    use std::os::unix::fs::symlink;
     let dir = tempfile::tempdir().unwrap();
-    let ca = support::pki::TestCa::new("rotation CA");
-    // The kubelet's layout for a mounted Secret: tls.crt -> ..data/tls.crt, ..data -> ..<ts>.
-    let install = |version: &str, pair: &support::pki::ServingPair| {
-        let versioned = dir.path().join(format!("..{version}"));
-        std::fs::create_dir(&versioned).unwrap();
-        pair.write_to(&versioned);
-        let tmp = dir.path().join("..data_tmp");
-        symlink(format!("..{version}"), &tmp).unwrap();
-        std::fs::rename(&tmp, dir.path().join("..data")).unwrap();
-    };
+    let ca = TestCa::new("rotation CA");
     let first = ca.serving("first", &["localhost"]);
-    install("v1", &first);
-    symlink("..data/tls.crt", dir.path().join("tls.crt")).unwrap();
-    symlink("..data/tls.key", dir.path().join("tls.key")).unwrap();
+    let mut mounted = MountedSecret::new(dir.path(), &first);
     // Long enough that the kept-alive connection below is not closed as idle meanwhile.
     let config = CONFIG.replace(
         "headerReadTimeoutSeconds: 1",
@@ -583,12 +691,6 @@ async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored(
     );
     let h = Injector::start(Options::new(&config, dir.path()));
     let client = TlsClient::new(&ca.cert_pem);
-    let der = |pem: &str| {
-        use rustls::pki_types::pem::PemObject;
-        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-            .unwrap()
-            .to_vec()
-    };
     assert_eq!(
         client.peer_certificate(h.addr).await.unwrap(),
         der(&first.cert_pem)
@@ -604,8 +706,8 @@ async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored(
     );
 
     let second = ca.serving("second", &["localhost"]);
-    install("v2", &second);
-    support::controlplane::eventually(
+    mounted.rotate(&second);
+    eventually(
         "the new certificate to be served",
         Duration::from_secs(10),
         || async {
@@ -625,17 +727,19 @@ async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored(
 
     // A key that does not belong to the certificate: refused, the good pair stays.
     let third = ca.serving("third", &["localhost"]);
-    let broken = support::pki::ServingPair {
+    let broken = CertifiedKey {
         cert_pem: third.cert_pem.clone(),
         key_pem: first.key_pem.clone(),
     };
-    install("v3", &broken);
-    let mut waiting = h;
-    let line = waiting.wait_for_log(Duration::from_secs(10), |l| {
-        l["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("new certificate not loaded"))
-    });
+    mounted.rotate(&broken);
+    let waiting = h;
+    let line = waiting
+        .wait_for_log(Duration::from_secs(10), |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("new certificate not loaded"))
+        })
+        .await;
     assert!(
         line["error"].as_str().unwrap().contains("does not match"),
         "{line}"
@@ -663,7 +767,7 @@ async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored(
 
 #[tokio::test]
 async fn sigterm_answers_in_flight_requests_with_connection_close_and_exits_zero() {
-    let mut h = start();
+    let h = start();
     let body = serde_json::to_vec(&fixture(
         "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
     ))
@@ -679,11 +783,13 @@ async fn sigterm_answers_in_flight_requests_with_connection_close_and_exits_zero
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     h.injector.signal("TERM");
-    h.injector.wait_for_log(Duration::from_secs(5), |l| {
-        l["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("draining"))
-    });
+    h.injector
+        .wait_for_log(Duration::from_secs(5), |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("draining"))
+        })
+        .await;
     tls.write_all(&body[100..]).await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response))
@@ -699,12 +805,15 @@ async fn sigterm_answers_in_flight_requests_with_connection_close_and_exits_zero
 
 #[tokio::test]
 async fn every_admission_is_logged_as_one_json_line_with_the_fields_operators_need() {
-    let mut h = start();
+    let h = start();
     let review = fixture("01_kube-rs_kube-core_admission_rs_pod_create_v1.json");
     h.mutate(&review).await;
-    let line = h.injector.wait_for_log(Duration::from_secs(5), |l| {
-        l["message"] == "admission reviewed"
-    });
+    let line = h
+        .injector
+        .wait_for_log(Duration::from_secs(5), |l| {
+            l["message"] == "admission reviewed"
+        })
+        .await;
     assert_eq!(line["level"], "INFO");
     assert_eq!(line["uid"], review["request"]["uid"]);
     assert_eq!(line["namespace"], "colin-coder");

@@ -21,9 +21,9 @@
 # Options / environment:
 #   --force                rebuild even if the stamps match
 #   PEERS_BUILD_JOBS=N     go build -p N (default 2), always under `nice -n 19`
-#   PATCHER_GIT=URL|DIR    where to fetch the patcher's tag from (default: a local mirror
-#                          at /work/.mirror/titansoft-pte-ltd+imagepullsecret-patcher/repo
-#                          if present, else its GitHub repository)
+#   PATCHER_GIT=URL|DIR    where to fetch the patcher's tag from (default: its public
+#                          GitHub repository; a clone or mirror directory works too, for a
+#                          machine without access to GitHub)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -145,15 +145,8 @@ build_kyverno() {
 # the module proxy, checked against that go.sum).
 patcher_tag=v0.14
 patcher_commit=ddfa08a5c8d173e6129ccc2fb662430c0ed17df1
-patcher_mirror=/work/.mirror/titansoft-pte-ltd+imagepullsecret-patcher/repo
 pin_patcher="$patcher_tag $patcher_commit"
-if [[ -z "${PATCHER_GIT:-}" ]]; then
-    if [[ -d "$patcher_mirror" ]]; then
-        PATCHER_GIT="$patcher_mirror"
-    else
-        PATCHER_GIT=https://github.com/titansoft-pte-ltd/imagepullsecret-patcher.git
-    fi
-fi
+PATCHER_GIT="${PATCHER_GIT:-https://github.com/titansoft-pte-ltd/imagepullsecret-patcher.git}"
 
 # The pinned module through the module proxy; fails (with the go command's output on
 # stderr) when the proxy does not serve it.
