@@ -30,6 +30,7 @@ use pullsecret_injector::image::ImageName;
 use pullsecret_injector::matching::{Keyring, Pattern};
 use pullsecret_injector::replicate::{dockerconfig, keyring};
 use serde_json::json;
+use test_support::matching_cases;
 
 use cases::{Case, Flavor, Rng, entry_id};
 use oracle::{Answer, Oracle, Request};
@@ -505,22 +506,18 @@ impl Run {
         }
     }
 
-    /// Every row, as a config pattern when the config accepts it and as a source key always.
+    /// Every row, as a source key, and as a config pattern unless the row says the config
+    /// refuses it.
     fn matching_cases(&mut self) -> u64 {
-        let text = include_str!("fixtures/matching-cases.tsv");
         let mut rows = 0;
-        for (line, fields) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.starts_with('#') && !l.trim().is_empty())
-            .map(|(i, l)| (i + 1, l.split('\t').collect::<Vec<_>>()))
-        {
+        for case in matching_cases::cases() {
             rows += 1;
-            let (image, pattern) = (fields[0].to_string(), fields[1].to_string());
+            let line = case.line;
+            let (image, pattern) = (case.image.to_string(), case.pattern.to_string());
             let row = || Row {
                 line,
-                expected: fields[2].to_string(),
-                normalized: fields[3].to_string(),
+                expected: case.expected.to_string(),
+                normalized: case.normalized.to_string(),
             };
             let mut source = source_question(
                 &format!("matching-cases.tsv line {line}, source key"),
@@ -532,7 +529,9 @@ impl Run {
             );
             source.row = Some(row());
             self.submit(source);
-            if Pattern::parse(&pattern).is_ok() {
+            // A refused pattern is refused (matching_cases.rs checks it); the others also go
+            // through the config.
+            if !case.refused {
                 let mut config = config_question(
                     &format!("matching-cases.tsv line {line}, config pattern"),
                     &[vec![pattern]],
