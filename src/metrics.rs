@@ -48,6 +48,7 @@ pub struct Metrics {
     duration: Histogram,
     bad_requests: Family<ReasonLabels, Counter>,
     certificate_reloads: Family<ResultLabels, Counter>,
+    certificate_errors: Family<ReasonLabels, Counter>,
     tls_handshake_failures: Counter,
     open_connections: Gauge,
     copies: Family<ActionLabels, Counter>,
@@ -99,6 +100,12 @@ impl Metrics {
             "certificate_reloads",
             "Serving certificate reloads, by result (success, error)",
             certificate_reloads.clone(),
+        );
+        let certificate_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "certificate_errors",
+            "Failed checks of the self-managed certificate and caBundle, by reason (forbidden, conflict, api, generate)",
+            certificate_errors.clone(),
         );
         let tls_handshake_failures = Counter::default();
         registry.register(
@@ -161,6 +168,7 @@ impl Metrics {
             duration,
             bad_requests,
             certificate_reloads,
+            certificate_errors,
             tls_handshake_failures,
             open_connections,
         }
@@ -191,6 +199,12 @@ impl Metrics {
         let result = if ok { "success" } else { "error" };
         self.certificate_reloads
             .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn certificate_error(&self, reason: &'static str) {
+        self.certificate_errors
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
@@ -253,12 +267,14 @@ mod tests {
         m.injected("acme");
         m.bad_request("invalid_json");
         m.certificate_reloaded(false);
+        m.certificate_error("forbidden");
         let text = m.render();
         for line in [
             "pullsecret_injector_admissions_total{operation=\"CREATE\",result=\"patched\"} 1",
             "pullsecret_injector_injected_secrets_total{secret=\"acme\"} 1",
             "pullsecret_injector_bad_requests_total{reason=\"invalid_json\"} 1",
             "pullsecret_injector_certificate_reloads_total{result=\"error\"} 1",
+            "pullsecret_injector_certificate_errors_total{reason=\"forbidden\"} 1",
             "pullsecret_injector_admission_duration_seconds_count 1",
             "pullsecret_injector_open_connections 0",
         ] {

@@ -689,7 +689,7 @@ fn control_plane_options(network: &Network) -> controlplane::Options {
             "--enable-aggregator-routing=true".into(),
             // The kubelet's credentials are a node's: the Node authorizer grants what it needs.
             "--authorization-mode=Node,RBAC".into(),
-            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook".into(),
+            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy".into(),
             // `logs` and `exec`: dial the node's IP (its hostname resolves nowhere).
             "--kubelet-preferred-address-types=InternalIP".into(),
         ],
