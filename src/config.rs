@@ -13,6 +13,9 @@ use thiserror::Error;
 
 use crate::matching::{Keyring, Pattern};
 
+mod providers;
+pub use providers::{CredentialProvidersConfig, ProviderConfig};
+
 pub const DEFAULT_OPT_OUT_ANNOTATION: &str = "pullsecret-injector.io/inject";
 /// The namespace label that opts a namespace in, as the chart's webhook selects it.
 pub const DEFAULT_OPT_IN_LABEL: &str = "pullsecret-injector.io/inject-pull-secrets";
@@ -52,6 +55,9 @@ pub struct Config {
     /// of `tls` files.
     #[serde(default)]
     pub certificates: Option<CertificatesConfig>,
+    /// Kubelet credential provider plugins, for entries with a `provider`.
+    #[serde(default)]
+    pub credential_providers: Option<CredentialProvidersConfig>,
     #[serde(default)]
     pub secrets: Vec<SecretConfig>,
     /// Names of entries taken out of `secrets` whose copies this installation still deletes:
@@ -173,6 +179,10 @@ pub struct SecretConfig {
     /// A `kubernetes.io/dockerconfigjson` Secret copied into every namespace the entry applies to.
     #[serde(default)]
     pub source: Option<SourceConfig>,
+    /// A credential provider plugin whose credentials are kept in a Secret named like the
+    /// entry in `namespace`, which is then copied as a `source` is.
+    #[serde(default)]
+    pub provider: Option<ProviderConfig>,
     #[serde(default)]
     pub namespace_selector: Option<LabelSelector>,
     #[serde(default)]
@@ -240,7 +250,9 @@ pub struct SecretSpec {
     pub name: String,
     /// Patterns from config; empty when they come from the source's `auths`.
     pub patterns: Vec<Pattern>,
+    /// For an entry with a `provider`, the Secret its credentials are kept in.
     pub source: Option<SourceRef>,
+    pub provider: Option<ProviderConfig>,
     pub namespace_selector: Option<Selector>,
     pub exclude_namespaces: Vec<String>,
     pub overwrite_existing: bool,
@@ -280,6 +292,7 @@ pub struct Settings {
     pub exclude_namespaces: Vec<String>,
     pub leader_election: LeaderElectionConfig,
     pub certificates: Option<CertificatesConfig>,
+    pub credential_providers: Option<CredentialProvidersConfig>,
     pub secrets: Vec<SecretSpec>,
     /// Copies to delete wherever this installation made them (`retiredSecrets`).
     pub retired_secrets: Vec<String>,
@@ -419,16 +432,40 @@ impl Config {
                     format!("duplicate name {:?}, also at secrets[{first}]", secret.name),
                 );
             }
-            if secret.registries.is_empty() && secret.source.is_none() {
+            if secret.registries.is_empty() && secret.source.is_none() && secret.provider.is_none()
+            {
                 error(
                     format!("secrets[{i}].registries"),
-                    "must list at least one registry pattern (or name a source whose auths keys are the patterns)".into(),
+                    "must list at least one registry pattern (or name a source or provider whose auths keys are the patterns)".into(),
                 );
             }
-            let source = secret.source.as_ref().map(|s| SourceRef {
-                namespace: s.namespace.clone().unwrap_or_else(|| namespace.clone()),
-                name: s.name.clone(),
-            });
+            if let Some(provider) = &secret.provider {
+                if secret.source.is_some() {
+                    error(
+                        format!("secrets[{i}].provider"),
+                        "set either source (a Secret) or provider (a credential provider plugin), not both".into(),
+                    );
+                }
+                providers::check_entry(
+                    &format!("secrets[{i}]"),
+                    provider,
+                    self.credential_providers.is_some(),
+                    &mut error,
+                );
+            }
+            // A provider's credentials are kept in a Secret of the entry's name in our
+            // namespace: its source, to every replica and to replication.
+            let source = match (&secret.source, &secret.provider) {
+                (Some(s), _) => Some(SourceRef {
+                    namespace: s.namespace.clone().unwrap_or_else(|| namespace.clone()),
+                    name: s.name.clone(),
+                }),
+                (None, Some(_)) => Some(SourceRef {
+                    namespace: namespace.clone(),
+                    name: secret.name.clone(),
+                }),
+                (None, None) => None,
+            };
             if let Some(source) = &source
                 && let Err(reason) = check_dns1123_subdomain(&source.name)
             {
@@ -456,12 +493,16 @@ impl Config {
                 name: secret.name.clone(),
                 patterns,
                 source,
+                provider: secret.provider.clone(),
                 namespace_selector: selector,
                 exclude_namespaces: secret.exclude_namespaces.clone(),
                 overwrite_existing: secret.overwrite_existing,
             });
         }
 
+        if let Some(credential_providers) = &self.credential_providers {
+            providers::check_top_level(credential_providers, &mut error);
+        }
         for (i, name) in self.retired_secrets.iter().enumerate() {
             if let Err(reason) = check_dns1123_subdomain(name) {
                 error(format!("retiredSecrets[{i}]"), reason);
@@ -492,6 +533,7 @@ impl Config {
                     exclude_namespaces: self.exclude_namespaces,
                     leader_election: self.leader_election,
                     certificates: self.certificates,
+                    credential_providers: self.credential_providers,
                     secrets,
                     retired_secrets: self.retired_secrets,
                     keyring,

@@ -15,6 +15,7 @@ pub mod matching;
 pub mod metrics;
 pub mod patch;
 pub mod preview;
+pub mod provider;
 pub mod replicate;
 pub mod selfcert;
 pub mod server;
@@ -49,6 +50,9 @@ pub struct Service {
     pub cluster: Option<Arc<Cluster>>,
     /// This replica's name in the leader-election Lease.
     pub identity: String,
+    /// What the Lease holder runs for entries with a `provider`
+    /// ([`Settings::credential_plans`]).
+    pub credential_plans: Vec<provider::CredentialPlan>,
 }
 
 /// Serves the webhook and the admin endpoints until `shutdown` fires, then drains; while
@@ -64,6 +68,7 @@ pub async fn run(
         metrics,
         cluster,
         identity,
+        credential_plans,
     } = service;
     let resolver = cert_files
         .as_ref()
@@ -100,6 +105,7 @@ pub async fn run(
     let replicator = cluster.map(|cluster| {
         tokio::spawn(replicate::controller::run_with_leader_election(
             cluster,
+            credential_plans.into(),
             identity,
             shutdown.clone(),
         ))

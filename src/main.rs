@@ -84,6 +84,9 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     let tls = settings
         .check_serving_files()
         .map_err(|e| Failure::Usage(e.to_string()))?;
+    let credential_plans = settings
+        .credential_plans()
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     let cert_files = match tls {
         Some(tls) => Some(Arc::new(
             CertificateFiles::load(&tls.cert_file, &tls.key_file)
@@ -136,6 +139,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             metrics,
             cluster,
             identity: identity(),
+            credential_plans,
         };
         run(service, Listeners { webhook, admin }, shutdown).await?;
         tracing::info!("stopped");

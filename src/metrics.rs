@@ -41,6 +41,26 @@ struct CacheLabels {
     cache: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    secret: String,
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderResultLabels {
+    secret: String,
+    provider: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderReasonLabels {
+    secret: String,
+    provider: String,
+    reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     admissions: Family<AdmissionLabels, Counter>,
@@ -57,6 +77,10 @@ pub struct Metrics {
     cache_objects: Family<CacheLabels, Gauge>,
     ensured: Family<ResultLabels, Counter>,
     leader: Gauge,
+    provider_refreshes: Family<ProviderResultLabels, Counter>,
+    provider_errors: Family<ProviderReasonLabels, Counter>,
+    provider_expiry: Family<ProviderLabels, Gauge>,
+    provider_last_refresh: Family<ProviderLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -155,8 +179,36 @@ impl Metrics {
             "1 while this replica holds the Lease and replicates",
             leader.clone(),
         );
+        let provider_refreshes = Family::<ProviderResultLabels, Counter>::default();
+        registry.register(
+            "provider_refreshes",
+            "Credential provider plugin runs for entries with a provider, by result (success, failure)",
+            provider_refreshes.clone(),
+        );
+        let provider_errors = Family::<ProviderReasonLabels, Counter>::default();
+        registry.register(
+            "provider_errors",
+            "Failed credential refreshes, by reason (exit, timeout, spawn, output_too_large, malformed, wrong_kind, wrong_api_version, invalid_cache, no_credentials, invalid_key, write, conflict)",
+            provider_errors.clone(),
+        );
+        let provider_expiry = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "provider_credentials_expiry_timestamp_seconds",
+            "When the credentials in force expire (issue time plus the plugin's cacheDuration), in seconds since the epoch; set by the Lease holder",
+            provider_expiry.clone(),
+        );
+        let provider_last_refresh = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "provider_last_refresh_timestamp_seconds",
+            "When the credentials in force were issued (the last successful refresh), in seconds since the epoch; set by the Lease holder",
+            provider_last_refresh.clone(),
+        );
         Self {
             registry,
+            provider_refreshes,
+            provider_errors,
+            provider_expiry,
+            provider_last_refresh,
             admissions,
             copies,
             conflicts,
@@ -248,6 +300,56 @@ impl Metrics {
         self.leader.set(i64::from(leader));
     }
 
+    pub fn provider_refreshed(&self, secret: &str, provider: &str) {
+        self.provider_refreshes
+            .get_or_create(&ProviderResultLabels {
+                secret: secret.to_string(),
+                provider: provider.to_string(),
+                result: "success",
+            })
+            .inc();
+    }
+
+    pub fn provider_failed(&self, secret: &str, provider: &str, reason: &'static str) {
+        self.provider_refreshes
+            .get_or_create(&ProviderResultLabels {
+                secret: secret.to_string(),
+                provider: provider.to_string(),
+                result: "failure",
+            })
+            .inc();
+        self.provider_errors
+            .get_or_create(&ProviderReasonLabels {
+                secret: secret.to_string(),
+                provider: provider.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// The credentials in force for `secret`: issued and expiring at these epoch seconds.
+    pub fn provider_credentials(&self, secret: &str, provider: &str, issued: i64, expires: i64) {
+        let labels = ProviderLabels {
+            secret: secret.to_string(),
+            provider: provider.to_string(),
+        };
+        self.provider_last_refresh
+            .get_or_create(&labels)
+            .set(issued);
+        self.provider_expiry.get_or_create(&labels).set(expires);
+    }
+
+    /// A replica that stops refreshing (its Lease term ended) stops reporting the timestamps,
+    /// which the next holder reports.
+    pub fn provider_forget(&self, secret: &str, provider: &str) {
+        let labels = ProviderLabels {
+            secret: secret.to_string(),
+            provider: provider.to_string(),
+        };
+        self.provider_last_refresh.remove(&labels);
+        self.provider_expiry.remove(&labels);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -268,6 +370,14 @@ mod tests {
         m.bad_request("invalid_json");
         m.certificate_reloaded(false);
         m.certificate_error("forbidden");
+        m.provider_refreshed("ecr", "ecr-credential-provider");
+        m.provider_failed("ecr", "ecr-credential-provider", "timeout");
+        m.provider_credentials(
+            "ecr",
+            "ecr-credential-provider",
+            1_764_300_000,
+            1_764_343_200,
+        );
         let text = m.render();
         for line in [
             "pullsecret_injector_admissions_total{operation=\"CREATE\",result=\"patched\"} 1",
@@ -277,8 +387,15 @@ mod tests {
             "pullsecret_injector_certificate_errors_total{reason=\"forbidden\"} 1",
             "pullsecret_injector_admission_duration_seconds_count 1",
             "pullsecret_injector_open_connections 0",
+            "pullsecret_injector_provider_refreshes_total{secret=\"ecr\",provider=\"ecr-credential-provider\",result=\"success\"} 1",
+            "pullsecret_injector_provider_refreshes_total{secret=\"ecr\",provider=\"ecr-credential-provider\",result=\"failure\"} 1",
+            "pullsecret_injector_provider_errors_total{secret=\"ecr\",provider=\"ecr-credential-provider\",reason=\"timeout\"} 1",
+            "pullsecret_injector_provider_credentials_expiry_timestamp_seconds{secret=\"ecr\",provider=\"ecr-credential-provider\"} 1764343200",
+            "pullsecret_injector_provider_last_refresh_timestamp_seconds{secret=\"ecr\",provider=\"ecr-credential-provider\"} 1764300000",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+        m.provider_forget("ecr", "ecr-credential-provider");
+        assert!(!m.render().contains("expiry_timestamp_seconds{"));
     }
 }

@@ -4,7 +4,7 @@
 //! one) and source changes (every namespace). A reconcile reads the Secret from the API
 //! before writing, so a stale cache can never make it overwrite a Secret it did not create.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +19,9 @@ use kube::{Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Cluster, FIELD_MANAGER, HASH_ANNOTATION, ReplicateError, SOURCE_ANNOTATION, copy_of, is_managed,
-};
+use super::{Cluster, FIELD_MANAGER, ReplicateError, copy_of, is_managed};
 use crate::config::{SecretSpec, SourceRef};
+use crate::provider::CredentialPlan;
 
 /// A full re-sync now and then, in case a watch missed something.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -38,6 +37,7 @@ struct Context {
 /// Competes for the Lease and runs the controller while holding it, until `stop`.
 pub async fn run_with_leader_election(
     cluster: Arc<Cluster>,
+    plans: Arc<[CredentialPlan]>,
     identity: String,
     stop: CancellationToken,
 ) {
@@ -87,6 +87,7 @@ pub async fn run_with_leader_election(
         let term = CancellationToken::new();
         let controller = tokio::spawn(leader_duties(
             Arc::clone(&cluster),
+            Arc::clone(&plans),
             identity.clone(),
             term.clone(),
         ));
@@ -108,8 +109,14 @@ pub async fn run_with_leader_election(
     }
 }
 
-/// What only the Lease holder does: replicate sources, and keep self-managed certificates.
-async fn leader_duties(cluster: Arc<Cluster>, identity: String, stop: CancellationToken) {
+/// What only the Lease holder does: replicate sources, run credential provider plugins, and
+/// keep self-managed certificates.
+async fn leader_duties(
+    cluster: Arc<Cluster>,
+    plans: Arc<[CredentialPlan]>,
+    identity: String,
+    stop: CancellationToken,
+) {
     let settings = Arc::clone(cluster.settings());
     let keeper = settings.certificates.clone().map(|certificates| {
         tokio::spawn(crate::certkeeper::keep(
@@ -120,8 +127,19 @@ async fn leader_duties(cluster: Arc<Cluster>, identity: String, stop: Cancellati
             stop.clone(),
         ))
     });
+    let refresher = (!plans.is_empty()).then(|| {
+        tokio::spawn(crate::provider::refresh::keep_all(
+            Arc::clone(&cluster),
+            plans,
+            identity.clone(),
+            stop.clone(),
+        ))
+    });
     if !settings.copy_names().is_empty() {
         run_controller(Arc::clone(&cluster), identity, stop).await;
+    }
+    if let Some(refresher) = refresher {
+        let _ = refresher.await;
     }
     if let Some(keeper) = keeper {
         let _ = keeper.await;
@@ -215,7 +233,14 @@ async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Actio
         sync_copy(&ctx, &api, &namespace, spec, source_ref, &source).await?;
     }
     for copy in cluster.copies_in(&name) {
-        if !wanted.contains(copy.name_any().as_str()) {
+        // A provider's credentials are kept in our namespace under a copy's name: they are
+        // that entry's source, not a stray copy.
+        let is_source = settings.secrets.iter().any(|s| {
+            s.source
+                .as_ref()
+                .is_some_and(|r| r.namespace == name && r.name == copy.name_any())
+        });
+        if !wanted.contains(copy.name_any().as_str()) && !is_source {
             delete_copy(&ctx, &api, &copy).await?;
         }
     }
@@ -231,34 +256,75 @@ async fn sync_copy(
     source: &Secret,
 ) -> Result<(), ReplicateError> {
     let ns = namespace.name_any();
-    let owner = ctx.cluster.owner();
-    let desired = copy_of(spec, source_ref, source, &ns, owner);
+    let desired = copy_of(spec, source_ref, source, &ns, ctx.cluster.owner());
+    let target = Target {
+        namespace: &ns,
+        api,
+        regarding: namespace.object_ref(&()),
+        what: "copy",
+        from: source_ref.to_string(),
+    };
+    write_managed(&ctx.cluster, &ctx.recorder, &target, spec, desired).await?;
+    Ok(())
+}
+
+/// Where [`write_managed`] writes, and how it reports: `what` it writes ("copy"), `from`
+/// what, and the object a conflict Event is about.
+pub struct Target<'a> {
+    pub namespace: &'a str,
+    pub api: &'a Api<Secret>,
+    pub regarding: ObjectReference,
+    pub what: &'static str,
+    pub from: String,
+}
+
+/// What [`write_managed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Created,
+    Updated,
+    Overwritten,
+    Unchanged,
+    /// A Secret of that name that is not ours, left alone (and reported).
+    Conflict,
+}
+
+/// Makes Secret `spec.name` in `target.api`'s namespace what `desired` says, under the
+/// ownership rules every write of ours follows (copies and a provider's credentials alike):
+/// created when missing; replaced when it is ours (our label and owner) or the entry says
+/// `overwriteExisting`; otherwise left alone and reported (log, metric, Event). The Secret
+/// is read from the API first, so a stale cache can never make it overwrite one it did not
+/// create.
+pub async fn write_managed(
+    cluster: &Cluster,
+    recorder: &Recorder,
+    target: &Target<'_>,
+    spec: &SecretSpec,
+    desired: Secret,
+) -> Result<Written, ReplicateError> {
+    let (api, ns) = (target.api, target.namespace);
+    let (what, from) = (target.what, target.from.as_str());
+    let owner = cluster.owner();
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    let metrics = ctx.cluster.metrics();
-    match api.get_opt(&spec.name).await? {
+    let metrics = cluster.metrics();
+    let written = match api.get_opt(&spec.name).await? {
         None => match api.create(&params, &desired).await {
             Ok(_) => {
                 metrics.copy_changed("created");
-                tracing::info!(namespace = %ns, secret = %spec.name, source = %source_ref, "copy created");
+                tracing::info!(namespace = %ns, secret = %spec.name, source = %from, "{what} created");
+                Written::Created
             }
-            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+            Err(kube::Error::Api(status)) if status.is_already_exists() => Written::Unchanged,
             Err(error) => return Err(error.into()),
         },
         Some(existing) if is_managed(&existing, owner) || spec.overwrite_existing => {
             let ours = is_managed(&existing, owner);
-            // The data too: a copy edited by hand is put back.
-            let current = ours
-                && existing.annotations().get(HASH_ANNOTATION)
-                    == desired.annotations().get(HASH_ANNOTATION)
-                && existing.annotations().get(SOURCE_ANNOTATION)
-                    == desired.annotations().get(SOURCE_ANNOTATION)
-                && existing.type_ == desired.type_
-                && existing.data == desired.data;
-            if current {
-                return Ok(());
+            // The data too: a Secret edited by hand is put back.
+            if ours && is_current(&existing, &desired) {
+                return Ok(Written::Unchanged);
             }
             if existing.type_ == desired.type_ {
                 let mut replacement = desired;
@@ -277,9 +343,14 @@ async fn sync_copy(
                 api.delete(&spec.name, &delete).await?;
                 api.create(&params, &desired).await?;
             }
-            let action = if ours { "updated" } else { "overwritten" };
+            let (action, written) = if ours {
+                ("updated", Written::Updated)
+            } else {
+                ("overwritten", Written::Overwritten)
+            };
             metrics.copy_changed(action);
-            tracing::info!(namespace = %ns, secret = %spec.name, source = %source_ref, action, "copy updated");
+            tracing::info!(namespace = %ns, secret = %spec.name, source = %from, action, "{what} updated");
+            written
         }
         Some(_) => {
             metrics.conflict();
@@ -292,19 +363,31 @@ async fn sync_copy(
                 type_: EventType::Warning,
                 reason: "PullSecretConflict".into(),
                 note: Some(format!(
-                    "Secret {} exists and is not managed by pullsecret-injector; not replaced with a copy of {source_ref}",
+                    "Secret {} exists and is not managed by pullsecret-injector; not replaced with a {what} of {from}",
                     spec.name
                 )),
                 action: "Replicate".into(),
                 secondary: None,
             };
-            let reference: ObjectReference = namespace.object_ref(&());
-            if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+            if let Err(error) = recorder.publish(&event, &target.regarding).await {
                 tracing::warn!(%error, "cannot publish the conflict event");
             }
+            Written::Conflict
         }
-    }
-    Ok(())
+    };
+    Ok(written)
+}
+
+/// Whether `existing` already is `desired`: type, data, and every label and annotation we
+/// set (others', such as kubectl's, may be there too).
+fn is_current(existing: &Secret, desired: &Secret) -> bool {
+    let includes = |have: &BTreeMap<String, String>, want: &BTreeMap<String, String>| {
+        want.iter().all(|(k, v)| have.get(k) == Some(v))
+    };
+    existing.type_ == desired.type_
+        && existing.data == desired.data
+        && includes(existing.labels(), desired.labels())
+        && includes(existing.annotations(), desired.annotations())
 }
 
 async fn delete_copy(
