@@ -33,7 +33,7 @@ pub const PLUGIN_API_VERSIONS: [&str; 3] = [
 const CACHE_KEY_TYPES: [&str; 3] = ["Image", "Registry", "Global"];
 /// How much of a value a plugin returned may be shown in an error (apiVersion, kind,
 /// cacheKeyType): enough to recognise a typo, too little to carry a credential.
-const SHOWN_CHARS: usize = 40;
+const SHOWN_CHARS: usize = 64;
 
 /// The config file as the kubelet reads it (`--image-credential-provider-config`). Fields the
 /// kubelet requires are optional here, so that a missing one is reported with its path.

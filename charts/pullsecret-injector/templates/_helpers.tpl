@@ -111,6 +111,12 @@ metricsListen: 0.0.0.0:8080
 {{- with .Values.limits }}
 {{- dict "limits" . | toYaml | nindent 0 }}
 {{- end }}
+{{- if include "pullsecret-injector.credentialProviders" . }}
+{{- dict "credentialProviders" (dict
+  "configFile" (include "pullsecret-injector.credentialProvidersPath" .)
+  "binDir" (include "pullsecret-injector.pluginDir" .)
+  "timeoutSeconds" (.Values.credentialProviders.timeoutSeconds | int)) | toYaml | nindent 0 }}
+{{- end }}
 {{- dict "secrets" .Values.secrets | toYaml | nindent 0 }}
 {{- with .Values.retiredSecrets }}
 {{- dict "retiredSecrets" . | toYaml | nindent 0 }}
@@ -128,12 +134,13 @@ deadlock its own rollout, and the system namespaces are not ours to change. */}}
 {{- concat (list "kube-system" "kube-node-lease" .Release.Namespace) (.Values.webhook.namespaceSelector.excludeNamespaces | default list) | uniq | toYaml }}
 {{- end }}
 
-{{/* The copies' names (entries with a source), as a JSON list: with retiredSecrets, the
-only Secret names the injector may read or write outside its own namespace. */}}
+{{/* The copies' names (entries with a source or a provider), as a JSON list: with
+retiredSecrets, the only Secret names the injector may read or write outside its own
+namespace. A provider's credentials are kept under the same name in the release namespace. */}}
 {{- define "pullsecret-injector.copyNames" -}}
 {{- $names := list }}
 {{- range .Values.secrets }}
-{{- if .source }}
+{{- if or .source .provider }}
 {{- $names = append $names .name }}
 {{- end }}
 {{- end }}
@@ -153,12 +160,13 @@ found and deleted. */}}
 {{- $names | uniq | toJson }}
 {{- end }}
 
-{{/* Names of entries with a source and overwriteExisting, as a JSON list: a same-named
-Secret the injector did not make may be replaced (updated, or deleted and re-created). */}}
+{{/* Names of entries with a source or a provider and overwriteExisting, as a JSON list: a
+same-named Secret the injector did not make may be replaced (updated, or deleted and
+re-created). */}}
 {{- define "pullsecret-injector.overwriteNames" -}}
 {{- $names := list }}
 {{- range .Values.secrets }}
-{{- if and .source .overwriteExisting }}
+{{- if and (or .source .provider) .overwriteExisting }}
 {{- $names = append $names .name }}
 {{- end }}
 {{- end }}
@@ -201,4 +209,42 @@ its certificate Secret. */}}
     && {{ $x }}.metadata.annotations["pullsecret-injector.io/owner"] == variables.owner)
   || (variables.certificate && {{ $x }}.type == "kubernetes.io/tls")
 )
+{{- end }}
+
+{{/*
+"true" when the release runs credential provider plugins: credentialProviders.providers is
+set. Fails on what would leave them unusable: an entry naming a provider without providers,
+or providers without a way to put the plugins in the pod (or with two).
+*/}}
+{{- define "pullsecret-injector.credentialProviders" -}}
+{{- $cp := .Values.credentialProviders }}
+{{- range .Values.secrets }}
+{{- if and .provider (not $cp.providers) }}
+{{- fail (printf "secrets entry %s has a provider, but credentialProviders.providers is empty: list the kubelet CredentialProviderConfig's providers there" .name) }}
+{{- end }}
+{{- end }}
+{{- if $cp.providers }}
+{{- $init := $cp.initContainer.image }}
+{{- $volume := $cp.imageVolume.reference }}
+{{- if and (not $init) (not $volume) }}
+{{- fail "credentialProviders.providers needs their plugins in the pod: set credentialProviders.initContainer.image (with its command) or credentialProviders.imageVolume.reference" }}
+{{- end }}
+{{- if and $init $volume }}
+{{- fail "set either credentialProviders.initContainer.image or credentialProviders.imageVolume.reference, not both" }}
+{{- end }}
+{{- if and $init (not $cp.initContainer.command) }}
+{{- fail "credentialProviders.initContainer.command must copy the plugins into /plugins (for example [cp, /ecr-credential-provider, /plugins/])" }}
+{{- end }}
+true
+{{- end }}
+{{- end }}
+
+{{/* Where the kubelet CredentialProviderConfig is mounted (a key of the ConfigMap). */}}
+{{- define "pullsecret-injector.credentialProvidersPath" -}}
+/etc/pullsecret-injector/credential-providers.yaml
+{{- end }}
+
+{{/* Where the plugins are in the injector's container. */}}
+{{- define "pullsecret-injector.pluginDir" -}}
+/var/lib/pullsecret-injector/plugins
 {{- end }}
