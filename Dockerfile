@@ -6,7 +6,7 @@
 
 # Builder: the same command as `make build`, so the binary the tests exercise is the one
 # shipped. Pinned by tag; pin by digest too where your registry policy asks for it.
-FROM rust:1.95-slim-bookworm AS build
+FROM rust:1.95.0-slim-bookworm AS build
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and incremental outputs between builds; the binary is

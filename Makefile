@@ -126,8 +126,18 @@ install: $(HELM_DEPS) ## helm upgrade --install into the current kube context (N
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace $(HELM_ARGS)
 
 .PHONY: test
-test: lint deny controlplane registry-tools build fuzz-smoke ## Lint, deny, fuzz smoke, then unit, integration and end-to-end tests
-	cargo test --locked --all-targets
+test: lint deny controlplane registry-tools build fuzz-smoke ## The whole gate CI runs: lint, deny, fuzz smoke, benches checked, every test
+	cargo check --locked --benches
+	cargo test --locked --lib --bins --tests
+
+# The inner loop: what needs no control plane, no registry and no fuzzing toolchain.
+CHECK_SUITES := --test matching_cases --test properties --test cli --test webhook_server
+
+.PHONY: check
+check: tools ## The fast inner loop (< 2 min warm): fmt, clippy, unit tests, the matching table, properties, CLI, the TLS server suite
+	cargo fmt --all -- --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo test --locked --lib $(CHECK_SUITES)
 
 # Installed once per version, like hadolint.
 $(CARGO_FUZZ):

@@ -1857,7 +1857,7 @@ fn short_error(e: &kube::Error) -> String {
 }
 
 /// Our webhook's decision for the row's pod with a one-secret config of the row's pattern:
-/// `pullsecret-injector mutate` runs the decision code `serve` runs (admission::decide).
+/// `pullsecret-injector mutate` runs the decision code `serve` runs (admission::decide_pod).
 /// One config per row, because the Docker Hub fallback depends on the other patterns.
 fn ours_decision(case: &Case) -> Injected {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -778,7 +778,6 @@ fn self_mode_has_no_ca_bundle_and_may_patch_only_its_own_configuration() {
     assert_eq!(
         config["certificates"],
         serde_json::json!({
-            "mode": "self",
             "secretName": format!("{FULLNAME}-tls"),
             "webhookConfigurationName": FULLNAME,
             "serviceName": FULLNAME,

@@ -1,4 +1,4 @@
-//! `certificates.mode: self` through the real control plane: two replicas with the chart's
+//! Self-managed certificates (a `certificates` block) through the real control plane: two replicas with the chart's
 //! access; the leader creates its own CA and serving certificate and sets the caBundle, and
 //! the apiserver calls both replicas (one webhook each, failurePolicy Fail) for every pod.
 //! With short validities, pods are created through a serving-certificate renewal and a whole
@@ -12,7 +12,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, PostParams};
-use pullsecret_injector::selfcert::fingerprints;
+use pullsecret_injector::certificates::pair::fingerprints;
 use serde_json::Value;
 use test_support::access::ChartAccess;
 use test_support::client::TlsClient;
@@ -148,7 +148,6 @@ async fn self_managed_certificates_renew_and_roll_over_the_ca_without_a_failed_a
 namespace: {infra}
 leaderElection: {{leaseName: {name}, leaseDurationSeconds: 4}}
 certificates:
-  mode: self
   secretName: {name}-tls
   webhookConfigurationName: {name}
   serviceName: pullsecret-injector

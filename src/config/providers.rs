@@ -50,7 +50,7 @@ pub struct ProviderConfig {
 }
 
 /// Checks an entry's `provider` at `secrets[i]`, reporting through `error`.
-pub(super) fn check_entry(
+pub(crate) fn check_entry(
     at: &str,
     provider: &ProviderConfig,
     configured: bool,
@@ -85,7 +85,7 @@ pub(super) fn check_entry(
 }
 
 /// Checks `credentialProviders` itself.
-pub(super) fn check_top_level(
+pub(crate) fn check_top_level(
     config: &CredentialProvidersConfig,
     error: &mut impl FnMut(String, String),
 ) {

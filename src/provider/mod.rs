@@ -25,8 +25,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::config::SourceRef;
+use crate::kubernetes::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::replicate::dockerconfig::{self, DOCKERCONFIGJSON_KEY, DOCKERCONFIGJSON_TYPE};
-use crate::replicate::{HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION};
+use crate::replicate::{HASH_ANNOTATION, OWNER_ANNOTATION};
 use kubelet::Issued;
 use plugin::Plugin;
 

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::plugin::PluginError;
 use super::{CredentialPlan, Held, credentials_secret, epoch_seconds, rfc3339, schedule};
+use crate::kubernetes::FIELD_MANAGER;
 use crate::replicate::controller::{Target, Written, write_managed};
-use crate::replicate::{Cluster, FIELD_MANAGER, ReplicateError};
+use crate::replicate::{Cluster, ReplicateError};
 
 /// An Event's note is at most 1 kB.
 const MAX_NOTE_CHARS: usize = 1000;

@@ -16,8 +16,6 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::utils::ResetTimerBackoff;
-use kube::runtime::watcher::ExponentialBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use thiserror::Error;
@@ -25,16 +23,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SecretSpec, Settings, SourceRef};
+use crate::kubernetes::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, watch_backoff};
 use crate::matching::Keyring;
 use crate::metrics::Metrics;
 
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "pullsecret-injector";
 pub const SOURCE_ANNOTATION: &str = "pullsecret-injector.io/source";
 pub const HASH_ANNOTATION: &str = "pullsecret-injector.io/source-hash";
 /// Which installation made a copy: its Lease, `<namespace>/<leaseName>` (see [`owner`]).
 pub const OWNER_ANNOTATION: &str = "pullsecret-injector.io/owner";
-pub const FIELD_MANAGER: &str = "pullsecret-injector";
 
 #[derive(Debug, Error)]
 pub enum ReplicateError {
@@ -357,25 +353,6 @@ impl Cluster {
     }
 }
 
-/// How every watch of ours retries after an error: client-go's reflector backoff (0.8 s,
-/// doubling, reset after 2 min quiet) but capped at 5 s instead of 30 s (5–10 s with the
-/// jitter, which adds up to one delay), so copies and certificates converge within seconds
-/// of an apiserver coming back. A handful of watches per replica retrying that often is no
-/// load for a recovering apiserver.
-pub fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
-    ResetTimerBackoff::new(
-        ExponentialBackoff::from(
-            backon::ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(800))
-                .with_max_delay(Duration::from_secs(5))
-                .with_factor(2.0)
-                .with_jitter()
-                .without_max_times(),
-        ),
-        Duration::from_secs(120),
-    )
-}
-
 /// The watch of our copies named `name`, in every namespace: RBAC allows listing and
 /// watching a Secret by name only when the request selects that name.
 pub fn copies_watch(name: &str) -> watcher::Config {
@@ -463,28 +440,4 @@ pub fn is_managed(secret: &Secret, owner: &str) -> bool {
             .get(OWNER_ANNOTATION)
             .map(String::as_str)
             == Some(owner)
-}
-
-#[cfg(test)]
-mod tests {
-    use kube::runtime::utils::Backoff;
-
-    use super::*;
-
-    #[test]
-    fn watch_retries_start_under_a_second_and_never_wait_long() {
-        let mut backoff = watch_backoff();
-        let delays: Vec<Duration> = (0..30)
-            .map(|_| backoff.next().expect("never gives up"))
-            .collect();
-        assert!(delays[0] <= Duration::from_millis(1600), "{delays:?}");
-        // Jitter may add up to one delay on top of the 5 s cap.
-        assert!(
-            delays.iter().all(|d| *d <= Duration::from_secs(10)),
-            "{delays:?}"
-        );
-        assert!(delays[29] >= Duration::from_secs(5), "{delays:?}");
-        backoff.reset();
-        assert!(backoff.next().expect("after a reset") <= Duration::from_millis(1600));
-    }
 }

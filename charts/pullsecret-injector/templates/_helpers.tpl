@@ -87,7 +87,6 @@ listen: 0.0.0.0:8443
 metricsListen: 0.0.0.0:8080
 {{- if eq .Values.certs.mode "self" }}
 {{- $certificates := dict
-  "mode" "self"
   "secretName" (include "pullsecret-injector.tlsSecretName" .)
   "webhookConfigurationName" $fullname
   "serviceName" $fullname }}

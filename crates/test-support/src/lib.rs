@@ -22,6 +22,7 @@
 //! | ServiceAccount tokens and the kubeconfigs that use them | [`accounts`] |
 //! | the chart's RBAC and Secret policy for an injector under test, and its token | [`access`] |
 //! | a TLS client that talks like the apiserver | [`client`] |
+//! | the fuzz targets' checks, shared with their regression replay | [`fuzz_checks`] |
 //! | hostile clients and a measured valid load | [`adversary`] |
 
 pub mod access;
@@ -29,6 +30,7 @@ pub mod accounts;
 pub mod adversary;
 pub mod client;
 pub mod controlplane;
+pub mod fuzz_checks;
 pub mod helm;
 pub mod images;
 pub mod injector;

@@ -1,4 +1,5 @@
-//! `certs.mode: self`: the injector keeps its own CA and serving certificate in a Secret.
+//! The pure part of self-managed certificates: the CA and serving pair, its renewal, and its
+//! form in a Secret.
 //!
 //! The leader creates the pair, renews the serving certificate well before it expires (same
 //! CA, so the webhook's caBundle stays valid through a renewal), and keeps the caBundle of
@@ -8,7 +9,7 @@
 //! (`next-ca.crt`); only once the bundle has had time to reach every apiserver does it sign
 //! the serving certificate, and the CA it replaces stays in the bundle (`old-ca.crt`) until it
 //! expires, by when nothing it signed can still be valid. This module decides (`plan`) and
-//! makes (`apply`) each step; `certkeeper` writes them in that order.
+//! makes (`apply`) each step; `keeper` writes them in that order.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,7 +39,7 @@ pub const OLD_CA_NOT_AFTER_ANNOTATION: &str = "pullsecret-injector.io/old-ca-not
 const CA_COMMON_NAME: &str = "pullsecret-injector CA";
 
 #[derive(Debug, Error)]
-pub enum SelfCertError {
+pub enum PairError {
     #[error("generating a certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("secret {0} lacks {1}")]
@@ -136,7 +137,7 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn ca_params(not_after: u64) -> Result<CertificateParams, SelfCertError> {
+fn ca_params(not_after: u64) -> Result<CertificateParams, PairError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, CA_COMMON_NAME);
@@ -154,7 +155,7 @@ fn to_time(unix: u64) -> time::OffsetDateTime {
 }
 
 /// A new CA, valid for `lifetime`: (certificate PEM, key PEM, not after).
-fn new_ca(lifetime: Duration) -> Result<(String, String, u64), SelfCertError> {
+fn new_ca(lifetime: Duration) -> Result<(String, String, u64), PairError> {
     let not_after = unix_now() + lifetime.as_secs();
     let key = KeyPair::generate()?;
     let cert = ca_params(not_after)?.self_signed(&key)?;
@@ -162,7 +163,7 @@ fn new_ca(lifetime: Duration) -> Result<(String, String, u64), SelfCertError> {
 }
 
 /// A new CA and a serving certificate for `dns_names`.
-pub fn generate(dns_names: &[String], lifetimes: Lifetimes) -> Result<Pair, SelfCertError> {
+pub fn generate(dns_names: &[String], lifetimes: Lifetimes) -> Result<Pair, PairError> {
     let (ca_cert, ca_key, ca_not_after) = new_ca(lifetimes.ca)?;
     let mut pair = Pair {
         ca_cert,
@@ -181,8 +182,8 @@ pub fn renew_serving(
     pair: &mut Pair,
     dns_names: &[String],
     lifetimes: Lifetimes,
-) -> Result<(), SelfCertError> {
-    let ca_key = KeyPair::from_pem(&pair.ca_key).map_err(|_| SelfCertError::BadKey("CA".into()))?;
+) -> Result<(), PairError> {
+    let ca_key = KeyPair::from_pem(&pair.ca_key).map_err(|_| PairError::BadKey("CA".into()))?;
     // Signing needs the issuer's name and key; the name is fixed, so the CA is rebuilt from them.
     let issuer = Issuer::new(ca_params(pair.ca_not_after)?, ca_key);
     let not_after = (unix_now() + lifetimes.serving.as_secs()).min(pair.ca_not_after);
@@ -290,7 +291,7 @@ pub fn apply(
     steps: &[Step],
     dns_names: &[String],
     lifetimes: Lifetimes,
-) -> Result<Certificates, SelfCertError> {
+) -> Result<Certificates, PairError> {
     let mut certificates = match stored {
         Some(stored) if !steps.contains(&Step::Generate) => stored,
         _ => Certificates {

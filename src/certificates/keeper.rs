@@ -1,7 +1,7 @@
-//! The Kubernetes side of `certificates.mode: self`: every replica serves the pair that the
+//! The cluster part of self-managed certificates: every replica serves the pair that the
 //! Secret holds; the leader creates, renews and rolls it over, and keeps the caBundle of the
 //! webhook configuration current: a new CA is written into the bundle, and the Secret marked
-//! so, before it signs what replicas serve (see `selfcert`).
+//! so, before it signs what replicas serve (see `pair`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,10 +17,10 @@ use kube::{Client, ResourceExt};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+use super::pair::{self, Certificates, Lifetimes};
 use crate::config::CertificatesConfig;
+use crate::kubernetes::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, watch_backoff};
 use crate::metrics::Metrics;
-use crate::replicate::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-use crate::selfcert::{self, Certificates, Lifetimes};
 use crate::tls::CertResolver;
 
 #[derive(Debug, Error)]
@@ -28,7 +28,7 @@ pub enum KeeperError {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error(transparent)]
-    Generate(#[from] selfcert::SelfCertError),
+    Generate(#[from] pair::PairError),
 }
 
 impl KeeperError {
@@ -62,7 +62,7 @@ pub async fn follow_secret(
     let origin = format!("secret {namespace}/{}", config.secret_name);
     let mut stream = std::pin::pin!(
         watcher(api, watch)
-            .backoff(crate::replicate::watch_backoff())
+            .backoff(watch_backoff())
             .applied_objects()
     );
     loop {
@@ -72,7 +72,7 @@ pub async fn follow_secret(
         };
         match next {
             Some(Ok(secret)) => {
-                let Some(Certificates { pair, .. }) = selfcert::from_secret(&secret) else {
+                let Some(Certificates { pair, .. }) = pair::from_secret(&secret) else {
                     tracing::warn!(secret = %origin, "certificate secret is incomplete; waiting for the leader");
                     continue;
                 };
@@ -83,7 +83,7 @@ pub async fn follow_secret(
                 ) {
                     Ok(()) => {
                         metrics.certificate_reloaded(true);
-                        let ca_sha256 = selfcert::fingerprints(&pair.ca_cert).join(",");
+                        let ca_sha256 = pair::fingerprints(&pair.ca_cert).join(",");
                         tracing::info!(secret = %origin, not_after = pair.cert_not_after, ca_sha256, "serving certificate loaded");
                     }
                     Err(error) => {
@@ -137,15 +137,15 @@ pub async fn keep_once(
         serving: Duration::from_secs(config.serving_validity_seconds),
     };
     let settle = Duration::from_secs(config.check_interval_seconds).max(MIN_SETTLE);
-    let mut hosts = selfcert::service_dns_names(&config.service_name, namespace);
+    let mut hosts = pair::service_dns_names(&config.service_name, namespace);
     hosts.extend(config.extra_hosts.iter().cloned());
     let mut existing = secrets.get_opt(&config.secret_name).await?;
-    let stored = existing.as_ref().and_then(selfcert::from_secret);
-    let steps = selfcert::plan(stored.as_ref(), lifetimes, settle, selfcert::now());
+    let stored = existing.as_ref().and_then(pair::from_secret);
+    let steps = pair::plan(stored.as_ref(), lifetimes, settle, pair::now());
     let mut certificates = match (steps.is_empty(), stored) {
         (true, Some(stored)) => stored,
         (_, stored) => {
-            let certificates = selfcert::apply(stored, &steps, &hosts, lifetimes)?;
+            let certificates = pair::apply(stored, &steps, &hosts, lifetimes)?;
             existing =
                 Some(write(&secrets, &params, config, existing.as_ref(), &certificates).await?);
             tracing::info!(
@@ -166,7 +166,7 @@ pub async fn keep_once(
     )
     .await?;
     // The next CA may sign once this bundle has settled: record when it was written.
-    if in_place && certificates.mark_next_ca_trusted(selfcert::now()) {
+    if in_place && certificates.mark_next_ca_trusted(pair::now()) {
         write(&secrets, &params, config, existing.as_ref(), &certificates).await?;
         tracing::info!(secret = %config.secret_name, "the next CA is in the caBundle; it signs after the bundle settles");
     }
@@ -183,7 +183,7 @@ async fn write(
 ) -> Result<Secret, KeeperError> {
     let labels = [(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())].into();
     let namespace = secrets.namespace().unwrap_or_default();
-    let mut secret = selfcert::to_secret(&config.secret_name, namespace, certificates, labels);
+    let mut secret = pair::to_secret(&config.secret_name, namespace, certificates, labels);
     Ok(match existing {
         None => secrets.create(params, &secret).await?,
         Some(old) => {
@@ -226,7 +226,7 @@ async fn ensure_ca_bundle(
     }
     if changed {
         api.replace(name, params, &configuration).await?;
-        let cas = selfcert::fingerprints(&String::from_utf8_lossy(ca)).join(",");
+        let cas = pair::fingerprints(&String::from_utf8_lossy(ca)).join(",");
         tracing::info!(webhook_configuration = %configuration.name_any(), ca_sha256 = cas, "caBundle updated");
     }
     Ok(true)

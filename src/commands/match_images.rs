@@ -1,10 +1,20 @@
-//! `match`: for a person asking "why did my pod get (or not get) this secret".
+//! `match`: for a person asking "why did my pod get (or not get) this secret": which
+//! configured secret the kubelet would use for each image, and why.
 
 use std::fmt::Write;
 
+use super::{CommandError, Environment, keyring_with_sources, load_settings};
+use crate::cli::MatchArgs;
 use crate::config::Settings;
 use crate::image::ImageName;
 use crate::matching::{Keyring, MatchKind};
+
+pub fn match_images(args: MatchArgs, environment: &Environment) -> Result<(), CommandError> {
+    let settings = load_settings(&args.config, environment, |_| {})?;
+    let keyring = keyring_with_sources(&settings, args.kubeconfig.as_deref())?;
+    print!("{}", explain(&settings, &keyring, &args.images));
+    Ok(())
+}
 
 /// A readable report, one block per image.
 pub fn explain(settings: &Settings, keyring: &Keyring, images: &[String]) -> String {
