@@ -1407,10 +1407,12 @@ fn helm_test_hook_runs_the_image_with_the_release_config_outside_the_service() {
 fn rendered_config_is_accepted_by_the_binary() {
     let mut failures = Vec::new();
     for mode in ["certManager", "external", "self"] {
+        let providers = with_init_container();
         for extra in [
             &[][..],
             &["--set-json", SECRETS, "--set", "limits.maxConnections=100"][..],
             &REPLICATED[..],
+            &providers[..],
         ] {
             let config = render_mode(mode, extra).config_yaml();
             let file = tempfile::NamedTempFile::new().unwrap();
@@ -1508,4 +1510,203 @@ fn chart_readme_documents_every_value_with_its_default() {
         "the values table of charts/pullsecret-injector/README.md is out of date:\n{}",
         problems.join("\n")
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// credential provider plugins
+// ---------------------------------------------------------------------------------------
+
+/// An ECR entry whose credentials come from ecr-credential-provider, as on EKS nodes.
+const PROVIDERS: [&str; 6] = [
+    "--set-json",
+    r#"secrets=[
+  {"name": "ecr", "provider": {"name": "ecr-credential-provider",
+   "images": ["123456789012.dkr.ecr.eu-west-1.amazonaws.com/app"]}},
+  {"name": "regcred", "source": {"name": "regcred-source"}}
+]"#,
+    "--set-json",
+    r#"credentialProviders.providers=[{"name": "ecr-credential-provider",
+  "matchImages": ["*.dkr.ecr.*.amazonaws.com"], "defaultCacheDuration": "12h",
+  "apiVersion": "credentialprovider.kubelet.k8s.io/v1", "args": ["get-credentials"],
+  "env": [{"name": "AWS_PROFILE", "value": "default"}]}]"#,
+    "--set-json",
+    r#"credentialProviders.env=[{"name": "AWS_REGION", "value": "eu-west-1"}]"#,
+];
+
+fn with_init_container() -> Vec<&'static str> {
+    let mut args = PROVIDERS.to_vec();
+    args.extend([
+        "--set",
+        "credentialProviders.initContainer.image=example.com/plugins:1.0",
+        "--set-json",
+        r#"credentialProviders.initContainer.command=["cp", "/ecr-credential-provider", "/plugins/"]"#,
+    ]);
+    args
+}
+
+#[test]
+fn credential_providers_render_the_kubelet_config_and_an_init_container_for_the_plugins() {
+    let rendered = render_mode("self", &with_init_container());
+    let config: Value = serde_saphyr::from_str(&rendered.config_yaml()).unwrap();
+    assert_eq!(
+        config["credentialProviders"],
+        serde_json::json!({
+            "configFile": "/etc/pullsecret-injector/credential-providers.yaml",
+            "binDir": "/var/lib/pullsecret-injector/plugins",
+            "timeoutSeconds": 60,
+        })
+    );
+    assert_eq!(
+        config["secrets"][0]["provider"]["name"],
+        "ecr-credential-provider"
+    );
+    // The kubelet's own file, as the binary reads it.
+    let kubelet = rendered
+        .one::<ConfigMap>()
+        .data
+        .and_then(|mut d| d.remove("credential-providers.yaml"))
+        .expect("the ConfigMap holds the CredentialProviderConfig");
+    let providers = pullsecret_injector::provider::kubelet::ConfigFile::from_yaml(&kubelet)
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(
+        providers["ecr-credential-provider"].args,
+        ["get-credentials"]
+    );
+
+    let deployment = rendered.one::<Deployment>();
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let init = pod.init_containers.expect("an init container");
+    assert_eq!(init.len(), 1);
+    assert_eq!(init[0].image.as_deref(), Some("example.com/plugins:1.0"));
+    assert_eq!(
+        init[0].command.as_deref(),
+        Some(&strings(&["cp", "/ecr-credential-provider", "/plugins/"])[..])
+    );
+    let container = &pod.containers[0];
+    // The init container is as locked down as the injector.
+    assert_eq!(init[0].security_context, container.security_context);
+    let init_mount = &init[0].volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (init_mount.name.as_str(), init_mount.mount_path.as_str()),
+        ("plugins", "/plugins")
+    );
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "plugins")
+        .expect("the plugins are mounted");
+    assert_eq!(mount.mount_path, "/var/lib/pullsecret-injector/plugins");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "plugins")
+        .expect("a plugins volume");
+    assert!(volume.empty_dir.is_some(), "{volume:?}");
+    let env = container.env.as_ref().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "AWS_REGION" && e.value.as_deref() == Some("eu-west-1")),
+        "{env:?}"
+    );
+
+    // The credentials are kept under the entry's name: granted and allowed like a copy.
+    let cluster = rendered.one::<ClusterRole>().rules.unwrap();
+    assert_eq!(
+        rule_for(&cluster, "", "secrets")[0]
+            .resource_names
+            .as_deref(),
+        Some(&strings(&["ecr", "regcred"])[..])
+    );
+    assert!(
+        rendered.text.contains(r#"["ecr","regcred"]"#),
+        "the Secret policy's copy names"
+    );
+}
+
+#[test]
+fn credential_provider_plugins_may_come_from_an_image_volume() {
+    let mut args = PROVIDERS.to_vec();
+    args.extend([
+        "--set",
+        "credentialProviders.imageVolume.reference=example.com/plugins:1.0",
+        "--set",
+        "credentialProviders.imageVolume.subPath=bin",
+    ]);
+    let rendered = render_mode("self", &args);
+    let pod = rendered
+        .one::<Deployment>()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    assert!(pod.init_containers.is_none());
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "plugins")
+        .expect("a plugins volume");
+    let image = volume.image.as_ref().expect("an image volume");
+    assert_eq!(image.reference.as_deref(), Some("example.com/plugins:1.0"));
+    assert_eq!(image.pull_policy.as_deref(), Some("IfNotPresent"));
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "plugins")
+        .unwrap();
+    assert_eq!(mount.sub_path.as_deref(), Some("bin"));
+    assert_eq!(mount.read_only, Some(true));
+}
+
+#[test]
+fn credential_providers_refuse_what_would_leave_the_plugins_unusable() {
+    // An entry with a provider and no providers.
+    let err = render_error(&[
+        "--set-json",
+        r#"secrets=[{"name": "ecr", "provider": {"name": "p", "images": ["r.io/a"]}}]"#,
+    ]);
+    assert!(
+        err.contains(
+            "secrets entry ecr has a provider, but credentialProviders.providers is empty"
+        ),
+        "{err}"
+    );
+    // Providers, and no way to put the plugins in the pod, or two.
+    let err = render_error(&PROVIDERS);
+    assert!(err.contains("needs their plugins in the pod"), "{err}");
+    let mut both = with_init_container();
+    both.extend([
+        "--set",
+        "credentialProviders.imageVolume.reference=example.com/p:1",
+    ]);
+    assert!(render_error(&both).contains("not both"));
+    let mut no_command = PROVIDERS.to_vec();
+    no_command.extend([
+        "--set",
+        "credentialProviders.initContainer.image=example.com/p:1",
+    ]);
+    assert!(render_error(&no_command).contains("initContainer.command must copy"));
+    // The schema: source and provider together, a provider without images, a bad provider.
+    let err = render_error(&[
+        "--set-json",
+        r#"secrets=[{"name": "x", "source": {"name": "s"}, "provider": {"name": "p", "images": ["r.io/a"]}}]"#,
+    ]);
+    assert!(err.contains("/secrets/0"), "{err}");
+    let err = render_error(&[
+        "--set-json",
+        r#"secrets=[{"name": "x", "provider": {"name": "p", "images": []}}]"#,
+    ]);
+    assert!(err.contains("/secrets/0"), "{err}");
+    let err = render_error(&[
+        "--set-json",
+        r#"credentialProviders.providers=[{"name": "p", "matchImages": ["r.io"], "defaultCacheDuration": "12 hours", "apiVersion": "credentialprovider.kubelet.k8s.io/v1"}]"#,
+    ]);
+    assert!(err.contains("defaultCacheDuration"), "{err}");
 }
