@@ -230,3 +230,32 @@ fn serve_refuses_missing_certificate_files_and_unknown_keys_with_exit_2() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn serve_refuses_unusable_credential_providers_with_exit_2_naming_each_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    test_support::injector::certificates(dir.path());
+    let kubelet = dir.path().join("providers.yaml");
+    std::fs::write(
+        &kubelet,
+        "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: ecr-credential-provider\n    matchImages: [\"*.dkr.ecr.*.amazonaws.com\"]\n    defaultCacheDuration: 12h\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n",
+    )
+    .unwrap();
+    let config = config_file(&format!(
+        "tls: {{certFile: {0}/tls.crt, keyFile: {0}/tls.key}}\ncredentialProviders: {{configFile: {1}, binDir: {0}/plugins}}\nsecrets:\n  - name: ecr\n    provider: {{name: ecr-credential-provider, images: [ghcr.io/acme/app]}}\n  - name: gcr\n    provider: {{name: gcp, images: [gcr.io/p/app]}}\n",
+        dir.path().display(),
+        kubelet.display()
+    ));
+    let out = run(&["serve", "--config", config.path().to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    for expected in [
+        "secrets[0].provider.images[0]: \"ghcr.io/acme/app\" matches none of provider \"ecr-credential-provider\"'s matchImages",
+        "credentialProviders.binDir: ",
+        "/plugins/ecr-credential-provider is not an executable file",
+        "secrets[1].provider.name: ",
+        "has no provider \"gcp\"",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in {err}");
+    }
+}
