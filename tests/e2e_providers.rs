@@ -690,3 +690,60 @@ async fn a_new_leader_resumes_the_schedule_instead_of_calling_the_plugin_at_once
     assert_eq!(leader_metric(&metrics), 1.0);
     assert!(provider_metric(&metrics, "provider_refreshes_total", ",result=\"success\"") >= 1.0);
 }
+
+#[tokio::test]
+async fn credentials_deleted_or_edited_by_hand_are_put_back_without_asking_the_plugin() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let id = "restore";
+    let key = opt_in_label(id);
+    let home = controlplane::namespace(&client, "e2e-prov-restore-home", &[]).await;
+    let provider = provider("1h");
+    let replicator = start_leader(&config(id, &home, &provider, 10)).await;
+    let _injector_logs = replicator.injector.logs_on_failure();
+    let ns = controlplane::namespace(&client, "e2e-prov-restore", &[(&key, "enabled")]).await;
+    let (_, token) = wait_token(&client, &ns, None, Duration::from_secs(30)).await;
+    assert_eq!(provider.issued(), 1);
+    let secrets = Api::<Secret>::namespaced(client.clone(), &home);
+
+    // Deleted: back with the same credentials, the plugin not asked.
+    let started = Instant::now();
+    secrets
+        .delete("regcred", &Default::default())
+        .await
+        .expect("delete the credentials");
+    let (back, restored) = wait_token(&client, &home, None, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert_eq!(restored, token);
+    assert_eq!(
+        annotation(&back, "pullsecret-injector.io/provider"),
+        Some(PROVIDER)
+    );
+
+    // Edited: put back too.
+    let forged = test_support::secrets::Credentials::new(REGISTRY, "fake", "forged-password");
+    test_support::secrets::rotate(&client, &home, "regcred", &[forged]).await;
+    eventually(
+        "the edited credentials to be put back",
+        Duration::from_secs(10),
+        || async {
+            let kept = get_secret(&client, &home, "regcred").await.ok_or("gone")?;
+            match password_of(&kept, REGISTRY) {
+                Some(t) if t == token => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(provider.issued(), 1, "the plugin was not asked again");
+    let (_, copied) = wait_token(&client, &ns, None, Duration::from_secs(10)).await;
+    assert_eq!(copied, token);
+    replicator
+        .injector
+        .wait_for_log(Duration::from_secs(5), |l| {
+            l["message"] == "credentials put back"
+        })
+        .await;
+    println!("deleted credentials were back after {took:?}");
+}

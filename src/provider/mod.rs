@@ -194,6 +194,21 @@ fn passwords(secret: &Secret) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether `current` (from the cache) still is the Secret we `kept`: there, with its type,
+/// data and every label and annotation we set.
+pub fn still_kept(current: Option<&Secret>, kept: &Secret) -> bool {
+    let Some(current) = current else {
+        return false;
+    };
+    let includes = |have: &BTreeMap<String, String>, want: &BTreeMap<String, String>| {
+        want.iter().all(|(k, v)| have.get(k) == Some(v))
+    };
+    current.type_ == kept.type_
+        && current.data == kept.data
+        && includes(current.labels(), kept.labels())
+        && includes(current.annotations(), kept.annotations())
+}
+
 /// RFC 3339 in UTC, to the millisecond.
 pub fn rfc3339(time: SystemTime) -> String {
     let millis = time
@@ -272,6 +287,33 @@ mod tests {
             .images
             .push("2.dkr.ecr.us-east-1.amazonaws.com/app".into());
         assert!(Held::read(&secret, &other, "infra/injector").is_none());
+    }
+
+    #[test]
+    fn a_deleted_or_edited_secret_is_no_longer_kept() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_300_000);
+        let kept = credentials_secret(&plan(), "infra/injector", &issued(), at);
+        let mut cached = kept.clone();
+        cached.metadata.resource_version = Some("7".into());
+        cached
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(
+                "kubectl.kubernetes.io/last-applied-configuration".into(),
+                "{}".into(),
+            );
+        assert!(
+            still_kept(Some(&cached), &kept),
+            "others' annotations do not matter"
+        );
+        assert!(!still_kept(None, &kept), "deleted");
+        let mut edited = cached.clone();
+        edited.data = Some(BTreeMap::new());
+        assert!(!still_kept(Some(&edited), &kept), "data edited");
+        let mut unlabelled = cached;
+        unlabelled.metadata.labels = None;
+        assert!(!still_kept(Some(&unlabelled), &kept), "label removed");
     }
 
     #[test]

@@ -96,9 +96,15 @@ async fn keep(
 ) {
     let metrics = Arc::clone(cluster.metrics());
     let (secret, provider) = (plan.secret.as_str(), plan.plugin.name.as_str());
-    let mut held = cluster
-        .source(&plan.keep_in)
-        .and_then(|current| Held::read(&current, &plan, cluster.owner()));
+    let mut changes = cluster.source_changes();
+    let current = cluster.source(&plan.keep_in);
+    let mut held = current
+        .as_ref()
+        .and_then(|current| Held::read(current, &plan, cluster.owner()));
+    // What is kept, to put back if someone deletes or edits it; never logged.
+    let mut kept: Option<Secret> = current
+        .filter(|_| held.is_some())
+        .map(|current| kept_form(&current));
     let mut next = Instant::now();
     if let Some(held) = &held {
         let at = schedule::resume_at(held.issued_at, held.expires_at, jitter());
@@ -122,6 +128,24 @@ async fn keep(
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep_until(next.into()) => {}
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if let Some(kept) = &kept {
+                    let fresh = held.as_ref().is_some_and(|h| SystemTime::now() < h.expires_at);
+                    let current = cluster.source(&plan.keep_in);
+                    if !super::still_kept(current.as_deref(), kept) {
+                        if fresh {
+                            put_back(&cluster, &recorder, &plan, kept.clone()).await;
+                        } else {
+                            // Expired credentials are not worth restoring: get new ones.
+                            next = next.min(Instant::now());
+                        }
+                    }
+                }
+                continue;
+            }
         }
         let known = held
             .as_ref()
@@ -132,7 +156,13 @@ async fn keep(
             outcome = refresh(&cluster, &recorder, &plan, &known) => outcome,
         };
         match outcome {
-            Ok((fresh, valid_for, registries)) => {
+            Ok(Refreshed {
+                held: fresh,
+                valid_for,
+                registries,
+                written,
+            }) => {
+                kept = Some(written);
                 failures = 0;
                 let refresh_in = schedule::refresh_after(valid_for, jitter());
                 next = Instant::now() + refresh_in;
@@ -186,14 +216,22 @@ async fn keep(
     metrics.provider_forget(secret, provider);
 }
 
-/// One run of the plugin and the write of its answer: the credentials now held, how long
-/// they are valid, and their registry keys.
+/// What a successful refresh holds: the credentials, how long they are valid, their
+/// registry keys, and the Secret written.
+struct Refreshed {
+    held: Held,
+    valid_for: std::time::Duration,
+    registries: Vec<String>,
+    written: Secret,
+}
+
+/// One run of the plugin and the write of its answer.
 async fn refresh(
     cluster: &Cluster,
     recorder: &Recorder,
     plan: &CredentialPlan,
     known: &[String],
-) -> Result<(Held, std::time::Duration, Vec<String>), RefreshError> {
+) -> Result<Refreshed, RefreshError> {
     let spec = cluster
         .settings()
         .secrets
@@ -203,6 +241,29 @@ async fn refresh(
     let issued = plan.plugin.fetch(&plan.images, plan.timeout, known).await?;
     let issued_at = SystemTime::now();
     let desired = credentials_secret(plan, cluster.owner(), &issued, issued_at);
+    match write(cluster, recorder, plan, spec, desired.clone()).await {
+        Ok(Written::Conflict) => Err(RefreshError::Conflict(plan.keep_in.to_string())),
+        Ok(_) => Ok(Refreshed {
+            held: Held::of(&issued, issued_at),
+            valid_for: issued.valid_for,
+            registries: issued.auths.keys().cloned().collect(),
+            written: desired,
+        }),
+        Err(source) => Err(RefreshError::Write {
+            secret: plan.keep_in.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Writes the plan's Secret on the path every write of ours takes.
+async fn write(
+    cluster: &Cluster,
+    recorder: &Recorder,
+    plan: &CredentialPlan,
+    spec: &crate::config::SecretSpec,
+    desired: Secret,
+) -> Result<Written, ReplicateError> {
     let namespace = plan.keep_in.namespace.as_str();
     let api = Api::<Secret>::namespaced(cluster.client(), namespace);
     let target = Target {
@@ -212,17 +273,48 @@ async fn refresh(
         what: "credentials",
         from: format!("provider {}", plan.plugin.name),
     };
-    match write_managed(cluster, recorder, &target, spec, desired).await {
-        Ok(Written::Conflict) => Err(RefreshError::Conflict(plan.keep_in.to_string())),
-        Ok(_) => Ok((
-            Held::of(&issued, issued_at),
-            issued.valid_for,
-            issued.auths.keys().cloned().collect(),
-        )),
-        Err(source) => Err(RefreshError::Write {
-            secret: plan.keep_in.to_string(),
-            source,
-        }),
+    write_managed(cluster, recorder, &target, spec, desired).await
+}
+
+/// Puts back the credentials someone deleted or edited, as replication puts back a copy:
+/// they are still valid, so the plugin is not asked again.
+async fn put_back(cluster: &Cluster, recorder: &Recorder, plan: &CredentialPlan, kept: Secret) {
+    let Some(spec) = cluster
+        .settings()
+        .secrets
+        .iter()
+        .find(|s| s.name == plan.secret)
+    else {
+        return;
+    };
+    match write(cluster, recorder, plan, spec, kept).await {
+        Ok(Written::Created | Written::Updated | Written::Overwritten) => {
+            tracing::info!(secret = %plan.secret, provider = %plan.plugin.name, "credentials put back");
+        }
+        Ok(Written::Unchanged | Written::Conflict) => {}
+        Err(error) => {
+            cluster
+                .metrics()
+                .provider_failed(&plan.secret, &plan.plugin.name, "write");
+            tracing::warn!(secret = %plan.secret, %error, "cannot put the credentials back");
+        }
+    }
+}
+
+/// The parts of a Secret read from the cluster that a write sets.
+fn kept_form(secret: &Secret) -> Secret {
+    Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: secret.metadata.name.clone(),
+            namespace: secret.metadata.namespace.clone(),
+            labels: secret.metadata.labels.clone(),
+            annotations: secret.metadata.annotations.clone(),
+            ..Default::default()
+        },
+        type_: secret.type_.clone(),
+        data: secret.data.clone(),
+        immutable: None,
+        string_data: None,
     }
 }
 
