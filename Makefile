@@ -89,6 +89,20 @@ $(HADOLINT):
 controlplane: ## Build (or reuse) etcd, kube-apiserver, kube-controller-manager and helm from pinned Go modules
 	tests/controlplane/build.sh
 
+.PHONY: oracle
+oracle: ## Build (or reuse) the kubelet keyring oracle: the kubelet's own matching code, pinned like the control plane
+	tests/oracle/build.sh
+
+# Generated cases compared with the kubelet's code: `make test` compares ORACLE_CASES (the
+# test's default, 100,000), `make oracle-soak` ORACLE_SOAK_CASES; ORACLE_SEED picks them.
+ORACLE_SOAK_CASES ?= 10000000
+# What the check compared, written by tests/kubelet_oracle.rs (CARGO_TARGET_TMPDIR).
+ORACLE_SUMMARY := target/tmp/kubelet-oracle-summary.txt
+
+.PHONY: oracle-soak
+oracle-soak: oracle ## Our matching and normalization against the kubelet's code on ORACLE_SOAK_CASES (10 million) cases
+	ORACLE_CASES=$(ORACLE_SOAK_CASES) cargo test --locked --test kubelet_oracle -- --show-output
+
 .PHONY: chart
 chart: $(HELM_DEPS) ## helm lint each certificate mode and render it into target/chart/<mode>.yaml
 	@mkdir -p target/chart
@@ -126,11 +140,13 @@ install: $(HELM_DEPS) ## helm upgrade --install into the current kube context (N
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace $(HELM_ARGS)
 
 .PHONY: test
-test: lint deny controlplane registry-tools build fuzz-smoke ## The whole gate CI runs: lint, deny, fuzz smoke, benches checked, every test
+test: lint deny controlplane registry-tools build oracle fuzz-smoke ## The whole gate CI runs: lint, deny, fuzz smoke, benches checked, every test (with the kubelet oracle check)
+	@rm -f $(ORACLE_SUMMARY)
 	cargo check --locked --benches
 	cargo test --locked --lib --bins --tests
+	@cat $(ORACLE_SUMMARY)
 
-# The inner loop: what needs no control plane, no registry and no fuzzing toolchain.
+# The inner loop: what needs no control plane, no registry, no oracle and no fuzzing toolchain.
 CHECK_SUITES := --test matching_cases --test properties --test cli --test webhook_server
 
 .PHONY: check

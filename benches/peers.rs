@@ -1775,7 +1775,8 @@ struct MatchRow {
 }
 
 async fn matching(client: &kube::Client, kyverno: Option<&Kyverno>) -> Vec<MatchRow> {
-    let cases = cases();
+    // Rows whose pattern our config refuses (`refused`) have no decision of ours to compare.
+    let cases: Vec<Case> = cases().into_iter().filter(|c| !c.refused).collect();
     if let Some(kyverno) = kyverno {
         kyverno.create_matching_policies(client, &cases).await;
         create_namespace(

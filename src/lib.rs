@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod image;
+pub mod kubelet_url;
 pub mod kubernetes;
 pub mod leader;
 pub mod matching;

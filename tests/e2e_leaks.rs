@@ -89,8 +89,9 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     let mut needles = Needles(Vec::new());
 
     // The sources: a good one, one that is not a docker config at all (its parse error must
-    // not quote it), one whose auths key is a URL with credentials in it, and one that is
-    // never created.
+    // not quote it), one whose auths keys are URLs with credentials in them (the kubelet
+    // drops the user information and uses the first for the registry; it ignores the second,
+    // whose port is no number, which is reported), and one that is never created.
     let first = Credentials::new(REGISTRY, "robot", &canary("first"));
     needles.add_credentials("first", &first);
     let source = create_secret(
@@ -107,8 +108,10 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     let url_password = canary("url");
     needles.add_password("credentials in an auths key", &url_password);
     let url_key = format!("https://robot:{url_password}@{REGISTRY}");
+    let ignored_url_key = format!("https://robot:{url_password}@{REGISTRY}:none");
     let url_config = serde_json::to_vec(&json!({"auths": {
         url_key: {"auth": base64(format!("robot:{url_password}").as_bytes())},
+        ignored_url_key: {"auth": base64(format!("robot:{url_password}").as_bytes())},
         "quay.io": {"auth": base64(format!("robot:{url_password}").as_bytes())},
     }}))
     .expect("JSON");
@@ -136,14 +139,14 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     // Copies, pods (with the copy there, and made at admission), dry runs.
     let app = controlplane::namespace(&client, "leaks-app", &[(LABEL, "enabled")]).await;
     wait_copy(&client, &app, "regcred", &source, CONVERGE).await;
-    admitted_pod(&client, &app, "web", IMAGE, &["regcred"]).await;
+    admitted_pod(&client, &app, "web", IMAGE, &["regcred", "urlcred"]).await;
     let fresh = controlplane::namespace(&client, "leaks-fresh", &[(LABEL, "enabled")]).await;
     let pods = Api::<Pod>::namespaced(client.clone(), &fresh);
     let created = pods
         .create(&PostParams::default(), &pod("at-once", &[IMAGE]))
         .await
         .expect("a pod right after its namespace");
-    assert_eq!(secret_names(&created), ["regcred"]);
+    assert_eq!(secret_names(&created), ["regcred", "urlcred"]);
     pods.create(&dry_run(), &pod("dry", &["quay.io/team/app:1"]))
         .await
         .expect("dry run");

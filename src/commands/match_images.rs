@@ -39,9 +39,11 @@ fn explain_one(settings: &Settings, keyring: &Keyring, image: &str, out: &mut St
         }
     };
     let _ = writeln!(out, "  normalized: {name}");
-    let mut matched = false;
-    keyring.for_each_match(&name, |secret, pattern, kind| {
-        matched = true;
+    // In the order the kubelet tries them.
+    let matches = keyring.lookup(&name);
+    let matched = !matches.is_empty();
+    for found in matches {
+        let (pattern, kind) = (found.pattern, found.kind);
         let how = match kind {
             MatchKind::Direct => "matches",
             MatchKind::DockerHubFallback => {
@@ -51,19 +53,19 @@ fn explain_one(settings: &Settings, keyring: &Keyring, image: &str, out: &mut St
         let _ = writeln!(
             out,
             "  secret {:?}: pattern {:?} (key {}) {how}",
-            settings.secrets[secret].name,
-            pattern.raw(),
+            settings.secrets[found.secret].name,
+            pattern.shown(),
             pattern.key()
         );
         if kind == MatchKind::Direct && pattern.matches_mid_segment(&name) {
             let _ = writeln!(
                 out,
                 "    note: {:?} matches as a raw string prefix, as the kubelet does; write {:?} to match only that path",
-                pattern.raw(),
+                pattern.shown(),
                 format!("{}/", pattern.key())
             );
         }
-    });
+    }
     if !matched {
         let _ = writeln!(out, "  no configured secret matches");
     }
@@ -103,6 +105,23 @@ secrets:
         );
         assert!(out.contains("normalized: docker.io/library/nginx"), "{out}");
         assert!(out.contains("secret \"hub\": pattern \"https://index.docker.io/v1/\" (key index.docker.io) applies through the Docker Hub fallback"), "{out}");
+    }
+
+    #[test]
+    fn lists_matches_in_the_order_the_kubelet_tries_them() {
+        let settings = Config::from_yaml(
+            "secrets: [{name: host, registries: [ghcr.io]}, {name: team, registries: [ghcr.io/acme/]}]",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let out = explain(&settings, &settings.keyring, &["ghcr.io/acme/app".into()]);
+        let team = out.find("secret \"team\"").expect("team listed");
+        let host = out.find("secret \"host\"").expect("host listed");
+        assert!(
+            team < host,
+            "the longer key sorts first in the kubelet's index:\n{out}"
+        );
     }
 
     #[test]

@@ -30,19 +30,18 @@ pub fn image(data: &[u8]) {
         return;
     };
     assert_eq!(format!("{}/{}", name.domain(), name.path()), name.as_str());
-    assert!(
-        name.as_str().len() <= 255,
-        "over NameTotalLengthMax: {name}"
-    );
+    // distribution/reference limits the repository path (all of a domain-less name).
+    assert!(name.path().len() <= 255, "over the path limit: {name}");
     let again = ImageName::parse(name.as_str())
         .unwrap_or_else(|e| panic!("normalized {name} of {reference:?} does not parse: {e}"));
     assert_eq!(again, name, "normalizing {reference:?} twice");
 }
 
 /// Registry patterns and the keyring. Input: patterns separated by spaces on the first line,
-/// images on the following lines. Parsing never panics, and the keyring's indexed lookup
-/// agrees with a plain scan of `matches_directly` over every pattern, the Docker Hub fallback
-/// applying only when nothing matched directly.
+/// images on the following lines, read as `auths` keys (as the kubelet reads them). Parsing
+/// never panics, a pattern the config accepts reads the same as a key, and the keyring's
+/// indexed lookup agrees with a plain scan of `matches_directly` over every pattern, the
+/// Docker Hub fallback applying only when nothing matched directly.
 pub fn pattern(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -53,8 +52,11 @@ pub fn pattern(data: &[u8]) {
         .unwrap_or_default()
         .split(' ')
         .filter_map(|raw| {
-            let pattern = Pattern::parse(raw).ok()?;
+            let pattern = Pattern::from_auths_key(raw).ok()?;
             assert_eq!(pattern.raw(), raw);
+            if let Ok(configured) = Pattern::parse(raw) {
+                assert_eq!(configured, pattern, "config and auths readings of {raw:?}");
+            }
             Some(pattern)
         })
         .collect();
