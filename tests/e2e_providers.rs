@@ -747,3 +747,97 @@ async fn credentials_deleted_or_edited_by_hand_are_put_back_without_asking_the_p
         .await;
     println!("deleted credentials were back after {took:?}");
 }
+
+/// `crane manifest` of `reference` logged in to `registry` as `user` with `password`.
+fn manifest_as(
+    registry: &test_support::registry::Registry,
+    user: &str,
+    password: &str,
+    reference: &str,
+) -> std::process::Output {
+    registry
+        .crane(test_support::registry::Login::As(user, password))
+        .args(["manifest", reference])
+        .output()
+        .expect("running crane manifest")
+}
+
+#[tokio::test]
+async fn a_registry_that_takes_only_the_newest_token_takes_what_the_copies_hold() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let id = "tokens";
+    let key = opt_in_label(id);
+    // A registry of its own (TLS, htpasswd) whose only login is the plugin's newest token.
+    let ca = test_support::pki::TestCa::new("e2e-prov-tokens CA");
+    let registry = test_support::registry::Registry::start("e2e-prov-tokens", "fake", &ca)
+        .expect("start the registry");
+    let _registry_log = registry.logs_on_failure();
+    let image = test_support::images::push_test_image(&registry, "team/app", "v1");
+    let htpasswd = registry.htpasswd_path().display().to_string();
+    let provider = FakeProvider::with_args(
+        PROVIDER,
+        &[registry.host()],
+        Some("4s"),
+        "1h",
+        &["--username", "fake", "--htpasswd", &htpasswd],
+    );
+    let home = controlplane::namespace(&client, "e2e-prov-tokens-home", &[]).await;
+    let entry = format!(
+        "  - name: regcred\n    provider: {{name: {PROVIDER}, images: [\"{}\"]}}\n",
+        image.reference
+    );
+    let config = format!(
+        "{}{}",
+        provider.config_block(10),
+        replication_config(
+            &home,
+            &key,
+            &format!("e2e-prov-{id}"),
+            LEASE_SECONDS,
+            &entry
+        )
+    );
+    let replicator = start_leader(&config).await;
+    let _injector_logs = replicator.injector.logs_on_failure();
+    let ns = controlplane::namespace(&client, "e2e-prov-tokens", &[(&key, "enabled")]).await;
+
+    // Each token the copy holds pulls; once the plugin has issued the next one, it no longer
+    // does, and the copy holds the next one.
+    let host = registry.host();
+    let mut tokens: Vec<String> = Vec::new();
+    while tokens.len() < 4 {
+        let token = eventually(
+            "the copy to hold a token the registry takes",
+            Duration::from_secs(20),
+            || async {
+                let copy = get_secret(&client, &ns, "regcred").await.ok_or("no copy")?;
+                let token = password_of(&copy, host).ok_or("no credentials for the registry")?;
+                if tokens.last() == Some(&token) {
+                    return Err("not refreshed yet".to_string());
+                }
+                let pulled = manifest_as(&registry, "fake", &token, &image.reference);
+                if pulled.status.success() {
+                    Ok(token)
+                } else {
+                    Err(String::from_utf8_lossy(&pulled.stderr).into_owned())
+                }
+            },
+        )
+        .await;
+        tokens.push(token);
+    }
+    let refused = manifest_as(&registry, "fake", &tokens[0], &image.reference);
+    assert!(!refused.status.success(), "the first token still pulls");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401")
+            || String::from_utf8_lossy(&refused.stderr).contains("UNAUTHORIZED"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    println!(
+        "the copy held {} tokens in turn, each pulling from the registry while newest",
+        tokens.len()
+    );
+}

@@ -11,6 +11,9 @@
 //! - `--cache-duration D`: the response's cacheDuration (a Go duration); absent, none is sent
 //!   and the provider's defaultCacheDuration applies.
 //! - `--username U` (default `fake`), `--key K` (the auth key; default the image's registry).
+//! - `--htpasswd FILE`: before answering, replace FILE with `U:<bcrypt of the new token>`, so
+//!   that a registry reading it accepts the newest token only, as a registry accepts the
+//!   credentials its token service has just issued.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -21,6 +24,7 @@ struct Args {
     cache_duration: Option<String>,
     username: String,
     key: Option<String>,
+    htpasswd: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -29,6 +33,7 @@ fn parse_args() -> Result<Args, String> {
     let mut cache_duration = None;
     let mut username = "fake".to_string();
     let mut key = None;
+    let mut htpasswd = None;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
@@ -36,6 +41,7 @@ fn parse_args() -> Result<Args, String> {
             "--cache-duration" => cache_duration = Some(value()?),
             "--username" => username = value()?,
             "--key" => key = Some(value()?),
+            "--htpasswd" => htpasswd = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -44,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
         cache_duration,
         username,
         key,
+        htpasswd,
     })
 }
 
@@ -122,6 +129,11 @@ fn run() -> Result<ExitCode, String> {
     if mode != "empty" {
         let counter = next_counter(&args.state_dir)?;
         let token = format!("fake-{counter:05}-{}", random_hex()?);
+        if let Some(htpasswd) = &args.htpasswd {
+            // The lowest cost bcrypt allows: these tokens live for seconds.
+            let hash = bcrypt::hash(&token, 4).map_err(|e| format!("bcrypt: {e}"))?;
+            write_atomically(htpasswd, &format!("{}:{hash}\n", args.username))?;
+        }
         write_atomically(&args.state_dir.join("token"), &token)?;
         response["auth"][key] = serde_json::json!({"username": args.username, "password": token});
     }

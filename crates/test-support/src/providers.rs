@@ -63,6 +63,23 @@ impl FakeProvider {
         cache_duration: Option<&str>,
         default_cache_duration: &str,
     ) -> Self {
+        Self::with_args(
+            name,
+            match_images,
+            cache_duration,
+            default_cache_duration,
+            &[],
+        )
+    }
+
+    /// [`Self::new`], with more plugin flags (`--username U`, `--htpasswd FILE`, `--key K`).
+    pub fn with_args(
+        name: &str,
+        match_images: &[&str],
+        cache_duration: Option<&str>,
+        default_cache_duration: &str,
+        extra_args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let provider = Self {
             name: name.to_string(),
@@ -79,6 +96,7 @@ impl FakeProvider {
         if let Some(duration) = cache_duration {
             args.extend(["--cache-duration".to_string(), duration.to_string()]);
         }
+        args.extend(extra_args.iter().map(|a| a.to_string()));
         let config = serde_json::json!({
             "apiVersion": "kubelet.config.k8s.io/v1",
             "kind": "CredentialProviderConfig",
