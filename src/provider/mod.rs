@@ -209,6 +209,24 @@ pub fn still_kept(current: Option<&Secret>, kept: &Secret) -> bool {
         && includes(current.annotations(), kept.annotations())
 }
 
+/// The asked-for images that none of the answer's keys matches: the kubelet would not use
+/// these credentials for them either, so neither does the injector.
+pub fn uncovered_images(images: &[String], issued: &Issued) -> Vec<String> {
+    let patterns: Vec<crate::matching::Pattern> = issued
+        .auths
+        .keys()
+        .filter_map(|key| crate::matching::Pattern::parse(key).ok())
+        .collect();
+    images
+        .iter()
+        .filter(|image| {
+            crate::image::ImageName::parse(image)
+                .is_ok_and(|name| !patterns.iter().any(|p| p.matches_directly(&name)))
+        })
+        .cloned()
+        .collect()
+}
+
 /// RFC 3339 in UTC, to the millisecond.
 pub fn rfc3339(time: SystemTime) -> String {
     let millis = time
@@ -287,6 +305,15 @@ mod tests {
             .images
             .push("2.dkr.ecr.us-east-1.amazonaws.com/app".into());
         assert!(Held::read(&secret, &other, "infra/injector").is_none());
+    }
+
+    #[test]
+    fn images_the_answer_does_not_cover_are_named() {
+        let images = vec![
+            "1.dkr.ecr.us-east-1.amazonaws.com/app:1".to_string(),
+            "2.dkr.ecr.eu-west-1.amazonaws.com/app:1".to_string(),
+        ];
+        assert_eq!(uncovered_images(&images, &issued()), [images[1].clone()]);
     }
 
     #[test]

@@ -240,6 +240,15 @@ async fn refresh(
         .ok_or_else(|| RefreshError::NoEntry(plan.secret.clone()))?;
     let issued = plan.plugin.fetch(&plan.images, plan.timeout, known).await?;
     let issued_at = SystemTime::now();
+    let uncovered = super::uncovered_images(&plan.images, &issued);
+    if !uncovered.is_empty() {
+        tracing::warn!(
+            secret = %plan.secret,
+            provider = %plan.plugin.name,
+            images = uncovered.join(","),
+            "the plugin's answer has no key matching these images: pods pulling them get nothing from this entry"
+        );
+    }
     let desired = credentials_secret(plan, cluster.owner(), &issued, issued_at);
     match write(cluster, recorder, plan, spec, desired.clone()).await {
         Ok(Written::Conflict) => Err(RefreshError::Conflict(plan.keep_in.to_string())),
@@ -293,9 +302,7 @@ async fn put_back(cluster: &Cluster, recorder: &Recorder, plan: &CredentialPlan,
         }
         Ok(Written::Unchanged | Written::Conflict) => {}
         Err(error) => {
-            cluster
-                .metrics()
-                .provider_failed(&plan.secret, &plan.plugin.name, "write");
+            cluster.metrics().replication_error(error.metric_label());
             tracing::warn!(secret = %plan.secret, %error, "cannot put the credentials back");
         }
     }
