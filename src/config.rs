@@ -37,7 +37,7 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     /// The injector's own namespace: the default for `source.namespace` and the Lease's.
-    /// Defaults to $POD_NAMESPACE, then `default`.
+    /// Defaults to $PULLSECRET_INJECTOR_POD_NAMESPACE (the chart sets it), then `default`.
     #[serde(default)]
     pub namespace: Option<String>,
     /// Which namespaces get copies of source secrets: the webhook's own opt-in selector.
@@ -178,11 +178,12 @@ pub struct SecretConfig {
     pub overwrite_existing: bool,
 }
 
+/// `[::]`: IPv6 and IPv4 on one socket (see `listen::bind`).
 fn default_listen() -> String {
-    "0.0.0.0:8443".to_string()
+    "[::]:8443".to_string()
 }
 fn default_metrics_listen() -> String {
-    "0.0.0.0:8080".to_string()
+    "[::]:8080".to_string()
 }
 fn default_opt_out_annotation() -> String {
     DEFAULT_OPT_OUT_ANNOTATION.to_string()
@@ -342,7 +343,7 @@ impl Config {
             .namespace
             .clone()
             .or_else(|| {
-                std::env::var("POD_NAMESPACE")
+                std::env::var("PULLSECRET_INJECTOR_POD_NAMESPACE")
                     .ok()
                     .filter(|n| !n.is_empty())
             })
@@ -548,8 +549,9 @@ impl Settings {
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|_| format!("{s:?} is not an IP:port address (for example 0.0.0.0:8443)"))
+    s.parse().map_err(|_| {
+        format!("{s:?} is not an IP:port address (for example [::]:8443 or 127.0.0.1:8443)")
+    })
 }
 
 /// Kubernetes' IsDNS1123Subdomain, which Secret names must satisfy.
@@ -593,8 +595,8 @@ mod tests {
     #[test]
     fn defaults_apply() {
         let s = settings("secrets: [{name: a, registries: [ghcr.io]}]").unwrap();
-        assert_eq!(s.listen.to_string(), "0.0.0.0:8443");
-        assert_eq!(s.metrics_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.listen.to_string(), "[::]:8443");
+        assert_eq!(s.metrics_listen.to_string(), "[::]:8080");
         assert_eq!(s.opt_out_annotation, DEFAULT_OPT_OUT_ANNOTATION);
         assert_eq!(s.limits.max_body_bytes, 7 * 1024 * 1024);
         assert_eq!(s.limits.max_buffered_body_bytes, 32 * 1024 * 1024);

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod explain;
 pub mod image;
+pub mod listen;
 pub mod matching;
 pub mod metrics;
 pub mod patch;
@@ -119,10 +120,10 @@ pub async fn run(
     }
 }
 
-/// The Lease identity: the pod's name in a cluster ($POD_NAME, or the hostname, which is the
+/// The Lease identity: the pod's name in a cluster ($PULLSECRET_INJECTOR_POD_NAME, or the hostname, which is the
 /// pod's name), with the process id to tell apart several processes on one machine.
 pub fn identity() -> String {
-    let host = std::env::var("POD_NAME")
+    let host = std::env::var("PULLSECRET_INJECTOR_POD_NAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
         .map(|h| h.trim().to_string())

@@ -5,39 +5,44 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use pullsecret_injector::cli::{Cli, Command, MatchArgs, MutateArgs, OutputFormat, ServeArgs};
+use pullsecret_injector::cli::{
+    Cli, Command, MatchArgs, MutateArgs, OutputFormat, ReportFormat, ServeArgs,
+};
 use pullsecret_injector::config::{Config, Settings};
 use pullsecret_injector::matching::Keyring;
 use pullsecret_injector::metrics::Metrics;
 use pullsecret_injector::replicate::Cluster;
 use pullsecret_injector::replicate::keyring;
+use pullsecret_injector::telemetry::LogFormat;
 use pullsecret_injector::tls::CertificateFiles;
-use pullsecret_injector::{Listeners, Service, explain, identity, preview, run, telemetry};
+use pullsecret_injector::{Listeners, Service, explain, identity, listen, preview, run, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for input the user must fix: bad config, bad documents.
 const EXIT_USAGE: u8 = 2;
+/// `match`: an image matches no secret.
+const EXIT_UNMATCHED: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format, &cli.log_level);
+    telemetry::init(cli.log_format, cli.log_level.as_deref());
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
-        Command::Mutate(args) => mutate(args),
+        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Mutate(args) => mutate(args).map(|()| ExitCode::SUCCESS),
         Command::Match(args) => match_images(args),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(EXIT_USAGE)
-        }
-        Err(Failure::Runtime(error)) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
+    let (message, code) = match result {
+        Ok(code) => return code,
+        Err(Failure::Usage(message)) => (message, ExitCode::from(EXIT_USAGE)),
+        Err(Failure::Runtime(error)) => (format!("{error:#}"), ExitCode::FAILURE),
+    };
+    match cli.log_format {
+        // One JSON line, like every other: log pipelines parse what they are given.
+        LogFormat::Json => tracing::error!(error = %message, "fatal"),
+        LogFormat::Text => eprintln!("error: {message}"),
     }
+    code
 }
 
 enum Failure {
@@ -98,11 +103,9 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let webhook = tokio::net::TcpListener::bind(settings.listen)
-            .await
+        let webhook = listen::bind(settings.listen)
             .with_context(|| format!("binding listen address {}", settings.listen))?;
-        let admin = tokio::net::TcpListener::bind(settings.metrics_listen)
-            .await
+        let admin = listen::bind(settings.metrics_listen)
             .with_context(|| {
                 format!("binding metricsListen address {}", settings.metrics_listen)
             })?;
@@ -205,15 +208,60 @@ fn mutate(args: MutateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn match_images(args: MatchArgs) -> Result<(), Failure> {
+fn match_images(args: MatchArgs) -> Result<ExitCode, Failure> {
     let settings = load_settings(&args.config, |_| {})?;
     let keyring = cli_keyring(&settings, args.kubeconfig.as_deref())?;
-    print!("{}", explain::explain(&settings, &keyring, &args.images));
-    Ok(())
+    let reports = explain::reports(&settings, &keyring, &args.images);
+    let out = match args.output {
+        ReportFormat::Text => explain::render_text(&reports),
+        ReportFormat::Json => {
+            serde_json::to_string_pretty(&reports).context("rendering JSON")? + "\n"
+        }
+    };
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .context("writing standard output")?;
+    if args.allow_unmatched || reports.iter().all(explain::ImageReport::matched) {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(EXIT_UNMATCHED))
+    }
+}
+
+/// Where `match` and `mutate` read source secrets from: `--kubeconfig`, else `$KUBECONFIG`,
+/// else the in-cluster configuration (`kubectl exec` into an injector pod).
+enum ClusterAccess {
+    Kubeconfig(Box<kube::config::Kubeconfig>, String),
+    InCluster(Box<kube::Config>),
+    None,
+}
+
+fn cluster_access(kubeconfig: Option<&Path>) -> Result<ClusterAccess, Failure> {
+    if let Some(path) = kubeconfig {
+        let config = kube::config::Kubeconfig::read_from(path)
+            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        return Ok(ClusterAccess::Kubeconfig(
+            Box::new(config),
+            path.display().to_string(),
+        ));
+    }
+    if let Some(from_env) =
+        kube::config::Kubeconfig::from_env().context("reading the kubeconfig in $KUBECONFIG")?
+    {
+        return Ok(ClusterAccess::Kubeconfig(
+            Box::new(from_env),
+            "$KUBECONFIG".into(),
+        ));
+    }
+    Ok(
+        kube::Config::incluster().map_or(ClusterAccess::None, |config| {
+            ClusterAccess::InCluster(Box::new(config))
+        }),
+    )
 }
 
 /// The keyring for `match` and `mutate`: config patterns, plus the sources' `auths` keys
-/// read through `kubeconfig` when given.
+/// read from the cluster when there is one to read from.
 fn cli_keyring(settings: &Settings, kubeconfig: Option<&Path>) -> Result<Keyring, Failure> {
     let from_sources: Vec<&str> = settings
         .secrets
@@ -221,25 +269,31 @@ fn cli_keyring(settings: &Settings, kubeconfig: Option<&Path>) -> Result<Keyring
         .filter(|s| s.patterns_from_source())
         .map(|s| s.name.as_str())
         .collect();
-    let Some(path) = kubeconfig else {
-        if !from_sources.is_empty() {
-            eprintln!(
-                "note: {} take their patterns from source secrets; pass --kubeconfig to read them (they match nothing here)",
-                from_sources.join(", ")
-            );
-        }
+    if from_sources.is_empty() {
         return Ok(settings.keyring.clone());
-    };
+    }
+    let access = cluster_access(kubeconfig)?;
+    if let ClusterAccess::None = access {
+        eprintln!(
+            "note: {} take their patterns from source secrets; pass --kubeconfig (or set $KUBECONFIG) to read them (they match nothing here)",
+            from_sources.join(", ")
+        );
+        return Ok(settings.keyring.clone());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let sources = runtime.block_on(async {
-        let kubeconfig = kube::config::Kubeconfig::read_from(path)
-            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .context("loading the kubeconfig")?;
+        let config = match access {
+            ClusterAccess::Kubeconfig(kubeconfig, origin) => {
+                kube::Config::from_custom_kubeconfig(*kubeconfig, &Default::default())
+                    .await
+                    .with_context(|| format!("loading the kubeconfig from {origin}"))?
+            }
+            ClusterAccess::InCluster(config) => *config,
+            ClusterAccess::None => return Ok(Default::default()),
+        };
         let client = kube::Client::try_from(config).context("creating the Kubernetes client")?;
         let mut sources = std::collections::BTreeMap::new();
         for source in settings.secrets.iter().filter_map(|s| s.source.as_ref()) {

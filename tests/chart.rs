@@ -560,8 +560,8 @@ fn deployment_is_hardened_probed_and_spread() {
     let env = container.env.clone().unwrap();
     let pod_namespace = env
         .iter()
-        .find(|e| e.name == "POD_NAMESPACE")
-        .expect("POD_NAMESPACE");
+        .find(|e| e.name == "PULLSECRET_INJECTOR_POD_NAMESPACE")
+        .expect("PULLSECRET_INJECTOR_POD_NAMESPACE");
     assert_eq!(
         pod_namespace
             .value_from
@@ -1242,7 +1242,12 @@ fn extra_args_env_volumes_and_history_reach_the_pod() {
         .collect();
     assert_eq!(
         env,
-        strings(&["POD_NAMESPACE", "POD_NAME", "HTTPS_PROXY", "NODE"])
+        strings(&[
+            "PULLSECRET_INJECTOR_POD_NAMESPACE",
+            "PULLSECRET_INJECTOR_POD_NAME",
+            "HTTPS_PROXY",
+            "NODE"
+        ])
     );
     let node = container.env.unwrap().pop().unwrap();
     assert_eq!(
@@ -1603,15 +1608,25 @@ fn rendered_config_is_accepted_by_the_binary() {
         for extra in [
             &[][..],
             &["--set-json", SECRETS, "--set", "limits.maxConnections=100"][..],
+            &[
+                "--set",
+                "webhook.namespaceSelector.matchLabels.tier=apps",
+                "--set-json",
+                r#"webhook.namespaceSelector.matchExpressions=[{"key": "env", "operator": "NotIn", "values": ["dev"]}]"#,
+                "--set",
+                "containerPorts.webhook=10443",
+            ][..],
         ] {
             let config = render_mode(mode, extra).config_yaml();
             let file = tempfile::NamedTempFile::new().unwrap();
             std::fs::write(file.path(), &config).unwrap();
+            // The config is what is checked here, not whether the image matches.
             let out = Command::new(BIN)
-                .args(["match", "--config"])
+                .args(["match", "--allow-unmatched", "--config"])
                 .arg(file.path())
                 .arg("ghcr.io/acme/web:1")
-                .env("POD_NAMESPACE", NAMESPACE)
+                .env("PULLSECRET_INJECTOR_POD_NAMESPACE", NAMESPACE)
+                .env_remove("KUBECONFIG")
                 .output()
                 .expect("running pullsecret-injector");
             if !out.status.success() {

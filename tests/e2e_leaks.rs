@@ -137,7 +137,7 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     let config = replication_config(&source_ns, LABEL, "leaks", secrets);
 
     // Two replicas, debug logs for everything (kube, hyper, rustls included).
-    let debug = [("LOG_LEVEL", "debug")];
+    let debug = [("PULLSECRET_INJECTOR_LOG_LEVEL", "debug")];
     let a = Running::start(&config, cp.kubeconfig_path(), &debug);
     a.wait_leader().await;
     let b = Running::start(&config, cp.kubeconfig_path(), &debug);

@@ -4,7 +4,7 @@
 //! one) and source changes (every namespace). A reconcile reads the Secret from the API
 //! before writing, so a stale cache can never make it overwrite a Secret it did not create.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use kube::{Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
+use super::dockerconfig;
 use super::{
     Cluster, FIELD_MANAGER, HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ReplicateError,
     SOURCE_ANNOTATION, copy_of, is_managed,
@@ -142,6 +143,7 @@ async fn run_controller(cluster: Arc<Cluster>, identity: String, stop: Cancellat
         cluster: Arc::clone(&cluster),
         recorder,
     });
+    let reporter = tokio::spawn(report_source_problems(Arc::clone(&context), stop.clone()));
     let source_trigger =
         futures::stream::unfold(cluster.source_changes(), |mut changes| async move {
             changes.changed().await.ok()?;
@@ -164,6 +166,94 @@ async fn run_controller(cluster: Arc<Cluster>, identity: String, stop: Cancellat
     .run(reconcile, error_policy, context)
     .for_each(|_| async {})
     .await;
+    let _ = reporter.await;
+}
+
+/// A source that is missing or not a usable pull secret is reported once per change, as a
+/// Warning Event on that source Secret (in its namespace, where its owners look), by the
+/// leader alone.
+async fn report_source_problems(ctx: Arc<Context>, stop: CancellationToken) {
+    let mut changes = ctx.cluster.source_changes();
+    // Before the caches have listed, every source looks missing.
+    while !ctx.cluster.is_synced() {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    let mut reported: BTreeMap<SourceRef, String> = BTreeMap::new();
+    loop {
+        let settings = ctx.cluster.settings();
+        let sources: BTreeSet<&SourceRef> = settings
+            .secrets
+            .iter()
+            .filter_map(|s| s.source.as_ref())
+            .collect();
+        for source_ref in sources {
+            let source = ctx.cluster.source(source_ref);
+            let problem = source_problem(source.as_deref());
+            match problem {
+                None => {
+                    reported.remove(source_ref);
+                }
+                Some((reason, note)) => {
+                    if reported.get(source_ref) == Some(&note) {
+                        continue;
+                    }
+                    let reference = match &source {
+                        Some(secret) => secret.object_ref(&()),
+                        // Not there: an Event about its name, found by
+                        // `kubectl get events --field-selector involvedObject.name=...`.
+                        None => ObjectReference {
+                            api_version: Some("v1".into()),
+                            kind: Some("Secret".into()),
+                            namespace: Some(source_ref.namespace.clone()),
+                            name: Some(source_ref.name.clone()),
+                            ..Default::default()
+                        },
+                    };
+                    tracing::warn!(source = %source_ref, reason, %note, "source secret cannot be replicated");
+                    let event = Event {
+                        type_: EventType::Warning,
+                        reason: reason.into(),
+                        note: Some(note.clone()),
+                        action: "Replicate".into(),
+                        secondary: None,
+                    };
+                    match ctx.recorder.publish(&event, &reference).await {
+                        Ok(()) => {
+                            reported.insert(source_ref.clone(), note);
+                        }
+                        Err(error) => {
+                            tracing::warn!(source = %source_ref, %error, "cannot publish the source event")
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return; },
+        }
+    }
+}
+
+/// The Event reason and note for a source that cannot be replicated, or `None`. Never the
+/// Secret's data.
+fn source_problem(source: Option<&Secret>) -> Option<(&'static str, String)> {
+    let Some(secret) = source else {
+        return Some((
+            "SourceSecretMissing",
+            "not found: pullsecret-injector has nothing to copy, and existing copies are left as they are until it is back".into(),
+        ));
+    };
+    match dockerconfig::auth_patterns(secret.type_.as_deref(), secret.data.as_ref()) {
+        Ok(_) => None,
+        Err(error) => Some((
+            "SourceSecretInvalid",
+            format!("not a usable pull secret: {error}"),
+        )),
+    }
 }
 
 fn error_policy(namespace: Arc<Namespace>, error: &ReplicateError, ctx: Arc<Context>) -> Action {
@@ -229,12 +319,15 @@ async fn sync_copy(
         ..Default::default()
     };
     let metrics = ctx.cluster.metrics();
+    let synced = || metrics.source_synced(&source_ref.to_string());
     match api.get_opt(&spec.name).await? {
         None => match api.create(&params, &desired).await {
             Ok(_) => {
                 metrics.copy_changed("created");
+                synced();
                 tracing::info!(namespace = %ns, secret = %spec.name, source = %source_ref, "copy created");
             }
+            // Made at admission meanwhile: the next reconcile checks it.
             Err(kube::Error::Api(status)) if status.is_already_exists() => {}
             Err(error) => return Err(error.into()),
         },
@@ -249,6 +342,7 @@ async fn sync_copy(
                 && existing.type_ == desired.type_
                 && existing.data == desired.data;
             if current {
+                synced();
                 return Ok(());
             }
             if existing.type_ == desired.type_ {
@@ -270,9 +364,10 @@ async fn sync_copy(
             }
             let action = if ours { "updated" } else { "overwritten" };
             metrics.copy_changed(action);
+            synced();
             tracing::info!(namespace = %ns, secret = %spec.name, source = %source_ref, action, "copy updated");
         }
-        Some(_) => {
+        Some(existing) => {
             metrics.conflict();
             tracing::warn!(
                 namespace = %ns,
@@ -289,7 +384,9 @@ async fn sync_copy(
                 action: "Replicate".into(),
                 secondary: None,
             };
-            let reference: ObjectReference = namespace.object_ref(&());
+            // On the Secret in the way, in its namespace: where its owner looks. An Event about
+            // the (cluster-scoped) Namespace would be filed in `default`.
+            let reference: ObjectReference = existing.object_ref(&());
             if let Err(error) = ctx.recorder.publish(&event, &reference).await {
                 tracing::warn!(%error, "cannot publish the conflict event");
             }

@@ -79,7 +79,7 @@ app.kubernetes.io/component: webhook
 
 {{/*
 The injector's config file (see the top-level README), as YAML. The binary takes the
-namespace it runs in from POD_NAMESPACE, so it is not written here.
+namespace it runs in from PULLSECRET_INJECTOR_POD_NAMESPACE, so it is not written here.
 */}}
 {{- define "pullsecret-injector.config" -}}
 {{- $fullname := include "pullsecret-injector.fullname" . -}}
