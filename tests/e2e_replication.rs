@@ -1527,10 +1527,10 @@ fn exported_series(scrape: &str) -> std::collections::BTreeSet<String> {
                 _ => &[""],
             };
             names.extend(suffixes.iter().map(|s| format!("{family}{s}")));
-        } else if !line.starts_with('#') {
-            if let Some(name) = line.split(['{', ' ']).next().filter(|n| !n.is_empty()) {
-                names.insert(name.to_string());
-            }
+        } else if !line.starts_with('#')
+            && let Some(name) = line.split(['{', ' ']).next().filter(|n| !n.is_empty())
+        {
+            names.insert(name.to_string());
         }
     }
     names
