@@ -69,7 +69,7 @@ fmt: tools ## Format the code
 .PHONY: lint
 lint: tools $(HADOLINT) ## fmt --check, clippy -D warnings, hadolint; helm lint if helm is built
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 	$(HADOLINT) Dockerfile
 	@if [[ -x "$(HELM)" ]]; then \
 		echo "$(HELM) lint --strict $(CHART)"; $(HELM) lint --strict --quiet $(CHART); \

@@ -13,29 +13,20 @@
 //! `soak`: cycles of every attack at once and a quiet pause, RSS compared after warm-up.
 //! The server runs with the documented default limits. Needs `ulimit -n` of 8192 or more.
 
-#[path = "../tests/support"]
-#[allow(dead_code)]
-mod support {
-    pub mod adversary;
-    pub mod client;
-    pub mod injector;
-    pub mod pki;
-}
-
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::adversary::{
-    self, AttackReport, H2Report, LoadSpec, MountedSecret, Phase, Sample, Server, Target,
-    ValidLoad, ValidWindow, der, metric,
+use test_support::adversary::{
+    self, AttackReport, H2Report, LoadSpec, Phase, Sample, Target, ValidLoad, ValidWindow,
 };
-use support::client::TlsClient;
-use support::pki::{ServingPair, TestCa};
+use test_support::client::TlsClient;
+use test_support::injector::{EXAMPLE_SECRETS, Injector, Options};
+use test_support::metrics::metric;
+use test_support::pki::{CertifiedKey, MountedSecret, TestCa, der};
 use tokio::time::{Instant, sleep};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pullsecret-injector");
 const MIB: usize = 1024 * 1024;
 /// The server's own fds beyond an attack: the valid pool and fresh connections in flight.
 const FD_SLACK: usize = 24;
@@ -141,14 +132,15 @@ fn main() {
     }
 }
 
-/// A server with the default limits, serving a mounted certificate it polls every second.
+/// A server with the default limits and the example secrets, serving a mounted certificate
+/// it polls every second.
 struct Setup {
-    server: Server,
+    server: Injector,
     target: Target,
     ca: TestCa,
     ca_pem: String,
     mounted: MountedSecret,
-    current: ServingPair,
+    current: CertifiedKey,
     _dir: tempfile::TempDir,
 }
 
@@ -157,23 +149,11 @@ fn setup() -> Setup {
     let ca = TestCa::new("adversary CA");
     let current = ca.serving("v1", &["localhost", "127.0.0.1"]);
     let mounted = MountedSecret::new(dir.path(), &current);
-    let config = format!(
-        r#"listen: 127.0.0.1:0
-metricsListen: 127.0.0.1:0
-tls:
-  certFile: {}
-  keyFile: {}
-  reloadIntervalSeconds: 1
-secrets:
-  - name: acme-ghcr
-    registries: [ghcr.io/acme/, "*.azurecr.io", "registry.example.com:5000"]
-  - name: corp
-    registries: [docker.io/corp]
-"#,
-        mounted.cert_file().display(),
-        mounted.key_file().display()
-    );
-    let server = Server::start(Path::new(BIN), dir.path(), &config);
+    // The mounted Secret's tls.crt and tls.key are in `dir`, where Options expects them.
+    let server = Injector::start(Options {
+        log_to_file: true,
+        ..Options::new(EXAMPLE_SECRETS, dir.path())
+    });
     let ca_pem = ca.cert_pem.clone();
     let target = Target {
         client: TlsClient::without_resumption(&ca_pem),
@@ -267,7 +247,7 @@ impl<R> From<(&Phase<R>, String)> for Row {
 
 async fn stress(body: Bytes) -> (String, bool) {
     let s = setup();
-    let pid = s.server.pid;
+    let pid = s.server.pid();
     let t = &s.target;
     progress(&format!("injector pid {pid} on {}", s.server.addr));
     let valid = ValidLoad::start(t, body.clone(), VALID);
@@ -558,7 +538,7 @@ async fn rotation(body: Bytes) -> (String, bool) {
     let valid = ValidLoad::start(&t, body, ROTATION_LOAD);
     sleep(Duration::from_secs(3)).await;
     let _ = valid.take();
-    let before = s.server.sample();
+    let before = Sample::of(s.server.pid());
     let started = Instant::now();
     let mut seen_after = Vec::new();
     let mut not_served = Vec::new();
@@ -568,7 +548,7 @@ async fn rotation(body: Bytes) -> (String, bool) {
         let next =
             s.ca.serving(&format!("v{}", i + 1), &["localhost", "127.0.0.1"]);
         if i == BROKEN_ROTATION {
-            let broken = ServingPair {
+            let broken = CertifiedKey {
                 cert_pem: next.cert_pem.clone(),
                 key_pem: s.current.key_pem.clone(),
             };
@@ -617,7 +597,7 @@ async fn rotation(body: Bytes) -> (String, bool) {
     }
     let took = started.elapsed();
     let window = valid.stop().await;
-    let after = s.server.sample();
+    let after = Sample::of(s.server.pid());
     let metrics = s.server.metrics().await;
     let reloaded = metric(
         &metrics,
@@ -737,14 +717,14 @@ async fn soak(body: Bytes, seconds: u64) -> (String, bool) {
     let warmup = (cycles / 5).max(1);
     let s = setup();
     let t = s.target.clone();
-    let pid = s.server.pid;
+    let pid = s.server.pid();
     progress(&format!(
         "soak: {cycles} cycles of {} s ({warmup} warm-up), injector pid {pid}",
         CYCLE.as_secs()
     ));
     let valid = ValidLoad::start(&t, body.clone(), VALID);
     let big = adversary::padded_review(&body, 7 * MIB);
-    let start_sample = s.server.sample();
+    let start_sample = Sample::of(s.server.pid());
     let mut rows = Vec::new();
     for cycle in 1..=cycles {
         let began = Instant::now();
@@ -762,7 +742,7 @@ async fn soak(body: Bytes, seconds: u64) -> (String, bool) {
         let mut quiet_rss = Vec::new();
         while began.elapsed() + Duration::from_secs(1) <= CYCLE {
             sleep(Duration::from_secs(1)).await;
-            quiet_rss.push(s.server.sample().rss_kib);
+            quiet_rss.push(Sample::of(s.server.pid()).rss_kib);
         }
         quiet_rss.sort_unstable();
         let floor = quiet_rss
@@ -770,7 +750,7 @@ async fn soak(body: Bytes, seconds: u64) -> (String, bool) {
             .copied()
             .unwrap_or_default();
         let window = valid.take();
-        let sample = s.server.sample();
+        let sample = Sample::of(s.server.pid());
         let hostile = idle.attempted
             + slow.attempted
             + half.attempted

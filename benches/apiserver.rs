@@ -1,4 +1,4 @@
-//! Pod-create latency through a real kube-apiserver (tests/support/controlplane.rs), four
+//! Pod-create latency through a real kube-apiserver (crates/test-support, `controlplane`), four
 //! ways: no webhook, an allow-only webhook (examples/floor_server.rs `--allow-only`: the
 //! protocol floor), the same returning the injector's patch (`--patch`: the floor for a
 //! mutating answer, which the apiserver must apply), and the injector. Creates are sequential
@@ -9,25 +9,6 @@
 //! `cargo build --release --example floor_server`). BENCH_CREATES overrides the 500 creates.
 //! Under `cargo test` it does nothing: a control plane per test run is not worth a smoke test.
 
-// The parts of the end-to-end harness (tests/support/) this benchmark uses, at the crate
-// root so that `super::pki` in injector.rs resolves; the rest of the harness stays out.
-// (controlplane.rs allows dead code itself.)
-#[allow(dead_code)]
-#[path = "../tests/support/client.rs"]
-mod client;
-#[path = "../tests/support/controlplane.rs"]
-mod controlplane;
-#[allow(dead_code)]
-#[path = "../tests/support/injector.rs"]
-mod injector;
-#[allow(dead_code)]
-#[path = "../tests/support/pki.rs"]
-mod pki;
-#[allow(dead_code)]
-#[path = "../tests/support/webhook.rs"]
-mod webhook;
-
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,28 +16,21 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use client::TlsClient;
-use controlplane::eventually;
 use http_body_util::Full;
-use injector::{Injector, Options};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-use kube::api::{Api, ObjectMeta, PostParams};
-use webhook::Spec;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use test_support::client::TlsClient;
+use test_support::controlplane::{self, eventually};
+use test_support::injector::{self, EXAMPLE_SECRETS, Injector, Options};
+use test_support::pods::{dry_run, pod, secret_names};
+use test_support::webhook::Spec;
 
 const DEFAULT_CREATES: usize = 500;
 /// Creates per setup before measuring: connections to the webhooks and etcd are warm.
 const WARM_UP: usize = 20;
 /// How long the apiserver may take to act on a new webhook configuration.
 const PROPAGATION: Duration = Duration::from_secs(30);
-/// The injector's secrets, as in examples/config.yaml.
-const CONFIG: &str = r#"
-secrets:
-  - name: acme-ghcr
-    registries: [ghcr.io/acme/, "*.azurecr.io", "registry.example.com:5000"]
-  - name: corp
-    registries: [docker.io/corp]
-"#;
 /// The images of every created pod: one secret each from the config above.
 const IMAGES: [&str; 2] = ["ghcr.io/acme/web:1.4.2", "corp/log-shipper:3.2.0"];
 /// The injector's patch for that pod, which the patching floor sends too.
@@ -168,41 +142,9 @@ fn webhook_configuration(id: &str, addr: SocketAddr, ca_pem: &str) -> MutatingWe
     .configuration()
 }
 
-fn pod(name: &str) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(BTreeMap::from([("app".to_string(), "bench".to_string())])),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            containers: IMAGES
-                .iter()
-                .enumerate()
-                .map(|(i, image)| Container {
-                    name: format!("c{i}"),
-                    image: Some(image.to_string()),
-                    ..Container::default()
-                })
-                .collect(),
-            ..PodSpec::default()
-        }),
-        ..Pod::default()
-    }
-}
-
-fn dry_run() -> PostParams {
-    PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    }
-}
-
+/// The injector's secrets on a pod: both, one or none.
 fn pull_secrets(pod: &Pod) -> usize {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.image_pull_secrets.as_ref())
-        .map_or(0, Vec::len)
+    secret_names(pod).len()
 }
 
 struct Setup {
@@ -219,7 +161,7 @@ async fn measure(cp: &controlplane::ControlPlane, creates: usize) -> String {
 
     let ours_dir = tempfile::tempdir().expect("tempdir");
     let ours_ca = injector::certificates(ours_dir.path());
-    let ours = Injector::start(Options::new(CONFIG, ours_dir.path()));
+    let ours = Injector::start(Options::new(EXAMPLE_SECRETS, ours_dir.path()));
     let floor_dir = tempfile::tempdir().expect("tempdir");
     let floor_ca = injector::certificates(floor_dir.path());
     let floor = AllowOnly::start(floor_dir.path(), None);
@@ -277,7 +219,7 @@ async fn measure(cp: &controlplane::ControlPlane, creates: usize) -> String {
     ];
 
     // Both webhooks in effect before measuring.
-    let probe = pod("probe");
+    let probe = pod("probe", &IMAGES);
     eventually(
         "the injector's webhook to take effect",
         PROPAGATION,
@@ -319,7 +261,7 @@ async fn measure(cp: &controlplane::ControlPlane, creates: usize) -> String {
             let sent = Instant::now();
             let created = setup
                 .pods
-                .create(&PostParams::default(), &pod(&name))
+                .create(&PostParams::default(), &pod(&name, &IMAGES))
                 .await
                 .unwrap_or_else(|e| panic!("{}: creating pod {name}: {e}", setup.name));
             let elapsed = sent.elapsed();

@@ -1,5 +1,5 @@
 //! The comparison of COMPARISON.md: pullsecret-injector beside the tools users run today, on one
-//! real control plane (tests/support/controlplane.rs: etcd, kube-apiserver and
+//! real control plane (crates/test-support, `controlplane`: etcd, kube-apiserver and
 //! kube-controller-manager, pinned), in one run.
 //!
 //! - **patcher**: titansoft-pte-ltd/imagepullsecret-patcher, a loop that copies one secret into
@@ -38,9 +38,6 @@
 //! PEERS_NO_WAIT skips the wait for other benchmarks on the machine before the latency phase.
 //! Under `cargo test` it does nothing.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -49,14 +46,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Namespace, Pod, PodSpec, Secret, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
@@ -64,9 +57,16 @@ use kube::api::{
 };
 use kube::runtime::watcher;
 use serde_json::{Value, json};
-use support::controlplane::{self, ControlPlane, eventually};
-use support::injector::{self, Injector, Options};
-use support::webhook::Spec;
+use test_support::accounts::service_account_token;
+use test_support::controlplane::{self, ControlPlane, NamespaceName, create_namespace, eventually};
+use test_support::injector::{self, Instance};
+use test_support::matching_cases::{Case, cases};
+use test_support::metrics::ensured_metric;
+use test_support::pods::{dry_run, dry_run_secrets, pod, secret_names};
+use test_support::ports::free_port;
+use test_support::replication::replication_config;
+use test_support::secrets::{Credentials, create_secret, pull_secret};
+use test_support::webhook;
 
 // ---------------------------------------------------------------------------
 // What is measured
@@ -97,8 +97,6 @@ const PROPAGATION: Duration = Duration::from_secs(180);
 const USABLE_TIMEOUT: Duration = Duration::from_secs(30);
 const KYVERNO_NS: &str = "kyverno";
 
-const CASES: &str = include_str!("../tests/fixtures/matching-cases.tsv");
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!(
@@ -117,7 +115,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let report = runtime.block_on(compare(cp, &sizes));
-    let out = repo().join("target/bench");
+    let out = test_support::repo_root().join("target/bench");
     std::fs::create_dir_all(&out).expect("create target/bench");
     std::fs::write(out.join("peers.md"), &report.markdown).expect("write peers.md");
     std::fs::write(
@@ -142,12 +140,8 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn peers_dir() -> PathBuf {
-    repo().join(".cache/peers")
+    test_support::repo_root().join(".cache/peers")
 }
 
 /// `Ok(binary)` if `make peers` built it, else why not (from `<peer>.unavailable`).
@@ -210,12 +204,9 @@ async fn compare(cp: &'static ControlPlane, sizes: &Sizes) -> Report {
     )];
     eprintln!("== race: us");
     let mut races = vec![race(&client, Tool::Ours, sizes.race_runs).await];
-    let metrics = ours.injector.metrics().await;
-    let ensured = ["created", "exists", "failed"].map(|result| {
-        let series =
-            format!("pullsecret_injector_ensured_at_admission_total{{result=\"{result}\"}}");
-        (result, injector::metric(&metrics, &series))
-    });
+    let metrics = ours.instance.injector.metrics().await;
+    let ensured =
+        ["created", "exists", "failed"].map(|result| (result, ensured_metric(&metrics, result)));
     ours.stop(&client).await;
     match &kyverno {
         Some(_) => {
@@ -302,85 +293,16 @@ fn first_reason(why: &str) -> String {
 // Objects
 // ---------------------------------------------------------------------------
 
-fn dockerconfigjson() -> Vec<u8> {
-    serde_json::to_vec(&json!({"auths": {REGISTRY: {"username": "robot", "password": "s3cret"}}}))
-        .expect("JSON")
-}
-
 /// The source `kubernetes.io/dockerconfigjson` Secret every tool copies.
 async fn create_source(client: &kube::Client) -> Secret {
-    create_namespace(client, SOURCE_NS, &[]).await;
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(SOURCE_NAME.into()),
-            ..ObjectMeta::default()
-        },
-        type_: Some("kubernetes.io/dockerconfigjson".into()),
-        data: Some(BTreeMap::from([(
-            ".dockerconfigjson".to_string(),
-            ByteString(dockerconfigjson()),
-        )])),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), SOURCE_NS)
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create the source secret")
-}
-
-async fn create_namespace(client: &kube::Client, name: &str, labels: &[(&str, &str)]) {
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
-}
-
-fn pod(name: &str, image: &str) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "app".into(),
-                image: Some(image.into()),
-                ..Container::default()
-            }],
-            ..PodSpec::default()
-        }),
-        ..Pod::default()
-    }
-}
-
-fn secret_names(pod: &Pod) -> Vec<String> {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.image_pull_secrets.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect()
-}
-
-fn dry_run() -> PostParams {
-    PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    }
+    create_namespace(client, NamespaceName::Exact(SOURCE_NS), &[]).await;
+    let credentials = Credentials::new(REGISTRY, "robot", "s3cret");
+    create_secret(
+        client,
+        SOURCE_NS,
+        &pull_secret(SOURCE_NAME, &credentials.dockerconfigjson()),
+    )
+    .await
 }
 
 /// Deletes the namespaces `doomed` picks and waits (up to PROPAGATION) until they are gone.
@@ -424,11 +346,7 @@ async fn wait_injected(client: &kube::Client, namespace: &str, image: &str, secr
         &format!("a dry-run pod in {namespace} to get imagePullSecret {secret}"),
         PROPAGATION,
         || async {
-            let created = pods
-                .create(&dry_run(), &pod("probe", image))
-                .await
-                .map_err(|e| e.to_string())?;
-            let names = secret_names(&created);
+            let names = dry_run_secrets(&pods, image).await?;
             if names.iter().any(|n| n == secret) {
                 Ok(())
             } else {
@@ -481,14 +399,15 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(name: &str, program: &Path, args: &[String], env: &[(String, String)]) -> Self {
-        let dir = repo().join("target/peers-logs");
+        let dir = test_support::repo_root().join("target/peers-logs");
         std::fs::create_dir_all(&dir).expect("create target/peers-logs");
         let log = dir.join(format!("{name}.log"));
         let pidfile = dir.join(format!("{name}.pid"));
         let _ = std::fs::remove_file(&pidfile);
         let out = std::fs::File::create(&log).expect("create log");
         let err = out.try_clone().expect("clone log");
-        let mut wrapper = Command::new("sh")
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             .arg(WRAPPER)
             .arg(format!("peer-{name}"))
@@ -496,14 +415,10 @@ impl Daemon {
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PIDFILE", &pidfile)
-            .env_remove("HTTP_PROXY")
-            .env_remove("HTTPS_PROXY")
-            .env_remove("http_proxy")
-            .env_remove("https_proxy")
-            .env("NO_PROXY", "127.0.0.1,localhost")
             .stdin(Stdio::piped())
             .stdout(out)
-            .stderr(err)
+            .stderr(err);
+        let mut wrapper = test_support::loopback_only(&mut command)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let stdin = wrapper.stdin.take();
@@ -594,83 +509,58 @@ fn status_mib(pid: u32, field: &str) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding 127.0.0.1:0")
-        .port()
-}
-
 // ---------------------------------------------------------------------------
 // Us
 // ---------------------------------------------------------------------------
 
 struct Ours {
-    injector: Injector,
-    _dir: tempfile::TempDir,
+    instance: Instance,
 }
 
 impl Ours {
     async fn start(cp: &ControlPlane, client: &kube::Client) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = injector::certificates(dir.path());
-        let config = format!(
-            "namespace: {SOURCE_NS}\n\
-             namespaceSelector:\n  matchLabels: {{\"{OURS_LABEL}\": enabled}}\n\
-             excludeNamespaces: []\n\
-             leaderElection: {{leaseName: peers-ours, leaseDurationSeconds: 15}}\n\
-             secrets:\n  - name: {SECRET}\n    source: {{name: {SOURCE_NAME}}}\n"
-        );
-        let mut injector = Injector::start(Options {
-            env: vec![(
-                "KUBECONFIG".into(),
-                cp.kubeconfig_path().display().to_string(),
-            )],
-            ..Options::new(&config, dir.path())
-        });
-        injector.wait_for_log(Duration::from_secs(60), |l| {
-            l["message"] == "became the leader; replicating"
-        });
-        let url = format!("https://127.0.0.1:{}/mutate", injector.addr.port());
+        let secrets = format!("  - name: {SECRET}\n    source: {{name: {SOURCE_NAME}}}\n");
+        let config = replication_config(SOURCE_NS, OURS_LABEL, "peers-ours", 15, &secrets);
+        let instance = Instance::replicator(&config, cp.kubeconfig_path(), &[]).await;
+        instance.injector.wait_leader(Duration::from_secs(60)).await;
+        // As the chart registers it: side effects only when not a dry run (the missing copy).
         Api::<MutatingWebhookConfiguration>::all(client.clone())
-            .create(&PostParams::default(), &our_webhook(&url, &ca.cert_pem))
+            .create(
+                &PostParams::default(),
+                &webhook::replicating(
+                    "peers-ours",
+                    OURS_LABEL,
+                    &instance.url(),
+                    &instance.ca_pem,
+                    5,
+                ),
+            )
             .await
             .expect("register our webhook");
-        create_namespace(client, "peers-ours-probe", &[(OURS_LABEL, "enabled")]).await;
+        create_namespace(
+            client,
+            NamespaceName::Exact("peers-ours-probe"),
+            &[(OURS_LABEL, "enabled")],
+        )
+        .await;
         wait_injected(client, "peers-ours-probe", IMAGE, SECRET).await;
-        eprintln!("peers: pullsecret-injector serving on {}", injector.addr);
-        Self {
-            injector,
-            _dir: dir,
-        }
+        eprintln!(
+            "peers: pullsecret-injector serving on {}",
+            instance.injector.addr
+        );
+        Self { instance }
     }
 
     fn pid(&self) -> u32 {
-        self.injector.pid()
+        self.instance.injector.pid()
     }
 
     async fn stop(self, client: &kube::Client) {
         let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
             .delete("peers-ours", &DeleteParams::default())
             .await;
-        drop(self.injector);
+        drop(self.instance);
     }
-}
-
-/// As the chart registers it: Pod CREATE in opted-in namespaces, side effects only when not
-/// a dry run (the missing copy), never denying.
-fn our_webhook(url: &str, ca_pem: &str) -> MutatingWebhookConfiguration {
-    Spec {
-        ca_pem: Some(ca_pem),
-        side_effects: "NoneOnDryRun",
-        ..Spec::new(
-            "peers-ours",
-            "peers.pullsecret-injector.io",
-            url,
-            OURS_LABEL,
-        )
-    }
-    .configuration()
 }
 
 // ---------------------------------------------------------------------------
@@ -792,7 +682,7 @@ impl Kyverno {
     async fn start(cp: &ControlPlane, client: &kube::Client) -> Self {
         let started = Instant::now();
         let bin = peers_dir().join("bin");
-        create_namespace(client, KYVERNO_NS, &[]).await;
+        create_namespace(client, NamespaceName::Exact(KYVERNO_NS), &[]).await;
         apply_crds(client).await;
         let chart = read_chart();
         create_configmaps(client, &chart).await;
@@ -973,52 +863,36 @@ async fn delete_policies(client: &kube::Client, prefix: &str) {
     }
 }
 
+async fn delete_kyverno_webhooks<K>(api: Api<K>)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Ok(list) = api.list(&Default::default()).await else {
+        return;
+    };
+    for name in list.items.into_iter().filter_map(|c| c.meta().name.clone()) {
+        if name.starts_with("kyverno-") {
+            let _ = api.delete(&name, &DeleteParams::default()).await;
+        }
+    }
+}
+
 impl Drop for Kyverno {
     /// Its webhooks would outlive it and fail every matching request: remove them.
     fn drop(&mut self) {
-        let config = controlplane::shared().config();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let client = kube::Client::try_from(config).ok()?;
-                delete_policies(&client, "peers-").await;
-                Some(())
-            })
-        })
-        .join();
+        controlplane::cleanup(|client| async move {
+            delete_policies(&client, "peers-").await;
+        });
         // Stop the processes first, so that they do not put their webhooks back.
         drop(self.admission.stdin.take());
         drop(self.background.stdin.take());
         let _ = self.admission.wrapper.wait();
         let _ = self.background.wrapper.wait();
-        let config = controlplane::shared().config();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let client = kube::Client::try_from(config).ok()?;
-                // Kyverno names its webhook configurations kyverno-*.
-                let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone());
-                for c in mutating.list(&Default::default()).await.ok()?.items {
-                    if let Some(name) = c.metadata.name.filter(|n| n.starts_with("kyverno-")) {
-                        let _ = mutating.delete(&name, &DeleteParams::default()).await;
-                    }
-                }
-                let validating = Api::<ValidatingWebhookConfiguration>::all(client);
-                for c in validating.list(&Default::default()).await.ok()?.items {
-                    if let Some(name) = c.metadata.name.filter(|n| n.starts_with("kyverno-")) {
-                        let _ = validating.delete(&name, &DeleteParams::default()).await;
-                    }
-                }
-                Some(())
-            })
-        })
-        .join();
+        controlplane::cleanup(|client| async move {
+            // Kyverno names its webhook configurations kyverno-*.
+            delete_kyverno_webhooks(Api::<MutatingWebhookConfiguration>::all(client.clone())).await;
+            delete_kyverno_webhooks(Api::<ValidatingWebhookConfiguration>::all(client)).await;
+        });
     }
 }
 
@@ -1206,7 +1080,7 @@ impl Patcher {
         source: &Secret,
     ) -> Result<Self, String> {
         let ns = "imagepullsecret-patcher";
-        create_namespace(client, ns, &[]).await;
+        create_namespace(client, NamespaceName::Exact(ns), &[]).await;
         let sa = ServiceAccount {
             metadata: ObjectMeta {
                 name: Some(ns.into()),
@@ -1266,23 +1140,7 @@ impl Patcher {
             .create(&PostParams::default(), &binding)
             .await
             .map_err(|e| format!("creating its ClusterRoleBinding: {e}"))?;
-        let token = sas
-            .create_token_request(
-                ns,
-                &PostParams::default(),
-                &TokenRequest {
-                    spec: Some(TokenRequestSpec {
-                        expiration_seconds: Some(3 * 3600),
-                        ..TokenRequestSpec::default()
-                    }),
-                    ..TokenRequest::default()
-                },
-            )
-            .await
-            .map_err(|e| format!("TokenRequest: {e}"))?
-            .status
-            .and_then(|s| s.token)
-            .ok_or("TokenRequest without a token")?;
+        let token = service_account_token(client, ns, ns).await;
 
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let files = dir.path();
@@ -1378,11 +1236,11 @@ impl Tool {
         }
     }
 
-    fn labels(self) -> Vec<(&'static str, &'static str)> {
+    fn labels(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Tool::Patcher => Vec::new(), // it serves every namespace
-            Tool::Kyverno => vec![(KYVERNO_LABEL, "enabled")],
-            Tool::Ours => vec![(OURS_LABEL, "enabled")],
+            Tool::Patcher => &[], // it serves every namespace
+            Tool::Kyverno => &[(KYVERNO_LABEL, "enabled")],
+            Tool::Ours => &[(OURS_LABEL, "enabled")],
         }
     }
 }
@@ -1508,7 +1366,7 @@ async fn create_at_once(pods: &Api<Pod>, sa_retries: &mut usize) -> (kube::Resul
     let sent = Instant::now();
     loop {
         match pods
-            .create(&PostParams::default(), &pod("app", IMAGE))
+            .create(&PostParams::default(), &pod("app", &[IMAGE]))
             .await
         {
             // The ServiceAccount admission plugin (before any webhook) refuses pods until
@@ -1546,27 +1404,13 @@ impl Creates {
 /// The race's namespace and pod creates, paced as the race's, with no tool at all (in
 /// namespaces no webhook selects): what the race's create columns compare with.
 async fn fresh_pod_creates(client: &kube::Client, prefix: &str, runs: usize) -> Creates {
-    let namespaces = Api::<Namespace>::all(client.clone());
     let mut creates = Creates::default();
     let mut retries = 0;
     let first = Instant::now();
     for run in 0..runs {
         tokio::time::sleep_until((first + ARRIVAL * run as u32).into()).await;
         let started = Instant::now();
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                generate_name: Some(prefix.into()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        let ns = namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace")
-            .metadata
-            .name
-            .expect("name");
+        let ns = create_namespace(client, NamespaceName::Generated(prefix), &[]).await;
         creates.namespace.push(started.elapsed());
         let pods = Api::<Pod>::namespaced(client.clone(), &ns);
         let (created, took) = create_at_once(&pods, &mut retries).await;
@@ -1655,27 +1499,10 @@ async fn race(client: &kube::Client, tool: Tool, runs: usize) -> RaceResult {
     let mut pending = Vec::new();
     for run in 0..runs {
         tokio::time::sleep_until((first + arrival(tool) * run as u32).into()).await;
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{prefix}-")),
-                labels: Some(
-                    tool.labels()
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
+        let generated = format!("{prefix}-");
         let started = Instant::now();
-        let ns = namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace")
-            .metadata
-            .name
-            .expect("name");
+        let ns =
+            create_namespace(client, NamespaceName::Generated(&generated), tool.labels()).await;
         result.creates.namespace.push(started.elapsed());
         // At once: no waiting for anything in the new namespace.
         let pods = Api::<Pod>::namespaced(client.clone(), &ns);
@@ -1770,10 +1597,15 @@ async fn latency(
             next: 0,
         });
     };
-    create_namespace(client, "latency-none", &[]).await;
+    create_namespace(client, NamespaceName::Exact("latency-none"), &[]).await;
     add("no webhook", "latency-none", &[], None);
     if let Some(k) = kyverno {
-        create_namespace(client, "latency-kyverno", &[(KYVERNO_LABEL, "enabled")]).await;
+        create_namespace(
+            client,
+            NamespaceName::Exact("latency-kyverno"),
+            &[(KYVERNO_LABEL, "enabled")],
+        )
+        .await;
         add(
             "Kyverno mutate policy",
             "latency-kyverno",
@@ -1781,7 +1613,12 @@ async fn latency(
             Some(k.admission.pid),
         );
     }
-    create_namespace(client, "latency-ours", &[(OURS_LABEL, "enabled")]).await;
+    create_namespace(
+        client,
+        NamespaceName::Exact("latency-ours"),
+        &[(OURS_LABEL, "enabled")],
+    )
+    .await;
     add(
         "pullsecret-injector",
         "latency-ours",
@@ -1863,7 +1700,7 @@ async fn chunk(setup: &mut Setup, n: usize, concurrency: usize, record: bool) {
                 let pod_name = format!("p-{i}");
                 let sent = Instant::now();
                 let created = pods
-                    .create(&PostParams::default(), &pod(&pod_name, IMAGE))
+                    .create(&PostParams::default(), &pod(&pod_name, &[IMAGE]))
                     .await
                     .unwrap_or_else(|e| panic!("{name}: creating pod {pod_name}: {e}"));
                 let elapsed = sent.elapsed();
@@ -1921,30 +1758,6 @@ async fn wait_no_benchmark() {
 // 3. Matching
 // ---------------------------------------------------------------------------
 
-struct Case {
-    line: usize,
-    image: &'static str,
-    pattern: &'static str,
-    expected: &'static str,
-}
-
-fn cases() -> Vec<Case> {
-    CASES
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|(i, l)| {
-            let f: Vec<&str> = l.split('\t').collect();
-            Case {
-                line: i + 1,
-                image: f[0],
-                pattern: f[1],
-                expected: f[2],
-            }
-        })
-        .collect()
-}
-
 /// What one tool did with a row's pod.
 #[derive(Clone, PartialEq)]
 enum Injected {
@@ -1967,7 +1780,7 @@ async fn matching(client: &kube::Client, kyverno: Option<&Kyverno>) -> Vec<Match
         kyverno.create_matching_policies(client, &cases).await;
         create_namespace(
             client,
-            MATCHING_NS,
+            NamespaceName::Exact(MATCHING_NS),
             &[
                 (KYVERNO_LABEL, "enabled"),
                 (KYVERNO_MATCHING_LABEL, "enabled"),
@@ -2008,7 +1821,7 @@ async fn kyverno_decision(client: &kube::Client, case: &Case) -> (Injected, Inje
     let pods = Api::<Pod>::namespaced(client.clone(), MATCHING_NS);
     let row_secret = format!("row-{}", case.line);
     match pods
-        .create(&dry_run(), &pod(&format!("m-{}", case.line), case.image))
+        .create(&dry_run(), &pod(&format!("m-{}", case.line), &[case.image]))
         .await
     {
         Ok(created) => {
@@ -2058,10 +1871,10 @@ fn ours_decision(case: &Case) -> Injected {
     let pod_file = dir.path().join("pod.json");
     std::fs::write(
         &pod_file,
-        serde_json::to_vec(&pod("m", case.image)).expect("JSON"),
+        serde_json::to_vec(&pod("m", &[case.image])).expect("JSON"),
     )
     .expect("write pod");
-    let out = Command::new(injector::BIN)
+    let out = Command::new(injector::binary())
         .args(["mutate", "--config"])
         .arg(&config)
         .arg("-f")

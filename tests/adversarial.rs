@@ -4,38 +4,22 @@
 //! that the server's reaping shows within seconds; `make stress` and `make soak`
 //! (benches/adversary.rs) run the long ones with the default limits and report timings.
 
-// Only the harness parts this suite needs, not the control-plane ones.
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod adversary;
-    pub mod client;
-    pub mod injector;
-    pub mod pki;
-}
-
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::adversary::{
-    self, LoadSpec, Phase, Server, Target, ValidLoad, bodies_at_rate, half_open_handshakes,
+use test_support::adversary::{
+    self, LoadSpec, Phase, Sample, Target, ValidLoad, bodies_at_rate, half_open_handshakes,
     idle_tls, malformed_at_rate, padded_review, slow_bodies, slowloris,
 };
-use support::client::TlsClient;
+use test_support::client::TlsClient;
+use test_support::injector::{Injector, Instance, Options};
+use test_support::metrics::metric;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pullsecret-injector");
 const MIB: usize = 1024 * 1024;
 /// The server's own fds beyond the attack: the valid pool, fresh connections in flight.
 const FD_SLACK: usize = 8;
 
-fn config(dir: &Path) -> String {
-    format!(
-        r#"listen: 127.0.0.1:0
-metricsListen: 127.0.0.1:0
-tls:
-  certFile: {dir}/tls.crt
-  keyFile: {dir}/tls.key
+const CONFIG: &str = r#"
 limits:
   tlsHandshakeTimeoutSeconds: 2
   headerReadTimeoutSeconds: 2
@@ -43,10 +27,7 @@ limits:
 secrets:
   - name: jmalloc
     registries: [docker.io/jmalloc]
-"#,
-        dir = dir.display()
-    )
-}
+"#;
 
 fn review() -> Bytes {
     let path = format!(
@@ -57,26 +38,17 @@ fn review() -> Bytes {
 }
 
 struct Harness {
-    server: Server,
+    server: Instance,
     target: Target,
-    ca_pem: String,
-    _dir: tempfile::TempDir,
 }
 
 fn start() -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = support::injector::certificates(dir.path());
-    let server = Server::start(Path::new(BIN), dir.path(), &config(dir.path()));
+    let server = Instance::start(|dir| Injector::start(Options::new(CONFIG, dir)));
     let target = Target {
-        client: TlsClient::without_resumption(&ca.cert_pem),
-        addr: server.addr,
+        client: TlsClient::without_resumption(&server.ca_pem),
+        addr: server.injector.addr,
     };
-    Harness {
-        server,
-        target,
-        ca_pem: ca.cert_pem,
-        _dir: dir,
-    }
+    Harness { server, target }
 }
 
 /// Valid reviews all answered, and the server back within a few fds of where it started.
@@ -117,8 +89,8 @@ fn assert_all_closed_by_server(phase: &Phase<adversary::AttackReport>, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_reviews_keep_flowing_and_fds_and_memory_stay_bounded_under_attack() {
-    let mut h = start();
-    let pid = h.server.pid;
+    let h = start();
+    let pid = h.server.injector.pid();
     let spec = LoadSpec {
         rate: 40.0,
         connections: 4,
@@ -237,11 +209,11 @@ async fn valid_reviews_keep_flowing_and_fds_and_memory_stay_bounded_under_attack
     );
     assert_eq!(errors, 0, "{:?}", last.error_samples);
     assert!(requests > 500, "only {requests} valid reviews were sent");
-    assert!(h.server.is_running(), "the injector exited");
+    assert!(h.server.injector.is_running(), "the injector exited");
 
     // Memory: what one 7 MiB review costs to read and decode, a few times over, and back
     // near the start once the attackers are gone.
-    let end = h.server.sample();
+    let end = Sample::of(pid);
     assert!(
         large.during.rss_kib < quiet.before.rss_kib + 256 * 1024,
         "{large:?}"
@@ -254,8 +226,8 @@ async fn valid_reviews_keep_flowing_and_fds_and_memory_stay_bounded_under_attack
     );
     let mut open = f64::NAN;
     for _ in 0..50 {
-        let metrics = h.server.metrics().await;
-        open = adversary::metric(&metrics, "pullsecret_injector_open_connections");
+        let metrics = h.server.injector.metrics().await;
+        open = metric(&metrics, "pullsecret_injector_open_connections");
         if open == 0.0 {
             break;
         }
@@ -270,7 +242,7 @@ async fn valid_reviews_keep_flowing_and_fds_and_memory_stay_bounded_under_attack
 #[tokio::test]
 async fn http2_is_never_spoken_so_rapid_reset_has_nothing_to_reset() {
     let h = start();
-    let report = adversary::http2(&h.target, &h.ca_pem, 1000).await;
+    let report = adversary::http2(&h.target, &h.server.ca_pem, 1000).await;
     assert!(report.h2_only_refused, "{report:?}");
     assert!(!report.burst_answered_in_h2, "{report:?}");
     assert!(report.burst_connection_closed, "{report:?}");

@@ -3,10 +3,6 @@
 //! types and checked, deterministic output, values refused by values.schema.json, and the
 //! rendered config file accepted by the binary. Needs `make controlplane` once (for helm).
 
-#[path = "support/pki.rs"]
-#[allow(dead_code)] // only the CA is used here
-mod pki;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -23,9 +19,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::{Metadata, Resource};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use test_support::helm;
+use test_support::injector;
+use test_support::pki::TestCa;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/pullsecret-injector");
-const BIN: &str = env!("CARGO_BIN_EXE_pullsecret-injector");
 const RELEASE: &str = "psi";
 const NAMESPACE: &str = "pullsecret-system";
 const FULLNAME: &str = "psi-pullsecret-injector";
@@ -42,27 +40,8 @@ const SECRETS: &str = r#"secrets=[
 // helm
 // ---------------------------------------------------------------------------------------
 
-fn helm_path() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/controlplane/bin/helm");
-    assert!(
-        path.is_file(),
-        "{} not found: run `make controlplane` (builds the pinned helm)",
-        path.display()
-    );
-    path
-}
-
 fn helm(args: &[&str]) -> Output {
-    // helm's own state (cache, repositories, plugins) in the target dir, not in $HOME.
-    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-home");
-    Command::new(helm_path())
-        .args(args)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("running helm")
+    helm::command().args(args).output().expect("running helm")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -72,7 +51,7 @@ fn text(bytes: &[u8]) -> String {
 /// A CA bundle (PEM) for certs.mode=external, made once per test binary.
 fn ca_pem() -> &'static str {
     static CA: OnceLock<String> = OnceLock::new();
-    CA.get_or_init(|| pki::TestCa::new("chart test CA").cert_pem)
+    CA.get_or_init(|| TestCa::new("chart test CA").cert_pem)
 }
 
 fn ca_file() -> &'static Path {
@@ -1621,7 +1600,7 @@ fn rendered_config_is_accepted_by_the_binary() {
             let file = tempfile::NamedTempFile::new().unwrap();
             std::fs::write(file.path(), &config).unwrap();
             // The config is what is checked here, not whether the image matches.
-            let out = Command::new(BIN)
+            let out = Command::new(injector::binary())
                 .args(["match", "--allow-unmatched", "--config"])
                 .arg(file.path())
                 .arg("ghcr.io/acme/web:1")

@@ -1,4 +1,4 @@
-//! `helm install` of the chart into the real control plane (tests/support/controlplane.rs):
+//! `helm install` of the chart into the real control plane (crates/test-support, `controlplane`):
 //! every object the chart renders passes helm's OpenAPI validation and the apiserver's own,
 //! RBAC grants what the injector needs and no more (asked of the apiserver's authorizer),
 //! and `helm uninstall` removes it all. There are no nodes, so the injector's pods never
@@ -15,10 +15,7 @@
 //!
 //! Needs `make controlplane` once.
 
-mod support;
-
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
@@ -32,26 +29,19 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::{ByteString, Resource};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
-use support::controlplane::{self, eventually};
-use support::pki::TestCa;
-use support::secrets::secret;
+use test_support::controlplane::{self, eventually};
+use test_support::helm;
+use test_support::pki::TestCa;
+use test_support::secrets::secret;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/pullsecret-injector");
 const PASSWORD: &str = "e2e-registry-password";
 
 fn helm(args: &[&str]) -> Output {
-    let cp = controlplane::shared();
-    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-home");
-    Command::new(cp.binary("helm"))
+    helm::command()
         .args(args)
         .arg("--kubeconfig")
-        .arg(cp.kubeconfig_path())
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .env_remove("KUBECONFIG")
-        .env_remove("HELM_KUBECONTEXT")
-        .env_remove("HELM_NAMESPACE")
+        .arg(controlplane::shared().kubeconfig_path())
         .output()
         .expect("running helm")
 }

@@ -1,15 +1,13 @@
 //! `match` and `mutate` read source secrets through `--kubeconfig`, for entries whose
 //! patterns are their sources' `auths` keys.
 
-mod support;
-
 use std::process::Command;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
-use support::controlplane;
-use support::injector::BIN;
-use support::secrets::secret;
+use test_support::controlplane;
+use test_support::injector;
+use test_support::secrets::secret;
 
 #[tokio::test]
 async fn match_reads_patterns_from_the_source_through_kubeconfig() {
@@ -38,7 +36,7 @@ async fn match_reads_patterns_from_the_source_through_kubeconfig() {
     .unwrap();
     let kubeconfig = cp.kubeconfig_path().display().to_string();
     let run_with = |extra: &[&str], env_kubeconfig: Option<&str>| {
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(injector::binary());
         command
             .args(["match", "--config"])
             .arg(&config)

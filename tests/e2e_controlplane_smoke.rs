@@ -1,17 +1,13 @@
-//! Smoke test of the shared test control plane (tests/support/controlplane.rs):
+//! Smoke test of the shared test control plane (crates/test-support, `controlplane`):
 //! the apiserver serves requests and the controller-manager runs controllers.
 //! Needs `make controlplane` once.
 
-#[path = "support/controlplane.rs"]
-mod controlplane;
-
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use test_support::{controlplane, pods};
 
 #[tokio::test]
 async fn lists_builtin_namespaces() {
@@ -43,36 +39,7 @@ async fn deployment_gets_its_pods() {
     let ns =
         controlplane::namespace(&client, "smoke", &[("test", "deployment-gets-its-pods")]).await;
 
-    let labels = BTreeMap::from([("app".to_string(), "smoke".to_string())]);
-    let deployment = Deployment {
-        metadata: ObjectMeta {
-            name: Some("app".into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(2),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![Container {
-                        name: "app".into(),
-                        image: Some("registry.example.com/app:1".into()),
-                        ..Container::default()
-                    }],
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        }),
-        ..Deployment::default()
-    };
+    let deployment = pods::deployment("app", "smoke", 2, &["registry.example.com/app:1"]);
     Api::<Deployment>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &deployment)
         .await
@@ -80,20 +47,11 @@ async fn deployment_gets_its_pods() {
 
     // No nodes: the pods stay Pending, but the Deployment and ReplicaSet
     // controllers must have created both of them.
-    let pods = Api::<Pod>::namespaced(client, &ns);
-    let created = controlplane::eventually(
-        "2 pods of deployment app",
+    let created = pods::wait_app_pods(
+        &Api::<Pod>::namespaced(client, &ns),
+        "smoke",
+        2,
         Duration::from_secs(60),
-        || async {
-            let list = pods
-                .list(&ListParams::default().labels("app=smoke"))
-                .await
-                .map_err(|e| e.to_string())?;
-            match list.items.len() {
-                2 => Ok(list.items),
-                n => Err(format!("{n} pods")),
-            }
-        },
     )
     .await;
     for pod in created {

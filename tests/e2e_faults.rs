@@ -1,4 +1,4 @@
-//! Control-plane faults, through the real control plane (tests/support/controlplane.rs) and the
+//! Control-plane faults, through the real control plane (crates/test-support, `controlplane`) and the
 //! real `pullsecret-injector serve` binary: kube-apiserver killed and started again while the
 //! replicator watches, kube-apiserver down when the injector starts, etcd frozen while pods
 //! are admitted, RBAC refusing the replicator's writes, and the source Secret deleted.
@@ -9,26 +9,30 @@
 //!
 //! Needs `make controlplane` once.
 
-mod support;
-
-use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::Value;
-use support::client::TlsClient;
-use support::controlplane::{self, eventually};
-use support::injector::{Injector, Options, metric};
-use support::scenario::{
-    CONVERGE, Credentials, LogsOnFailure, Registration, Running, admission_review, admitted_pod,
-    alive, create_secret, errors_metric, get_secret, pod, pull_secret, pull_secret_names,
-    replication_config, rotate, service_account_token, set_label, token_kubeconfig, wait_copy,
-    wait_log, webhook_configuration,
+use test_support::accounts::{service_account_token, token_kubeconfig};
+use test_support::client::TlsClient;
+use test_support::controlplane::{self, NamespaceName, eventually, set_label};
+use test_support::injector::{self, Injector, Instance, Options};
+use test_support::logs::LogsOnFailure;
+use test_support::metrics::{conflicts_metric, ensured_metric, errors_metric, leader_metric};
+use test_support::pods::{admission_review, admitted_pod, pod, secret_names};
+use test_support::replication::{
+    CONVERGE, Snapshot, assert_untouched, replication_config, user_secret, wait_copy,
 };
+use test_support::secrets::{
+    Credentials, DOCKERCONFIGJSON, DOCKERCONFIGJSON_KEY, create_secret, get_secret, pull_secret,
+    rotate,
+};
+use test_support::webhook::{self, register};
 use tokio::sync::RwLock;
 
 static FAULTS: RwLock<()> = RwLock::const_new(());
@@ -37,6 +41,9 @@ static FAULTS: RwLock<()> = RwLock::const_new(());
 const REGCRED: &str = "  - name: regcred\n    source: {name: regcred-source}\n";
 const REGISTRY: &str = "registry.example.com";
 const IMAGE: &str = "registry.example.com/team/app:1";
+const LEASE_SECONDS: u64 = 15;
+/// How long a replicator may take to win a free Lease.
+const LEADER: Duration = Duration::from_secs(4 * LEASE_SECONDS);
 /// How long the replicator may take to resume after an outage: its watches retry with
 /// client-go's backoff capped at 5 s (`replicate::watch_backoff`), so a few seconds, plus
 /// the control plane's own start; the bound leaves room for a loaded machine.
@@ -51,7 +58,7 @@ fn label(id: &str) -> String {
 /// source Secret `regcred-source` for REGISTRY with `password`.
 struct Start {
     cp: &'static controlplane::ControlPlane,
-    _logs: controlplane::LogsOnFailure<'static>,
+    _logs: LogsOnFailure<'static>,
     client: kube::Client,
     label: String,
     source_ns: String,
@@ -67,7 +74,7 @@ async fn start(id: &str, password: &str) -> Start {
     let source = create_secret(
         &client,
         &source_ns,
-        &pull_secret("regcred-source", &credentials),
+        &pull_secret("regcred-source", &credentials.dockerconfigjson()),
     )
     .await;
     Start {
@@ -80,9 +87,18 @@ async fn start(id: &str, password: &str) -> Start {
     }
 }
 
+/// A replicator of the source in `source_ns` into namespaces labelled `label`, holding Lease
+/// `lease`, talking to the cluster through `kubeconfig`; returned once it leads.
+async fn leader(source_ns: &str, label: &str, lease: &str, kubeconfig: &Path) -> Instance {
+    let config = replication_config(source_ns, label, lease, LEASE_SECONDS, REGCRED);
+    let replicator = Instance::replicator(&config, kubeconfig, &[]).await;
+    replicator.injector.wait_leader(LEADER).await;
+    replicator
+}
+
 /// POSTs a review for a Pod CREATE in `namespace` straight to the injector; returns the
 /// `response` part and how long the answer took.
-async fn review_directly(running: &Running, namespace: &str) -> (Value, Duration) {
+async fn review_directly(running: &Instance, namespace: &str) -> (Value, Duration) {
     let body = admission_review("direct-review", namespace, IMAGE).to_string();
     let started = Instant::now();
     let answer = TlsClient::new(&running.ca_pem)
@@ -114,10 +130,8 @@ async fn apiserver_killed_and_restarted_replicator_resumes_and_converges() {
         source_ns,
         source,
     } = start("restart", "before-the-outage").await;
-    let config = replication_config(&source_ns, &label, "faults-restart", REGCRED);
-    let replicator = Running::start(&config, cp.kubeconfig_path(), &[]);
-    replicator.wait_leader().await;
-    let _injector_logs = LogsOnFailure(&replicator.injector);
+    let replicator = leader(&source_ns, &label, "faults-restart", cp.kubeconfig_path()).await;
+    let _injector_logs = replicator.injector.logs_on_failure();
     let before =
         controlplane::namespace(&client, "faults-restart-before", &[(&label, "enabled")]).await;
     let later = controlplane::namespace(&client, "faults-restart-later", &[]).await;
@@ -141,7 +155,10 @@ async fn apiserver_killed_and_restarted_replicator_resumes_and_converges() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(down_at.elapsed())).await;
-    assert!(alive(pid), "the injector exited during the outage");
+    assert!(
+        replicator.injector.is_running(),
+        "the injector exited during the outage"
+    );
     let metrics = replicator.injector.metrics().await;
     assert!(metrics.contains("pullsecret_injector_leader"), "{metrics}");
     tokio::task::spawn_blocking(move || stopped.start())
@@ -160,25 +177,14 @@ async fn apiserver_killed_and_restarted_replicator_resumes_and_converges() {
     set_label(&client, &later, &label, Some("enabled")).await;
     // (Not `controlplane::namespace`: kube-controller-manager, which makes its ServiceAccount,
     // is still in its own backoff; no pod is created there.)
-    let created = Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    generate_name: Some("faults-restart-new-".into()),
-                    labels: Some(BTreeMap::from([(label.clone(), "enabled".to_string())])),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            },
-        )
-        .await
-        .expect("a namespace created opted in")
-        .metadata
-        .name
-        .expect("name");
+    let created = controlplane::create_namespace(
+        &client,
+        NamespaceName::Generated("faults-restart-new-"),
+        &[(&label, "enabled")],
+    )
+    .await;
     let second = Credentials::new(REGISTRY, "robot", "after-the-outage");
-    let rotated = rotate(&client, &source_ns, "regcred-source", &second).await;
+    let rotated = rotate(&client, &source_ns, "regcred-source", &[second]).await;
     let back_at = Instant::now();
     for ns in [&before, &later, &created] {
         wait_copy(&client, ns, "regcred", &rotated, RESUME).await;
@@ -187,7 +193,7 @@ async fn apiserver_killed_and_restarted_replicator_resumes_and_converges() {
         "converged {:.1}s after kube-apiserver was back",
         back_at.elapsed().as_secs_f64()
     );
-    assert!(alive(pid), "the injector restarted");
+    assert!(replicator.injector.is_running(), "the injector restarted");
     assert_eq!(replicator.injector.pid(), pid);
 
     // And it admits as before.
@@ -195,11 +201,7 @@ async fn apiserver_killed_and_restarted_replicator_resumes_and_converges() {
     assert_eq!(response["allowed"], true);
     assert!(response["patch"].is_string(), "{response}");
     let metrics = replicator.injector.metrics().await;
-    assert_eq!(
-        metric(&metrics, "pullsecret_injector_leader"),
-        1.0,
-        "{metrics}"
-    );
+    assert_eq!(leader_metric(&metrics), 1.0, "{metrics}");
     cp.wait_recovered().await;
 }
 
@@ -220,31 +222,27 @@ async fn apiserver_down_when_the_injector_starts_it_replicates_once_the_apiserve
         .await
         .expect("kill kube-apiserver");
     let dir = tempfile::tempdir().expect("tempdir");
-    support::injector::certificates(dir.path());
-    let config = replication_config(&source_ns, &label, "faults-cold", REGCRED);
+    injector::certificates(dir.path());
+    let config = replication_config(&source_ns, &label, "faults-cold", LEASE_SECONDS, REGCRED);
     let injector = Injector::start(Options {
-        env: vec![(
-            "KUBECONFIG".into(),
-            cp.kubeconfig_path().display().to_string(),
-        )],
+        kubeconfig: Some(cp.kubeconfig_path()),
         ..Options::new(&config, dir.path())
     });
-    let _injector_logs = LogsOnFailure(&injector);
+    let _injector_logs = injector.logs_on_failure();
     // Serving, but nothing to replicate from yet: the Lease cannot be created or read.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
-        alive(injector.pid()),
+        injector.is_running(),
         "the injector exited without the apiserver"
     );
     tokio::task::spawn_blocking(move || stopped.start())
         .await
         .expect("start kube-apiserver");
 
-    wait_log(&injector, CONVERGE, |l| l["message"] == "caches synced").await;
-    wait_log(&injector, CONVERGE, |l| {
-        l["message"] == "became the leader; replicating"
-    })
-    .await;
+    injector
+        .wait_for_log(RESUME, |l| l["message"] == "caches synced")
+        .await;
+    injector.wait_leader(RESUME).await;
     wait_copy(&cp.client(), &opted_in, "regcred", &source, CONVERGE).await;
     // The failed attempts were counted.
     let metrics = injector.metrics().await;
@@ -263,25 +261,29 @@ async fn etcd_paused_admission_answers_from_caches_and_the_pod_is_created_when_i
         source_ns,
         source,
     } = start("etcd", "frozen").await;
-    let config = replication_config(&source_ns, &label, "faults-etcd", REGCRED);
-    let replicator = Running::start(&config, cp.kubeconfig_path(), &[]);
-    replicator.wait_leader().await;
-    let _injector_logs = LogsOnFailure(&replicator.injector);
+    let replicator = leader(&source_ns, &label, "faults-etcd", cp.kubeconfig_path()).await;
+    let _injector_logs = replicator.injector.logs_on_failure();
     let ns = controlplane::namespace(&client, "faults-etcd", &[(&label, "enabled")]).await;
     wait_copy(&client, &ns, "regcred", &source, CONVERGE).await;
-    let _webhook = Registration::create(
-        cp.config(),
-        &webhook_configuration("faults-etcd", &label, &replicator.url(), &replicator.ca_pem),
+    // 10 s: the apiserver waits for the answer while etcd is frozen below.
+    let _webhook = register(
+        &client,
+        &webhook::replicating(
+            "faults-etcd",
+            &label,
+            &replicator.url(),
+            &replicator.ca_pem,
+            10,
+        ),
     )
     .await;
     admitted_pod(&client, &ns, "warm-up", IMAGE, &["regcred"]).await;
-    let pid = replicator.injector.pid();
 
     let paused = cp.pause_etcd();
     let frozen_at = Instant::now();
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     let creation = tokio::spawn(async move {
-        pods.create(&PostParams::default(), &pod("frozen", IMAGE))
+        pods.create(&PostParams::default(), &pod("frozen", &[IMAGE]))
             .await
     });
 
@@ -321,21 +323,14 @@ async fn etcd_paused_admission_answers_from_caches_and_the_pod_is_created_when_i
         .expect("the pod creation finishes once etcd resumes")
         .expect("task")
         .expect("the pod is created");
-    assert_eq!(pull_secret_names(&created), ["regcred"]);
+    assert_eq!(secret_names(&created), ["regcred"]);
     eprintln!(
         "etcd frozen for {:.1}s; admission answered in the meantime, direct review in {took:?}",
         frozen_for.as_secs_f64()
     );
-    assert!(alive(pid), "the injector exited");
+    assert!(replicator.injector.is_running(), "the injector exited");
     let metrics = replicator.injector.metrics().await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "pullsecret_injector_ensured_at_admission_total{result=\"failed\"}"
-        ),
-        0.0,
-        "{metrics}"
-    );
+    assert_eq!(ensured_metric(&metrics, "failed"), 0.0, "{metrics}");
 }
 
 /// RBAC for a replicator that may read everything it watches, hold its Lease and publish
@@ -447,19 +442,17 @@ async fn forbidden_by_rbac_is_logged_and_counted_and_retried_slowly_without_a_cr
     let token = service_account_token(&client, &source_ns, "replicator").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = token_kubeconfig(dir.path(), cp.apiserver_url(), cp.ca_pem(), &token);
-    let config = replication_config(&source_ns, &label, "faults-403", REGCRED);
-    let replicator = Running::start(&config, &kubeconfig, &[]);
-    replicator.wait_leader().await;
-    let _injector_logs = LogsOnFailure(&replicator.injector);
-    let pid = replicator.injector.pid();
-
+    let replicator = leader(&source_ns, &label, "faults-403", &kubeconfig).await;
+    let _injector_logs = replicator.injector.logs_on_failure();
     let ns = controlplane::namespace(&client, "faults-403", &[(&label, "enabled")]).await;
-    let line = wait_log(&replicator.injector, CONVERGE, |l| {
-        l["level"] == "ERROR"
-            && l["message"] == "sync failed; retrying"
-            && l["namespace"] == ns.as_str()
-    })
-    .await;
+    let line = replicator
+        .injector
+        .wait_for_log(CONVERGE, |l| {
+            l["level"] == "ERROR"
+                && l["message"] == "sync failed; retrying"
+                && l["namespace"] == ns.as_str()
+        })
+        .await;
     let error = line["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("forbidden") && error.contains("secrets") && error.contains("create"),
@@ -482,7 +475,7 @@ async fn forbidden_by_rbac_is_logged_and_counted_and_retried_slowly_without_a_cr
 
     // No crash loop, no hot loop: the process stays up and ready, and retries slowly.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    assert!(alive(pid), "the injector exited");
+    assert!(replicator.injector.is_running(), "the injector exited");
     let metrics = replicator.injector.metrics().await;
     let later = errors_metric(&metrics, "forbidden");
     assert!(
@@ -490,11 +483,7 @@ async fn forbidden_by_rbac_is_logged_and_counted_and_retried_slowly_without_a_cr
         "{} forbidden errors in 8 s: not backing off",
         later - first
     );
-    assert_eq!(
-        metric(&metrics, "pullsecret_injector_leader"),
-        1.0,
-        "{metrics}"
-    );
+    assert_eq!(leader_metric(&metrics), 1.0, "{metrics}");
     assert!(get_secret(&client, &ns, "regcred").await.is_none());
     let restarts = replicator
         .injector
@@ -516,20 +505,21 @@ async fn deleted_source_leaves_copies_and_user_secrets_alone_until_it_is_back() 
         source_ns,
         source,
     } = start("deleted", "first").await;
-    let config = replication_config(&source_ns, &label, "faults-deleted", REGCRED);
-    let replicator = Running::start(&config, cp.kubeconfig_path(), &[]);
-    replicator.wait_leader().await;
-    let _injector_logs = LogsOnFailure(&replicator.injector);
+    let replicator = leader(&source_ns, &label, "faults-deleted", cp.kubeconfig_path()).await;
+    let _injector_logs = replicator.injector.logs_on_failure();
 
     let with_copy =
         controlplane::namespace(&client, "faults-deleted-copy", &[(&label, "enabled")]).await;
     let copy = wait_copy(&client, &with_copy, "regcred", &source, CONVERGE).await;
     let users = controlplane::namespace(&client, "faults-deleted-user", &[]).await;
-    let mut own = pull_secret("regcred", &Credentials::new(REGISTRY, "me", "my-own"));
-    own.metadata.labels = Some(BTreeMap::from([(
-        "team".to_string(),
-        "payments".to_string(),
-    )]));
+    let own = user_secret(
+        "regcred",
+        DOCKERCONFIGJSON,
+        &[(
+            DOCKERCONFIGJSON_KEY,
+            &Credentials::new(REGISTRY, "me", "my-own").dockerconfigjson(),
+        )],
+    );
     let own = create_secret(&client, &users, &own).await;
     set_label(&client, &users, &label, Some("enabled")).await;
 
@@ -538,10 +528,12 @@ async fn deleted_source_leaves_copies_and_user_secrets_alone_until_it_is_back() 
         .delete("regcred-source", &DeleteParams::default())
         .await
         .expect("delete the source");
-    wait_log(&replicator.injector, CONVERGE, |l| {
-        l["message"] == "source secret gives no patterns"
-    })
-    .await;
+    replicator
+        .injector
+        .wait_for_log(CONVERGE, |l| {
+            l["message"] == "source secret gives no patterns"
+        })
+        .await;
     // The controller keeps running (a namespace opting in now is reconciled), but with no
     // source there is nothing to copy, and nothing is taken away.
     let newcomer =
@@ -555,33 +547,25 @@ async fn deleted_source_leaves_copies_and_user_secrets_alone_until_it_is_back() 
         copy.metadata.resource_version
     );
     assert!(get_secret(&client, &newcomer, "regcred").await.is_none());
-    let untouched = get_secret(&client, &users, "regcred")
-        .await
-        .expect("user's Secret");
-    assert_eq!(
-        untouched.metadata.resource_version,
-        own.metadata.resource_version
-    );
-    assert_eq!(untouched.data, own.data);
+    assert_untouched(&client, &users, "regcred", &Snapshot::of(&own)).await;
 
     // The source comes back, rotated: the copies follow, the user's Secret still does not.
     let second = Credentials::new(REGISTRY, "robot", "second");
-    let back = create_secret(&client, &source_ns, &pull_secret("regcred-source", &second)).await;
+    let back = create_secret(
+        &client,
+        &source_ns,
+        &pull_secret("regcred-source", &second.dockerconfigjson()),
+    )
+    .await;
     wait_copy(&client, &with_copy, "regcred", &back, CONVERGE).await;
     wait_copy(&client, &newcomer, "regcred", &back, CONVERGE).await;
     eventually("the conflict to be reported", CONVERGE, || async {
         let metrics = replicator.injector.metrics().await;
-        match metric(&metrics, "pullsecret_injector_replication_conflicts_total") {
+        match conflicts_metric(&metrics) {
             n if n >= 1.0 => Ok(()),
             n => Err(format!("{n} conflicts")),
         }
     })
     .await;
-    let untouched = get_secret(&client, &users, "regcred")
-        .await
-        .expect("user's Secret");
-    assert_eq!(
-        untouched.metadata.resource_version,
-        own.metadata.resource_version
-    );
+    assert_untouched(&client, &users, "regcred", &Snapshot::of(&own)).await;
 }

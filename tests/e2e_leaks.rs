@@ -11,25 +11,25 @@
 //!
 //! Needs `make controlplane` once.
 
-mod support;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::client::TlsClient;
-use support::controlplane;
-use support::scenario::{
-    CONVERGE, Credentials, DOCKERCONFIGJSON, DOCKERCONFIGJSON_KEY, LogsOnFailure, Registration,
-    Running, admitted_pod, base64, create_secret, pod, pull_secret, pull_secret_names,
-    replication_config, rotate, set_label, wait_copy, wait_log, webhook_configuration,
-};
+use test_support::client::TlsClient;
+use test_support::controlplane::{self, set_label};
+use test_support::injector::Instance;
+use test_support::pods::{admitted_pod, dry_run, pod, secret_names};
+use test_support::replication::{CONVERGE, replication_config, wait_copy};
+use test_support::secrets::{Credentials, base64, create_secret, pull_secret, rotate};
+use test_support::webhook::{self, register};
 
 const LABEL: &str = "leaks.pullsecret-injector.io/opt-in";
 const REGISTRY: &str = "registry.example.com";
 const IMAGE: &str = "registry.example.com/team/app:1";
+const LEASE_SECONDS: u64 = 15;
+/// How long a replicator may take to win a free Lease.
+const LEADER: Duration = Duration::from_secs(4 * LEASE_SECONDS);
 
 /// What must never appear in a log line or a metric.
 struct Needles(Vec<(String, String)>);
@@ -79,18 +79,6 @@ fn canary(what: &str) -> String {
     format!("{what}-canary-{:x}{nanos:08x}", std::process::id())
 }
 
-fn opaque_pull_secret(name: &str, bytes: Vec<u8>) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        type_: Some(DOCKERCONFIGJSON.into()),
-        data: Some([(DOCKERCONFIGJSON_KEY.to_string(), ByteString(bytes))].into()),
-        ..Secret::default()
-    }
-}
-
 #[tokio::test]
 async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     let cp = controlplane::shared();
@@ -104,17 +92,17 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     // never created.
     let first = Credentials::new(REGISTRY, "robot", &canary("first"));
     needles.add_credentials("first", &first);
-    let source = create_secret(&client, &source_ns, &pull_secret("regcred-source", &first)).await;
+    let source = create_secret(
+        &client,
+        &source_ns,
+        &pull_secret("regcred-source", &first.dockerconfigjson()),
+    )
+    .await;
     let broken_password = canary("broken");
     needles.add_password("broken source", &broken_password);
     let broken = serde_json::to_vec(&json!({"auths": broken_password})).expect("JSON");
     needles.add_blob("broken source", &broken);
-    create_secret(
-        &client,
-        &source_ns,
-        &opaque_pull_secret("broken-source", broken),
-    )
-    .await;
+    create_secret(&client, &source_ns, &pull_secret("broken-source", &broken)).await;
     let url_password = canary("url");
     needles.add_password("credentials in an auths key", &url_password);
     let url_key = format!("https://robot:{url_password}@{REGISTRY}");
@@ -124,28 +112,23 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     }}))
     .expect("JSON");
     needles.add_blob("credentials in an auths key", &url_config);
-    create_secret(
-        &client,
-        &source_ns,
-        &opaque_pull_secret("url-source", url_config),
-    )
-    .await;
+    create_secret(&client, &source_ns, &pull_secret("url-source", &url_config)).await;
     let secrets = "  - name: regcred\n    source: {name: regcred-source}\n\
                    \x20 - name: broken\n    source: {name: broken-source}\n\
                    \x20 - name: urlcred\n    source: {name: url-source}\n\
                    \x20 - name: ghost\n    source: {name: ghost-source}\n    registries: [ghost.example.com]\n";
-    let config = replication_config(&source_ns, LABEL, "leaks", secrets);
+    let config = replication_config(&source_ns, LABEL, "leaks", LEASE_SECONDS, secrets);
 
     // Two replicas, debug logs for everything (kube, hyper, rustls included).
     let debug = [("PULLSECRET_INJECTOR_LOG_LEVEL", "debug")];
-    let a = Running::start(&config, cp.kubeconfig_path(), &debug);
-    a.wait_leader().await;
-    let b = Running::start(&config, cp.kubeconfig_path(), &debug);
-    let _a_logs = LogsOnFailure(&a.injector);
-    let _b_logs = LogsOnFailure(&b.injector);
-    let _webhook = Registration::create(
-        cp.config(),
-        &webhook_configuration("leaks", LABEL, &a.url(), &a.ca_pem),
+    let a = Instance::replicator(&config, cp.kubeconfig_path(), &debug).await;
+    a.injector.wait_leader(LEADER).await;
+    let b = Instance::replicator(&config, cp.kubeconfig_path(), &debug).await;
+    let _a_logs = a.injector.logs_on_failure();
+    let _b_logs = b.injector.logs_on_failure();
+    let _webhook = register(
+        &client,
+        &webhook::replicating("leaks", LABEL, &a.url(), &a.ca_pem, 10),
     )
     .await;
 
@@ -156,21 +139,17 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     let fresh = controlplane::namespace(&client, "leaks-fresh", &[(LABEL, "enabled")]).await;
     let pods = Api::<Pod>::namespaced(client.clone(), &fresh);
     let created = pods
-        .create(&PostParams::default(), &pod("at-once", IMAGE))
+        .create(&PostParams::default(), &pod("at-once", &[IMAGE]))
         .await
         .expect("a pod right after its namespace");
-    assert_eq!(pull_secret_names(&created), ["regcred"]);
-    let dry = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
-    pods.create(&dry, &pod("dry", "quay.io/team/app:1"))
+    assert_eq!(secret_names(&created), ["regcred"]);
+    pods.create(&dry_run(), &pod("dry", &["quay.io/team/app:1"]))
         .await
         .expect("dry run");
     // The missing source: admitted, with a warning.
     pods.create(
         &PostParams::default(),
-        &pod("ghost", "ghost.example.com/app:1"),
+        &pod("ghost", &["ghost.example.com/app:1"]),
     )
     .await
     .expect("a pod whose secret's source is missing");
@@ -179,17 +158,23 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     let users = controlplane::namespace(&client, "leaks-users", &[]).await;
     let own = Credentials::new(REGISTRY, "me", &canary("user"));
     needles.add_credentials("user's own", &own);
-    create_secret(&client, &users, &pull_secret("regcred", &own)).await;
-    set_label(&client, &users, LABEL, Some("enabled")).await;
-    wait_log(&a.injector, CONVERGE, |l| {
-        l["namespace"] == users.as_str() && l["level"] == "WARN"
-    })
+    create_secret(
+        &client,
+        &users,
+        &pull_secret("regcred", &own.dockerconfigjson()),
+    )
     .await;
+    set_label(&client, &users, LABEL, Some("enabled")).await;
+    a.injector
+        .wait_for_log(CONVERGE, |l| {
+            l["namespace"] == users.as_str() && l["level"] == "WARN"
+        })
+        .await;
 
     // Rotation.
     let second = Credentials::new(REGISTRY, "robot", &canary("second"));
     needles.add_credentials("rotated", &second);
-    let rotated = rotate(&client, &source_ns, "regcred-source", &second).await;
+    let rotated = rotate(&client, &source_ns, "regcred-source", &[second]).await;
     wait_copy(&client, &app, "regcred", &rotated, CONVERGE).await;
     wait_copy(&client, &fresh, "regcred", &rotated, CONVERGE).await;
 
@@ -212,9 +197,8 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     // Hand-over: a stops, b takes over and writes.
     let metrics_a = a.injector.metrics().await;
     a.injector.signal("TERM");
-    let pid = a.injector.pid();
     controlplane::eventually("replica a to exit", Duration::from_secs(30), || async {
-        if support::scenario::alive(pid) {
+        if a.injector.is_running() {
             Err("running")
         } else {
             Ok(())
@@ -223,7 +207,7 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     .await;
     // Its last lines: the log reader drains stderr to the end.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    b.wait_leader().await;
+    b.injector.wait_leader(LEADER).await;
     let late = controlplane::namespace(&client, "leaks-late", &[(LABEL, "enabled")]).await;
     wait_copy(&client, &late, "regcred", &rotated, CONVERGE).await;
     let metrics_b = b.injector.metrics().await;

@@ -13,25 +13,24 @@
 //!
 //! Needs `make controlplane` once.
 
-mod support;
-
-use std::path::Path;
-use std::process::Command;
-
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::controlplane::{self, eventually};
-use support::injector::{Injector, Options, metric};
-use support::scenario::{
-    CONVERGE, Credentials, LogsOnFailure, Registration, admitted_pod, client_from, conflict_events,
-    copies_metric, create_secret, errors_metric, get_secret, pull_secret, rotate,
-    service_account_token, set_label, status_of, token_kubeconfig, wait_absent, wait_copy,
-    wait_log, webhook_configuration,
+use test_support::accounts::{client_from, service_account_token, status_of, token_kubeconfig};
+use test_support::controlplane::{self, eventually, set_label};
+use test_support::helm;
+use test_support::injector::{Injector, Options};
+use test_support::metrics::{conflicts_metric, copies_metric, errors_metric};
+use test_support::pods::{admitted_pod, pod};
+use test_support::ports::free_port;
+use test_support::replication::{
+    CONVERGE, Snapshot, assert_untouched, conflict_events, wait_absent, wait_copy,
 };
+use test_support::secrets::{Credentials, create_secret, get_secret, pull_secret, rotate};
+use test_support::webhook::{self, register};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/pullsecret-injector");
 const RELEASE: &str = "lp";
@@ -42,9 +41,7 @@ const POD_NAME: &str = "lp-pullsecret-injector-5d4f8-abcde";
 
 /// `helm template` of the chart in self mode, as the documents it renders.
 fn render(namespace: &str) -> Vec<Value> {
-    let cp = controlplane::shared();
-    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-home");
-    let out = Command::new(cp.binary("helm"))
+    let out = helm::command()
         .args(["template", RELEASE, CHART, "--namespace", namespace])
         .args(["--set", "certs.mode=self"])
         .args([
@@ -60,10 +57,6 @@ fn render(namespace: &str) -> Vec<Value> {
             "--set-json",
             r#"certs.self={"extraHosts":["127.0.0.1"],"checkIntervalSeconds":1}"#,
         ])
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .env_remove("KUBECONFIG")
         .output()
         .expect("running helm template");
     assert!(
@@ -85,13 +78,6 @@ fn one_of<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str) -> T {
         .find(|d| d["kind"] == kind)
         .unwrap_or_else(|| panic!("the chart renders no {kind}"));
     serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{kind}: {e}"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding 127.0.0.1:0")
-        .port()
 }
 
 #[tokio::test]
@@ -136,21 +122,27 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
         hook.client_config.service = None;
         hook.client_config.url = Some(format!("https://127.0.0.1:{port}/mutate"));
     }
-    let _webhook = Registration::create(cp.config(), &webhook).await;
+    let _webhook = register(&admin, &webhook).await;
     // Someone else's, which the injector's token may not change.
-    let _other = Registration::create(
-        cp.config(),
-        &webhook_configuration(
+    let _other = register(
+        &admin,
+        &webhook::replicating(
             "lp-someone-else",
             "nobody-has-this-label",
             "https://127.0.0.1:1/x",
             "x",
+            10,
         ),
     )
     .await;
 
     let first = Credentials::new("registry.example.com", "robot", "lp-first");
-    let source = create_secret(&admin, &namespace, &pull_secret("regcred-source", &first)).await;
+    let source = create_secret(
+        &admin,
+        &namespace,
+        &pull_secret("regcred-source", &first.dockerconfigjson()),
+    )
+    .await;
 
     // A token of the chart's ServiceAccount, and the chart's config.
     let token = service_account_token(&admin, &namespace, &sa_name).await;
@@ -166,8 +158,8 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
     let injector = Injector::start(Options {
         listen: &listen,
         tls_files: false,
+        kubeconfig: Some(&kubeconfig),
         env: vec![
-            ("KUBECONFIG".into(), kubeconfig.display().to_string()),
             (
                 "PULLSECRET_INJECTOR_POD_NAMESPACE".into(),
                 namespace.clone(),
@@ -176,12 +168,9 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
         ],
         ..Options::new(&config, dir.path())
     });
-    let _injector_logs = LogsOnFailure(&injector);
-    wait_log(&injector, CONVERGE, |l| l["message"] == "caches synced").await;
-    wait_log(&injector, CONVERGE, |l| {
-        l["message"] == "became the leader; replicating"
-    })
-    .await;
+    let _injector_logs = injector.logs_on_failure();
+    injector.wait_synced().await;
+    injector.wait_leader(CONVERGE).await;
 
     // Leader election: the Lease named like the release, held by this replica.
     let lease = Api::<Lease>::namespaced(admin.clone(), &namespace)
@@ -222,7 +211,7 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
     wait_copy(&admin, &opted_in, "regcred", &source, CONVERGE).await;
     admitted_pod(&admin, &opted_in, "web", IMAGE, &["regcred"]).await;
     let second = Credentials::new("registry.example.com", "robot", "lp-second");
-    let rotated = rotate(&admin, &namespace, "regcred-source", &second).await;
+    let rotated = rotate(&admin, &namespace, "regcred-source", &[second]).await;
     wait_copy(&admin, &opted_in, "regcred", &rotated, CONVERGE).await;
     set_label(&admin, &opted_in, OPT_IN, None).await;
     wait_absent(&admin, &opted_in, "regcred", CONVERGE).await;
@@ -234,7 +223,7 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
         &users,
         &pull_secret(
             "regcred",
-            &Credentials::new("registry.example.com", "me", "mine"),
+            &Credentials::new("registry.example.com", "me", "mine").dockerconfigjson(),
         ),
     )
     .await;
@@ -246,13 +235,7 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
         }
     })
     .await;
-    let untouched = get_secret(&admin, &users, "regcred")
-        .await
-        .expect("user's Secret");
-    assert_eq!(
-        untouched.metadata.resource_version,
-        own.metadata.resource_version
-    );
+    assert_untouched(&admin, &users, "regcred", &Snapshot::of(&own)).await;
 
     let metrics = injector.metrics().await;
     for action in ["created", "updated", "deleted"] {
@@ -262,7 +245,7 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
         );
     }
     assert_eq!(errors_metric(&metrics, "forbidden"), 0.0, "{metrics}");
-    assert!(metric(&metrics, "pullsecret_injector_replication_conflicts_total") >= 1.0);
+    assert!(conflicts_metric(&metrics) >= 1.0);
     let refused: Vec<String> = injector
         .logs()
         .into_iter()
@@ -369,7 +352,7 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
         .await;
     refusals.push(("bind cluster-admin", status_of(&binding)));
     let pod = Api::<Pod>::namespaced(token_client.clone(), &namespace)
-        .create(&pp, &support::scenario::pod("intruder", IMAGE))
+        .create(&pp, &pod("intruder", &[IMAGE]))
         .await;
     refusals.push(("create a Pod", status_of(&pod)));
     let ns_delete = Api::<Namespace>::all(token_client.clone())

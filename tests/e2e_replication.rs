@@ -1,4 +1,4 @@
-//! End to end through a real kube-apiserver (tests/support/controlplane.rs): the real
+//! End to end through a real kube-apiserver (crates/test-support, `controlplane`): the real
 //! `pullsecret-injector serve` binary replicates source pull secrets into opted-in
 //! namespaces, keeps them in sync, and creates a missing copy while admitting a pod.
 //!
@@ -12,36 +12,40 @@
 //!
 //! Needs `make controlplane` once.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::controlplane::{self, eventually};
-use support::injector::{Injector, Instance, Options, free_port, metric};
-use support::pods::{dry_run_secrets, pod, secret_names, wait_dry_run};
-use support::secrets::secret;
-use support::webhook::{self, register};
+use test_support::controlplane::{self, NamespaceName, eventually, set_label};
+use test_support::injector::{Injector, Instance, Options};
+use test_support::metrics::{
+    conflicts_metric, copies_metric, ensured_metric, leader_metric, metric,
+};
+use test_support::pods::{dry_run_secrets, pod, secret_names, wait_dry_run};
+use test_support::ports::free_port;
+use test_support::replication::{
+    CONVERGE, HASH_ANNOTATION, MANAGED_BY, SOURCE_ANNOTATION, Snapshot, annotation,
+    assert_untouched, check_copy, conflict_events, replication_config, user_secret, wait_absent,
+    wait_copy,
+};
+use test_support::secrets::{
+    Credentials, DOCKERCONFIGJSON, DOCKERCONFIGJSON_KEY, create_secret, data_of, dockerconfigjson,
+    get_secret, pull_secret, rotate, secret,
+};
+use test_support::webhook::{self, register};
 
-const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-const SOURCE_ANNOTATION: &str = "pullsecret-injector.io/source";
-const HASH_ANNOTATION: &str = "pullsecret-injector.io/source-hash";
-const DOCKERCONFIGJSON: &str = "kubernetes.io/dockerconfigjson";
-const DOCKERCONFIGJSON_KEY: &str = ".dockerconfigjson";
 /// The Lease duration every test configures; take-over is asserted within twice this.
 const LEASE_SECONDS: u64 = 4;
+/// How long a replicator may take to win a free Lease.
+const LEADER: Duration = Duration::from_secs(4 * LEASE_SECONDS);
 /// How long the apiserver may take to act on a new webhook configuration.
 const PROPAGATION: Duration = Duration::from_secs(30);
-/// Bound for convergence that has no latency target of its own.
-const CONVERGE: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------
 // Helpers: config, injectors
@@ -57,13 +61,12 @@ fn opt_in_label(id: &str) -> String {
 /// namespaces labelled `opt_in_label(id)=enabled`, Lease `e2e-repl-<id>`, and `secrets`
 /// (a YAML list, indented by two spaces).
 fn config(id: &str, source_ns: &str, secrets: &str) -> String {
-    format!(
-        "namespace: {source_ns}\n\
-         namespaceSelector:\n  matchLabels: {{\"{label}\": enabled}}\n\
-         excludeNamespaces: []\n\
-         leaderElection: {{leaseName: e2e-repl-{id}, leaseDurationSeconds: {LEASE_SECONDS}}}\n\
-         secrets:\n{secrets}",
-        label = opt_in_label(id),
+    replication_config(
+        source_ns,
+        &opt_in_label(id),
+        &format!("e2e-repl-{id}"),
+        LEASE_SECONDS,
+        secrets,
     )
 }
 
@@ -72,56 +75,51 @@ const REGCRED: &str = "  - name: regcred\n    source: {name: regcred-source}\n";
 
 /// Starts an injector with cluster access (its certificate directory kept for restarts) and
 /// waits until its caches have synced.
-fn start_replicator(config: &str) -> Instance {
-    start_replicator_on(config, "127.0.0.1:0")
+async fn start_replicator(config: &str) -> Instance {
+    Instance::replicator(config, controlplane::shared().kubeconfig_path(), &[]).await
 }
 
-fn start_replicator_on(config: &str, listen: &str) -> Instance {
-    Instance::start(|dir| start_in(config, listen, dir))
-}
-
-/// Starts an injector and waits until it holds the Lease (and its caches have synced).
-fn start_leader(config: &str) -> Instance {
-    let mut replicator = start_replicator(config);
-    wait_leader_log(&mut replicator.injector);
+async fn start_replicator_on(config: &str, listen: &str) -> Instance {
+    let replicator = Instance::start(|dir| start_in(config, listen, dir));
+    replicator.injector.wait_synced().await;
     replicator
 }
 
-/// Starts `serve` with `config` on `listen` in `dir` (certificates already there) against the test
-/// control plane, and waits for "caches synced".
+/// Starts an injector and waits until it holds the Lease (and its caches have synced).
+async fn start_leader(config: &str) -> Instance {
+    let replicator = start_replicator(config).await;
+    replicator.injector.wait_leader(LEADER).await;
+    replicator
+}
+
+/// Starts `serve` with `config` on `listen` in `dir` (certificates already there) against the
+/// test control plane.
 fn start_in(config: &str, listen: &str, dir: &std::path::Path) -> Injector {
-    let kubeconfig = controlplane::shared()
-        .kubeconfig_path()
-        .display()
-        .to_string();
-    let mut injector = Injector::start(Options {
-        env: vec![("KUBECONFIG".into(), kubeconfig)],
+    Injector::start(Options {
+        kubeconfig: Some(controlplane::shared().kubeconfig_path()),
         listen,
         ..Options::new(config, dir)
-    });
-    injector.wait_for_log(Duration::from_secs(30), |l| l["message"] == "caches synced");
-    injector
+    })
 }
 
-fn wait_leader_log(injector: &mut Injector) {
-    injector.wait_for_log(Duration::from_secs(4 * LEASE_SECONDS), |l| {
-        l["message"] == "became the leader; replicating"
-    });
+/// Waits until a restarted injector has synced and holds the Lease.
+async fn wait_leader(injector: &Injector) {
+    injector.wait_synced().await;
+    injector.wait_leader(LEADER).await;
 }
 
-fn copies_metric(text: &str, action: &str) -> f64 {
-    metric(
-        text,
-        &format!("pullsecret_injector_replicated_copies_total{{action=\"{action}\"}}"),
+/// The webhook configuration of test `id`, calling `replicator`.
+fn registration(
+    id: &str,
+    replicator: &Instance,
+) -> k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration {
+    webhook::replicating(
+        &format!("pullsecret-injector-e2e-repl-{id}"),
+        &opt_in_label(id),
+        &replicator.url(),
+        &replicator.ca_pem,
+        5,
     )
-}
-
-fn conflicts_metric(text: &str) -> f64 {
-    metric(text, "pullsecret_injector_replication_conflicts_total")
-}
-
-fn leader_metric(text: &str) -> f64 {
-    metric(text, "pullsecret_injector_leader")
 }
 
 /// Every write the injector counted (created, updated, overwritten, deleted).
@@ -136,176 +134,30 @@ fn writes(text: &str) -> f64 {
 // Helpers: Kubernetes objects
 // ---------------------------------------------------------------------------
 
-/// A `.dockerconfigjson` with one auths entry per `(registry, user, password)`.
-fn dockerconfig(auths: &[(&str, &str, &str)]) -> Vec<u8> {
-    let auths: serde_json::Map<String, Value> = auths
-        .iter()
-        .map(|(registry, user, password)| {
-            (
-                registry.to_string(),
-                json!({"username": user, "password": password}),
-            )
-        })
-        .collect();
-    serde_json::to_vec(&json!({ "auths": auths })).expect("JSON")
-}
-
 async fn create_source(
     client: &kube::Client,
     namespace: &str,
     name: &str,
-    auths: &[(&str, &str, &str)],
+    auths: &[Credentials],
 ) -> Secret {
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .create(
-            &PostParams::default(),
-            &secret(
-                name,
-                DOCKERCONFIGJSON,
-                &[(DOCKERCONFIGJSON_KEY, &dockerconfig(auths))],
-            ),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("creating source {namespace}/{name}: {e}"))
+    create_secret(
+        client,
+        namespace,
+        &pull_secret(name, &dockerconfigjson(auths)),
+    )
+    .await
 }
 
 /// A test's source namespace (`<prefix>-<random>`, also the Lease's) with the source Secret
-/// `regcred-source` holding `auths`: the namespace, the Secret and its `namespace/name`.
+/// `regcred-source` holding `auths`: the namespace and the Secret.
 async fn regcred_source(
     client: &kube::Client,
     prefix: &str,
-    auths: &[(&str, &str, &str)],
-) -> (String, Secret, String) {
+    auths: &[Credentials],
+) -> (String, Secret) {
     let source_ns = controlplane::namespace(client, prefix, &[]).await;
     let source = create_source(client, &source_ns, "regcred-source", auths).await;
-    let source_ref = format!("{source_ns}/regcred-source");
-    (source_ns, source, source_ref)
-}
-
-/// Replaces the source's `.dockerconfigjson`; returns the stored Secret.
-async fn rotate_source(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-    auths: &[(&str, &str, &str)],
-) -> Secret {
-    let patch = json!({"data": {DOCKERCONFIGJSON_KEY: ByteString(dockerconfig(auths))}});
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap_or_else(|e| panic!("rotating source {namespace}/{name}: {e}"))
-}
-
-async fn set_label(client: &kube::Client, namespace: &str, key: &str, value: Option<&str>) {
-    let patch = json!({"metadata": {"labels": {key: value}}});
-    Api::<Namespace>::all(client.clone())
-        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap_or_else(|e| panic!("labelling namespace {namespace}: {e}"));
-}
-
-async fn get_secret(client: &kube::Client, namespace: &str, name: &str) -> Option<Secret> {
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .unwrap_or_else(|e| panic!("getting Secret {namespace}/{name}: {e}"))
-}
-
-fn data_of(secret: &Secret) -> BTreeMap<String, ByteString> {
-    secret.data.clone().unwrap_or_default()
-}
-
-fn annotation<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
-    secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .map(String::as_str)
-}
-
-fn label<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
-    secret
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .map(String::as_str)
-}
-
-/// Checks that `copy` is a managed copy of `source` (named `source_ref` = ns/name), with
-/// the source's type and exactly its data bytes.
-fn check_copy(copy: &Secret, source: &Secret, source_ref: &str) -> Result<(), String> {
-    let name = format!(
-        "{}/{}",
-        copy.metadata.namespace.as_deref().unwrap_or_default(),
-        copy.metadata.name.as_deref().unwrap_or_default()
-    );
-    if label(copy, MANAGED_BY) != Some("pullsecret-injector") {
-        return Err(format!(
-            "{name} lacks the managed-by label: {:?}",
-            copy.metadata.labels
-        ));
-    }
-    if annotation(copy, SOURCE_ANNOTATION) != Some(source_ref) {
-        return Err(format!(
-            "{name} has source annotation {:?}, expected {source_ref}",
-            annotation(copy, SOURCE_ANNOTATION)
-        ));
-    }
-    if annotation(copy, HASH_ANNOTATION).is_none_or(str::is_empty) {
-        return Err(format!("{name} lacks the source-hash annotation"));
-    }
-    if copy.type_ != source.type_ {
-        return Err(format!(
-            "{name} has type {:?}, the source {:?}",
-            copy.type_, source.type_
-        ));
-    }
-    if data_of(copy) != data_of(source) {
-        return Err(format!("{name}'s data differ from the source's"));
-    }
-    Ok(())
-}
-
-/// Waits until `namespace` holds an up-to-date copy `name` of `source`; returns it.
-async fn wait_copy(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-    source: &Secret,
-    source_ref: &str,
-    timeout: Duration,
-) -> Secret {
-    eventually(
-        &format!("an up-to-date copy {namespace}/{name} of {source_ref}"),
-        timeout,
-        || async {
-            let copy = get_secret(client, namespace, name)
-                .await
-                .ok_or_else(|| "no such Secret".to_string())?;
-            check_copy(&copy, source, source_ref)?;
-            Ok::<_, String>(copy)
-        },
-    )
-    .await
-}
-
-async fn wait_absent(client: &kube::Client, namespace: &str, name: &str, timeout: Duration) {
-    eventually(
-        &format!("Secret {namespace}/{name} to be deleted"),
-        timeout,
-        || async {
-            match get_secret(client, namespace, name).await {
-                None => Ok(()),
-                Some(s) => Err(format!(
-                    "still there (resourceVersion {:?})",
-                    s.metadata.resource_version
-                )),
-            }
-        },
-    )
-    .await
+    (source_ns, source)
 }
 
 /// Polls `check` every 10 ms until it yields a value, for at most `timeout`; returns the
@@ -329,93 +181,6 @@ where
     }
 }
 
-/// What must never change about a Secret the injector did not create.
-#[derive(Debug, PartialEq)]
-struct Snapshot {
-    uid: Option<String>,
-    resource_version: Option<String>,
-    type_: Option<String>,
-    data: BTreeMap<String, ByteString>,
-    labels: Option<BTreeMap<String, String>>,
-    annotations: Option<BTreeMap<String, String>>,
-}
-
-impl Snapshot {
-    fn of(secret: &Secret) -> Self {
-        Self {
-            uid: secret.metadata.uid.clone(),
-            resource_version: secret.metadata.resource_version.clone(),
-            type_: secret.type_.clone(),
-            data: data_of(secret),
-            labels: secret.metadata.labels.clone(),
-            annotations: secret.metadata.annotations.clone(),
-        }
-    }
-}
-
-async fn assert_untouched(client: &kube::Client, namespace: &str, name: &str, before: &Snapshot) {
-    let now = get_secret(client, namespace, name)
-        .await
-        .unwrap_or_else(|| panic!("Secret {namespace}/{name} was deleted"));
-    assert_eq!(
-        &Snapshot::of(&now),
-        before,
-        "Secret {namespace}/{name} was modified"
-    );
-}
-
-/// A user's own Secret: no managed-by label, labels and an annotation of its own.
-fn user_secret(name: &str, type_: &str, data: &[(&str, &[u8])]) -> Secret {
-    let mut s = secret(name, type_, data);
-    s.metadata.labels = Some(BTreeMap::from([(
-        "team".to_string(),
-        "payments".to_string(),
-    )]));
-    s.metadata.annotations = Some(BTreeMap::from([(
-        "team.example/note".to_string(),
-        "hand made".to_string(),
-    )]));
-    s
-}
-
-async fn create_secret(client: &kube::Client, namespace: &str, secret: &Secret) -> Secret {
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), secret)
-        .await
-        .unwrap_or_else(|e| panic!("creating Secret in {namespace}: {e}"))
-}
-
-/// The PullSecretConflict Events in namespace `ns`: about the Secret in the way, where its
-/// owner looks.
-async fn conflict_events(client: &kube::Client, ns: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().fields(&format!(
-            "involvedObject.kind=Secret,involvedObject.namespace={ns},reason=PullSecretConflict"
-        )))
-        .await
-        .expect("list events")
-        .items
-}
-
-// ---------------------------------------------------------------------------
-// Helpers: webhook registration and pods
-// ---------------------------------------------------------------------------
-
-fn webhook_configuration(id: &str, url: &str, ca_pem: &str) -> MutatingWebhookConfiguration {
-    let (name, webhook, label) = (
-        format!("pullsecret-injector-e2e-repl-{id}"),
-        format!("{id}.e2e-repl.pullsecret-injector.io"),
-        opt_in_label(id),
-    );
-    webhook::Spec {
-        ca_pem: Some(ca_pem),
-        // The webhook creates missing copies, except for dry runs.
-        side_effects: "NoneOnDryRun",
-        ..webhook::Spec::new(&name, &webhook, url, &label)
-    }
-    .configuration()
-}
-
 // ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
@@ -427,13 +192,13 @@ async fn labelled_namespace_gets_copies_within_two_seconds_and_loses_them_when_u
     let client = cp.client();
     let id = "label";
     let key = opt_in_label(id);
-    let (source_ns, source, source_ref) = regcred_source(
+    let (source_ns, source) = regcred_source(
         &client,
         "e2e-repl-label-src",
-        &[("registry.example.com", "robot", "s3cret")],
+        &[Credentials::new("registry.example.com", "robot", "s3cret")],
     )
     .await;
-    let replicator = start_leader(&config(id, &source_ns, REGCRED));
+    let replicator = start_leader(&config(id, &source_ns, REGCRED)).await;
     let _injector_logs = replicator.injector.logs_on_failure();
 
     // Several namespaces, labelled one after another; no pod anywhere.
@@ -449,7 +214,7 @@ async fn labelled_namespace_gets_copies_within_two_seconds_and_loses_them_when_u
             || async { get_secret(&client, &ns, "regcred").await },
         )
         .await;
-        check_copy(&copy, &source, &source_ref).unwrap_or_else(|e| panic!("{e}"));
+        check_copy(&copy, &source).unwrap_or_else(|e| panic!("{e}"));
         label_to_copy.push(took);
         namespaces.push(ns);
     }
@@ -475,7 +240,7 @@ async fn labelled_namespace_gets_copies_within_two_seconds_and_loses_them_when_u
         || async { get_secret(&client, ns, "regcred").await },
     )
     .await;
-    check_copy(&copy, &source, &source_ref).unwrap_or_else(|e| panic!("{e}"));
+    check_copy(&copy, &source).unwrap_or_else(|e| panic!("{e}"));
     // The other namespaces kept theirs.
     for other in &namespaces[1..] {
         assert!(
@@ -519,10 +284,10 @@ async fn source_rotation_reaches_every_copy() {
     let client = cp.client();
     let id = "rotate";
     let key = opt_in_label(id);
-    let auths = |password| [("registry.example.com", "robot", password)];
-    let (source_ns, source, source_ref) =
+    let auths = |password| [Credentials::new("registry.example.com", "robot", password)];
+    let (source_ns, source) =
         regcred_source(&client, "e2e-repl-rotate-src", &auths("old-password")).await;
-    let replicator = start_leader(&config(id, &source_ns, REGCRED));
+    let replicator = start_leader(&config(id, &source_ns, REGCRED)).await;
     let _injector_logs = replicator.injector.logs_on_failure();
 
     let mut namespaces = Vec::new();
@@ -532,11 +297,11 @@ async fn source_rotation_reaches_every_copy() {
     }
     let mut old_hashes = Vec::new();
     for ns in &namespaces {
-        let copy = wait_copy(&client, ns, "regcred", &source, &source_ref, CONVERGE).await;
+        let copy = wait_copy(&client, ns, "regcred", &source, CONVERGE).await;
         old_hashes.push(annotation(&copy, HASH_ANNOTATION).unwrap().to_string());
     }
 
-    let rotated = rotate_source(
+    let rotated = rotate(
         &client,
         &source_ns,
         "regcred-source",
@@ -546,10 +311,10 @@ async fn source_rotation_reaches_every_copy() {
     assert_ne!(data_of(&rotated), data_of(&source));
     let started = Instant::now();
     for (ns, old_hash) in namespaces.iter().zip(&old_hashes) {
-        let copy = wait_copy(&client, ns, "regcred", &rotated, &source_ref, CONVERGE).await;
+        let copy = wait_copy(&client, ns, "regcred", &rotated, CONVERGE).await;
         assert_eq!(
             data_of(&copy)[DOCKERCONFIGJSON_KEY].0,
-            dockerconfig(&auths("new-password")),
+            dockerconfigjson(&auths("new-password")),
             "{ns}: bytes"
         );
         assert_ne!(annotation(&copy, HASH_ANNOTATION), Some(old_hash.as_str()));
@@ -565,12 +330,12 @@ async fn source_rotation_reaches_every_copy() {
     // A copy whose data someone edited by hand is put back to the source's bytes.
     let ns = &namespaces[1];
     let edited =
-        json!({"data": {DOCKERCONFIGJSON_KEY: ByteString(dockerconfig(&auths("edited")))}});
+        json!({"data": {DOCKERCONFIGJSON_KEY: ByteString(dockerconfigjson(&auths("edited")))}});
     Api::<Secret>::namespaced(client.clone(), ns)
         .patch("regcred", &PatchParams::default(), &Patch::Merge(&edited))
         .await
         .expect("edit a copy");
-    wait_copy(&client, ns, "regcred", &rotated, &source_ref, CONVERGE).await;
+    wait_copy(&client, ns, "regcred", &rotated, CONVERGE).await;
 }
 
 /// One run of the race: a labelled namespace, then at once a Pod in it.
@@ -582,36 +347,19 @@ struct Race {
     sa_retries: usize,
 }
 
-async fn race(
-    client: &kube::Client,
-    key: &str,
-    image: &str,
-    source: &Secret,
-    source_ref: &str,
-    runs: usize,
-) -> Race {
-    let namespaces = Api::<Namespace>::all(client.clone());
+async fn race(client: &kube::Client, key: &str, image: &str, source: &Secret, runs: usize) -> Race {
     let mut result = Race {
         latencies: Vec::new(),
         failures: Vec::new(),
         sa_retries: 0,
     };
     for run in 0..runs {
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                generate_name: Some("e2e-repl-race-".into()),
-                labels: Some(BTreeMap::from([(key.to_string(), "enabled".to_string())])),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        let ns = namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace")
-            .metadata
-            .name
-            .expect("name");
+        let ns = controlplane::create_namespace(
+            client,
+            NamespaceName::Generated("e2e-repl-race-"),
+            &[(key, "enabled")],
+        )
+        .await;
         // At once: no waiting for anything in the new namespace.
         let pods = Api::<Pod>::namespaced(client.clone(), &ns);
         let started = Instant::now();
@@ -650,7 +398,7 @@ async fn race(
                 None => result.failures.push(format!(
                     "run {run} ({ns}): Secret regcred missing right after the pod create"
                 )),
-                Some(copy) => match check_copy(&copy, source, source_ref) {
+                Some(copy) => match check_copy(&copy, source) {
                     Ok(()) => result.latencies.push(latency),
                     Err(e) => result.failures.push(format!("run {run}: {e}")),
                 },
@@ -659,13 +407,6 @@ async fn race(
     }
     result.latencies.sort();
     result
-}
-
-fn ensured(metrics: &str, result: &str) -> f64 {
-    metric(
-        metrics,
-        &format!("pullsecret_injector_ensured_at_admission_total{{result=\"{result}\"}}"),
-    )
 }
 
 /// Run twice: first with the Lease held by someone else, so that no controller runs and only
@@ -680,10 +421,10 @@ async fn pod_created_with_its_namespace_has_its_secret_present_and_referenced_50
     let client = cp.client();
     let id = "race";
     let key = opt_in_label(id);
-    let (source_ns, source, source_ref) = regcred_source(
+    let (source_ns, source) = regcred_source(
         &client,
         "e2e-repl-race-src",
-        &[("race.registry.example", "robot", "s3cret")],
+        &[Credentials::new("race.registry.example", "robot", "s3cret")],
     )
     .await;
     let config = config(id, &source_ns, REGCRED);
@@ -711,12 +452,8 @@ async fn pod_created_with_its_namespace_has_its_secret_present_and_referenced_50
         .await
         .expect("create the Lease");
     let listen = format!("127.0.0.1:{}", free_port());
-    let follower = start_replicator_on(&config, &listen);
-    let registration = register(
-        &client,
-        &webhook_configuration(id, &follower.url(), &follower.ca_pem),
-    )
-    .await;
+    let follower = start_replicator_on(&config, &listen).await;
+    let registration = register(&client, &registration(id, &follower)).await;
     let probe_ns =
         controlplane::namespace(&client, "e2e-repl-race-probe", &[(&key, "enabled")]).await;
     let probe_pods = Api::<Pod>::namespaced(client.clone(), &probe_ns);
@@ -725,7 +462,7 @@ async fn pod_created_with_its_namespace_has_its_secret_present_and_referenced_50
         wait_dry_run(&probe_pods, IMAGE, &["regcred"], PROPAGATION).await;
         // A dry run has no side effects: nothing was created in the probe namespace.
         assert!(get_secret(&client, &probe_ns, "regcred").await.is_none());
-        let race = race(&client, &key, IMAGE, &source, &source_ref, RUNS).await;
+        let race = race(&client, &key, IMAGE, &source, RUNS).await;
         let metrics = follower.injector.metrics().await;
         println!(
             "no leader (admission only): {}/{RUNS} with the Secret present and referenced; pod \
@@ -735,9 +472,9 @@ async fn pod_created_with_its_namespace_has_its_secret_present_and_referenced_50
             race.latencies.get(RUNS / 2),
             race.latencies.last(),
             race.sa_retries,
-            ensured(&metrics, "created"),
-            ensured(&metrics, "exists"),
-            ensured(&metrics, "failed"),
+            ensured_metric(&metrics, "created"),
+            ensured_metric(&metrics, "exists"),
+            ensured_metric(&metrics, "failed"),
         );
         assert!(
             race.failures.is_empty(),
@@ -746,8 +483,12 @@ async fn pod_created_with_its_namespace_has_its_secret_present_and_referenced_50
         );
         assert_eq!(race.latencies.len(), RUNS);
         assert_eq!(leader_metric(&metrics), 0.0, "{metrics}");
-        assert_eq!(ensured(&metrics, "created"), RUNS as f64, "{metrics}");
-        assert_eq!(ensured(&metrics, "failed"), 0.0, "{metrics}");
+        assert_eq!(
+            ensured_metric(&metrics, "created"),
+            RUNS as f64,
+            "{metrics}"
+        );
+        assert_eq!(ensured_metric(&metrics, "failed"), 0.0, "{metrics}");
     }
 
     // As deployed: the Lease is free, the same injector (same port) restarts and leads.
@@ -757,11 +498,11 @@ async fn pod_created_with_its_namespace_has_its_secret_present_and_referenced_50
         .delete(&format!("e2e-repl-{id}"), &DeleteParams::default())
         .await
         .expect("delete the Lease");
-    let mut leader = start_in(&config, &listen, dir.path());
-    wait_leader_log(&mut leader);
+    let leader = start_in(&config, &listen, dir.path());
+    wait_leader(&leader).await;
     let _injector_logs = leader.logs_on_failure().named("leader");
     wait_dry_run(&probe_pods, IMAGE, &["regcred"], PROPAGATION).await;
-    let with_controller = race(&client, &key, IMAGE, &source, &source_ref, RUNS).await;
+    let with_controller = race(&client, &key, IMAGE, &source, RUNS).await;
     let metrics = leader.metrics().await;
     println!(
         "with the controller: {}/{RUNS} with the Secret present and referenced; pod create p50 \
@@ -771,9 +512,9 @@ async fn pod_created_with_its_namespace_has_its_secret_present_and_referenced_50
         with_controller.latencies.get(RUNS / 2),
         with_controller.latencies.last(),
         with_controller.sa_retries,
-        ensured(&metrics, "created"),
-        ensured(&metrics, "exists"),
-        ensured(&metrics, "failed"),
+        ensured_metric(&metrics, "created"),
+        ensured_metric(&metrics, "exists"),
+        ensured_metric(&metrics, "failed"),
     );
     assert!(
         with_controller.failures.is_empty(),
@@ -781,7 +522,7 @@ async fn pod_created_with_its_namespace_has_its_secret_present_and_referenced_50
         with_controller.failures.join("\n")
     );
     assert_eq!(with_controller.latencies.len(), RUNS);
-    assert_eq!(ensured(&metrics, "failed"), 0.0, "{metrics}");
+    assert_eq!(ensured_metric(&metrics, "failed"), 0.0, "{metrics}");
     assert_eq!(leader_metric(&metrics), 1.0, "{metrics}");
 
     registration.delete().await;
@@ -794,14 +535,17 @@ async fn user_owned_secret_of_the_same_name_is_never_touched() {
     let client = cp.client();
     let id = "userowned";
     let key = opt_in_label(id);
-    let auths = |password| [("registry.example.com", "robot", password)];
-    let (source_ns, source, source_ref) =
-        regcred_source(&client, "e2e-repl-user-src", &auths("one")).await;
+    let auths = |password| [Credentials::new("registry.example.com", "robot", password)];
+    let (source_ns, source) = regcred_source(&client, "e2e-repl-user-src", &auths("one")).await;
     let secrets = "  - name: regcred\n    source: {name: regcred-source}\n  \
                    - name: regcred-ow\n    source: {name: regcred-source}\n    overwriteExisting: true\n";
-    let replicator = start_leader(&config(id, &source_ns, secrets));
+    let replicator = start_leader(&config(id, &source_ns, secrets)).await;
     let _injector_logs = replicator.injector.logs_on_failure();
-    let user_config = dockerconfig(&[("registry.example.com", "me", "my-own-password")]);
+    let user_config = dockerconfigjson(&[Credentials::new(
+        "registry.example.com",
+        "me",
+        "my-own-password",
+    )]);
 
     // Before labelling: the user's Secret exists, then the namespace opts in.
     let before = controlplane::namespace(&client, "e2e-repl-user-before", &[]).await;
@@ -821,7 +565,7 @@ async fn user_owned_secret_of_the_same_name_is_never_touched() {
     // After labelling: the copy is there, and the user takes the name over (drops our label,
     // writes their own data).
     let after = controlplane::namespace(&client, "e2e-repl-user-after", &[(&key, "enabled")]).await;
-    let mut taken = wait_copy(&client, &after, "regcred", &source, &source_ref, CONVERGE).await;
+    let mut taken = wait_copy(&client, &after, "regcred", &source, CONVERGE).await;
     taken.metadata.labels = Some(BTreeMap::from([(
         "team".to_string(),
         "payments".to_string(),
@@ -841,7 +585,7 @@ async fn user_owned_secret_of_the_same_name_is_never_touched() {
     // counted, logged and reported as Events on the Secrets in the way.
     let control = controlplane::namespace(&client, "e2e-repl-user-control", &[]).await;
     set_label(&client, &control, &key, Some("enabled")).await;
-    wait_copy(&client, &control, "regcred", &source, &source_ref, CONVERGE).await;
+    wait_copy(&client, &control, "regcred", &source, CONVERGE).await;
     for ns in [&before, &after] {
         eventually(
             &format!("a PullSecretConflict Event about namespace {ns}"),
@@ -892,34 +636,10 @@ async fn user_owned_secret_of_the_same_name_is_never_touched() {
 
     // One more full pass (a source rotation reconciles every namespace): the copies follow,
     // the user's Secrets do not.
-    let rotated = rotate_source(&client, &source_ns, "regcred-source", &auths("two")).await;
-    wait_copy(
-        &client,
-        &control,
-        "regcred",
-        &rotated,
-        &source_ref,
-        CONVERGE,
-    )
-    .await;
-    wait_copy(
-        &client,
-        &before,
-        "regcred-ow",
-        &rotated,
-        &source_ref,
-        CONVERGE,
-    )
-    .await;
-    wait_copy(
-        &client,
-        &after,
-        "regcred-ow",
-        &rotated,
-        &source_ref,
-        CONVERGE,
-    )
-    .await;
+    let rotated = rotate(&client, &source_ns, "regcred-source", &auths("two")).await;
+    wait_copy(&client, &control, "regcred", &rotated, CONVERGE).await;
+    wait_copy(&client, &before, "regcred-ow", &rotated, CONVERGE).await;
+    wait_copy(&client, &after, "regcred-ow", &rotated, CONVERGE).await;
     assert_untouched(&client, &before, "regcred", &snapshot_before).await;
     assert_untouched(&client, &after, "regcred", &snapshot_after).await;
     assert_eq!(
@@ -949,38 +669,14 @@ async fn user_owned_secret_of_the_same_name_is_never_touched() {
     .await;
     set_label(&client, &overwrite, &key, Some("enabled")).await;
     set_label(&client, &overwrite_opaque, &key, Some("enabled")).await;
-    let replaced = wait_copy(
-        &client,
-        &overwrite,
-        "regcred-ow",
-        &rotated,
-        &source_ref,
-        CONVERGE,
-    )
-    .await;
+    let replaced = wait_copy(&client, &overwrite, "regcred-ow", &rotated, CONVERGE).await;
     assert_eq!(
         replaced.metadata.uid, same_type.metadata.uid,
         "replaced in place"
     );
-    wait_copy(
-        &client,
-        &overwrite_opaque,
-        "regcred-ow",
-        &rotated,
-        &source_ref,
-        CONVERGE,
-    )
-    .await;
+    wait_copy(&client, &overwrite_opaque, "regcred-ow", &rotated, CONVERGE).await;
     // The entry without overwriteExisting makes its copy there as usual.
-    wait_copy(
-        &client,
-        &overwrite,
-        "regcred",
-        &rotated,
-        &source_ref,
-        CONVERGE,
-    )
-    .await;
+    wait_copy(&client, &overwrite, "regcred", &rotated, CONVERGE).await;
     let metrics = replicator.injector.metrics().await;
     assert!(copies_metric(&metrics, "overwritten") >= 2.0, "{metrics}");
     // Overwriting is not a conflict.
@@ -1003,11 +699,11 @@ async fn restart_after_downtime_converges_without_touching_others() {
     let client = cp.client();
     let id = "restart";
     let key = opt_in_label(id);
-    let auths = |password| [("registry.example.com", "robot", password)];
-    let (source_ns, source, source_ref) =
+    let auths = |password| [Credentials::new("registry.example.com", "robot", password)];
+    let (source_ns, source) =
         regcred_source(&client, "e2e-repl-restart-src", &auths("before")).await;
     let config = config(id, &source_ns, REGCRED);
-    let first = start_leader(&config);
+    let first = start_leader(&config).await;
 
     let deleted_copy =
         controlplane::namespace(&client, "e2e-repl-restart-del", &[(&key, "enabled")]).await;
@@ -1027,7 +723,7 @@ async fn restart_after_downtime_converges_without_touching_others() {
     {
         let _injector_logs = first.injector.logs_on_failure().named("first");
         for ns in [&deleted_copy, &kept, &unlabelled] {
-            wait_copy(&client, ns, "regcred", &source, &source_ref, CONVERGE).await;
+            wait_copy(&client, ns, "regcred", &source, CONVERGE).await;
         }
     }
     let Instance { injector, dir, .. } = first;
@@ -1040,7 +736,7 @@ async fn restart_after_downtime_converges_without_touching_others() {
         .expect("delete a copy");
     set_label(&client, &added, &key, Some("enabled")).await;
     set_label(&client, &unlabelled, &key, None).await;
-    let rotated = rotate_source(&client, &source_ns, "regcred-source", &auths("after")).await;
+    let rotated = rotate(&client, &source_ns, "regcred-source", &auths("after")).await;
     let user = create_secret(
         &client,
         &user_ns,
@@ -1049,7 +745,7 @@ async fn restart_after_downtime_converges_without_touching_others() {
             DOCKERCONFIGJSON,
             &[(
                 DOCKERCONFIGJSON_KEY,
-                &dockerconfig(&[("registry.example.com", "me", "mine")]),
+                &dockerconfigjson(&[Credentials::new("registry.example.com", "me", "mine")]),
             )],
         ),
     )
@@ -1057,11 +753,11 @@ async fn restart_after_downtime_converges_without_touching_others() {
     set_label(&client, &user_ns, &key, Some("enabled")).await;
 
     let started = Instant::now();
-    let mut second = start_in(&config, "127.0.0.1:0", dir.path());
-    wait_leader_log(&mut second);
+    let second = start_in(&config, "127.0.0.1:0", dir.path());
+    wait_leader(&second).await;
     let _injector_logs = second.logs_on_failure().named("second");
     for ns in [&deleted_copy, &kept, &added] {
-        wait_copy(&client, ns, "regcred", &rotated, &source_ref, CONVERGE).await;
+        wait_copy(&client, ns, "regcred", &rotated, CONVERGE).await;
     }
     wait_absent(&client, &unlabelled, "regcred", CONVERGE).await;
     println!("converged {:?} after the restart", started.elapsed());
@@ -1090,15 +786,15 @@ async fn only_the_leader_writes_and_the_other_takes_over() {
     let client = cp.client();
     let id = "leader";
     let key = opt_in_label(id);
-    let (source_ns, source, source_ref) = regcred_source(
+    let (source_ns, source) = regcred_source(
         &client,
         "e2e-repl-leader-src",
-        &[("registry.example.com", "robot", "s3cret")],
+        &[Credentials::new("registry.example.com", "robot", "s3cret")],
     )
     .await;
     let config = config(id, &source_ns, REGCRED);
-    let a = start_replicator(&config);
-    let b = start_replicator(&config);
+    let a = start_replicator(&config).await;
+    let b = start_replicator(&config).await;
     let a_is_leader = {
         let _a_logs = a.injector.logs_on_failure().named("a");
         let _b_logs = b.injector.logs_on_failure().named("b");
@@ -1119,7 +815,7 @@ async fn only_the_leader_writes_and_the_other_takes_over() {
         let (leader, follower) = if a_is_leader { (&a, &b) } else { (&b, &a) };
         let first =
             controlplane::namespace(&client, "e2e-repl-leader-1", &[(&key, "enabled")]).await;
-        wait_copy(&client, &first, "regcred", &source, &source_ref, CONVERGE).await;
+        wait_copy(&client, &first, "regcred", &source, CONVERGE).await;
         let (lm, fm) = (
             leader.injector.metrics().await,
             follower.injector.metrics().await,
@@ -1160,16 +856,16 @@ async fn only_the_leader_writes_and_the_other_takes_over() {
         let _follower_logs = follower.injector.logs_on_failure().named("new leader");
         let second =
             controlplane::namespace(&client, "e2e-repl-leader-2", &[(&key, "enabled")]).await;
-        wait_copy(&client, &second, "regcred", &source, &source_ref, CONVERGE).await;
+        wait_copy(&client, &second, "regcred", &source, CONVERGE).await;
         let fm = follower.injector.metrics().await;
         assert!(copies_metric(&fm, "created") >= 1.0, "new leader:\n{fm}");
     }
 
     // A leader that dies without releasing the Lease (SIGKILL) is replaced once it expires.
-    let c = start_replicator(&config);
+    let c = start_replicator(&config).await;
     let _c_logs = c.injector.logs_on_failure().named("c");
     assert_eq!(leader_metric(&c.injector.metrics().await), 0.0);
-    let mut killed = follower.injector;
+    let killed = follower.injector;
     killed.signal("KILL");
     killed.wait(Duration::from_secs(10));
     let ((), took) = timed(
@@ -1184,7 +880,7 @@ async fn only_the_leader_writes_and_the_other_takes_over() {
         "take-over took {took:?}"
     );
     let third = controlplane::namespace(&client, "e2e-repl-leader-3", &[(&key, "enabled")]).await;
-    wait_copy(&client, &third, "regcred", &source, &source_ref, CONVERGE).await;
+    wait_copy(&client, &third, "regcred", &source, CONVERGE).await;
     assert!(copies_metric(&c.injector.metrics().await, "created") >= 1.0);
 }
 
@@ -1195,19 +891,19 @@ async fn patterns_come_from_the_sources_auths_keys() {
     let client = cp.client();
     let id = "patterns";
     let key = opt_in_label(id);
-    let (source_ns, _, _) = regcred_source(
+    let (source_ns, _) = regcred_source(
         &client,
         "e2e-repl-patterns-src",
-        &[("registry.example.com:5000", "robot", "s3cret")],
+        &[Credentials::new(
+            "registry.example.com:5000",
+            "robot",
+            "s3cret",
+        )],
     )
     .await;
-    let replicator = start_leader(&config(id, &source_ns, REGCRED));
+    let replicator = start_leader(&config(id, &source_ns, REGCRED)).await;
     let _injector_logs = replicator.injector.logs_on_failure();
-    let registration = register(
-        &client,
-        &webhook_configuration(id, &replicator.url(), &replicator.ca_pem),
-    )
-    .await;
+    let registration = register(&client, &registration(id, &replicator)).await;
     let ns = controlplane::namespace(&client, "e2e-repl-patterns", &[(&key, "enabled")]).await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     wait_dry_run(
@@ -1248,11 +944,11 @@ async fn patterns_come_from_the_sources_auths_keys() {
     );
 
     // The patterns are re-read when the source changes.
-    rotate_source(
+    rotate(
         &client,
         &source_ns,
         "regcred-source",
-        &[("ghcr.io", "robot", "s3cret")],
+        &[Credentials::new("ghcr.io", "robot", "s3cret")],
     )
     .await;
     wait_dry_run(&pods, "ghcr.io/x/y", &["regcred"], CONVERGE).await;
@@ -1278,24 +974,20 @@ async fn removed_entry_or_unlabelled_namespace_loses_only_its_own_copies() {
         &client,
         &source_ns,
         "a-source",
-        &[("a.example", "robot", "a")],
+        &[Credentials::new("a.example", "robot", "a")],
     )
     .await;
     let b = create_source(
         &client,
         &source_ns,
         "b-source",
-        &[("b.example", "robot", "b")],
+        &[Credentials::new("b.example", "robot", "b")],
     )
     .await;
-    let (a_ref, b_ref) = (
-        format!("{source_ns}/a-source"),
-        format!("{source_ns}/b-source"),
-    );
     let entry_a = "  - name: regcred-a\n    source: {name: a-source}\n";
     let entry_b = "  - name: regcred-b\n    source: {name: b-source}\n";
     let both = config(id, &source_ns, &format!("{entry_a}{entry_b}"));
-    let first = start_leader(&both);
+    let first = start_leader(&both).await;
 
     let one = controlplane::namespace(&client, "e2e-repl-removal-1", &[(&key, "enabled")]).await;
     let two = controlplane::namespace(&client, "e2e-repl-removal-2", &[(&key, "enabled")]).await;
@@ -1312,7 +1004,7 @@ async fn removed_entry_or_unlabelled_namespace_loses_only_its_own_copies() {
         DOCKERCONFIGJSON,
         &[(
             DOCKERCONFIGJSON_KEY,
-            &dockerconfig(&[("c.example", "x", "y")]),
+            &dockerconfigjson(&[Credentials::new("c.example", "x", "y")]),
         )],
     );
     foreign.metadata.labels = Some(BTreeMap::from([(
@@ -1349,17 +1041,17 @@ async fn removed_entry_or_unlabelled_namespace_loses_only_its_own_copies() {
         for ns in [&one, &two] {
             copies_a.insert(
                 ns.clone(),
-                wait_copy(&client, ns, "regcred-a", &a, &a_ref, CONVERGE).await,
+                wait_copy(&client, ns, "regcred-a", &a, CONVERGE).await,
             );
-            wait_copy(&client, ns, "regcred-b", &b, &b_ref, CONVERGE).await;
+            wait_copy(&client, ns, "regcred-b", &b, CONVERGE).await;
         }
     }
 
     // The entry is removed from config: its copies go, the rest stays as it was.
     let Instance { injector, dir, .. } = first;
     injector.stop_cleanly();
-    let mut second = start_in(&config(id, &source_ns, entry_a), "127.0.0.1:0", dir.path());
-    wait_leader_log(&mut second);
+    let second = start_in(&config(id, &source_ns, entry_a), "127.0.0.1:0", dir.path());
+    wait_leader(&second).await;
     let _injector_logs = second.logs_on_failure().named("second");
     for ns in [&one, &two] {
         wait_absent(&client, ns, "regcred-b", CONVERGE).await;
@@ -1415,7 +1107,7 @@ async fn missing_or_invalid_source_is_reported_on_the_source_secret() {
     let id = "srcevents";
     let key = opt_in_label(id);
     let source_ns = controlplane::namespace(&client, "e2e-repl-srcevents-src", &[]).await;
-    let replicator = start_leader(&config(id, &source_ns, REGCRED));
+    let replicator = start_leader(&config(id, &source_ns, REGCRED)).await;
     let _injector_logs = replicator.injector.logs_on_failure();
 
     let missing = eventually("a SourceSecretMissing Event", CONVERGE, || async {
@@ -1467,12 +1159,12 @@ async fn missing_or_invalid_source_is_reported_on_the_source_secret() {
         &client,
         &source_ns,
         "regcred-source",
-        &[("registry.example.com", "robot", "s3cret")],
+        &[Credentials::new("registry.example.com", "robot", "s3cret")],
     )
     .await;
     let source_ref = format!("{source_ns}/regcred-source");
     let ns = controlplane::namespace(&client, "e2e-repl-srcevents", &[(&key, "enabled")]).await;
-    wait_copy(&client, &ns, "regcred", &source, &source_ref, CONVERGE).await;
+    wait_copy(&client, &ns, "regcred", &source, CONVERGE).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")
@@ -1585,21 +1277,21 @@ async fn every_dashboard_query_names_a_metric_the_binary_exports() {
     let client = cp.client();
     let id = "dashboard";
     let key = opt_in_label(id);
-    let (source_ns, source, source_ref) = regcred_source(
+    let (source_ns, source) = regcred_source(
         &client,
         "e2e-repl-dashboard-src",
-        &[("registry.example.com:5000", "robot", "s3cret")],
+        &[Credentials::new(
+            "registry.example.com:5000",
+            "robot",
+            "s3cret",
+        )],
     )
     .await;
-    let replicator = start_leader(&config(id, &source_ns, REGCRED));
+    let replicator = start_leader(&config(id, &source_ns, REGCRED)).await;
     let _injector_logs = replicator.injector.logs_on_failure();
-    let registration = register(
-        &client,
-        &webhook_configuration(id, &replicator.url(), &replicator.ca_pem),
-    )
-    .await;
+    let registration = register(&client, &registration(id, &replicator)).await;
     let ns = controlplane::namespace(&client, "e2e-repl-dashboard", &[(&key, "enabled")]).await;
-    wait_copy(&client, &ns, "regcred", &source, &source_ref, CONVERGE).await;
+    wait_copy(&client, &ns, "regcred", &source, CONVERGE).await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     wait_dry_run(
         &pods,
@@ -1616,7 +1308,7 @@ async fn every_dashboard_query_names_a_metric_the_binary_exports() {
         .await
         .expect("create pod");
     assert_eq!(secret_names(&created), ["regcred"]);
-    let refused = support::client::TlsClient::new(&replicator.ca_pem)
+    let refused = test_support::client::TlsClient::new(&replicator.ca_pem)
         .post(
             replicator.injector.addr,
             "/mutate",

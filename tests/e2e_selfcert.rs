@@ -2,17 +2,16 @@
 //! CA and serving certificate, sets the caBundle, and the apiserver calls it; renewals keep
 //! every pod creation working.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, PostParams};
-use support::controlplane::{self, eventually};
-use support::injector::{Injector, Options, free_port, mutate_url};
-use support::pods::{pod, secret_names, wait_dry_run};
-use support::webhook::{self, register};
+use test_support::controlplane::{self, eventually};
+use test_support::injector::{Injector, Options, mutate_url};
+use test_support::pods::{pod, secret_names, wait_dry_run};
+use test_support::ports::free_port;
+use test_support::webhook::{self, register};
 
 const SERVING_VALIDITY_S: u64 = 60;
 const IMAGE: &str = "ghcr.io/acme/app:1";
@@ -70,13 +69,10 @@ secrets:
 "#
     );
     let listen = format!("127.0.0.1:{port}");
-    let mut injector = Injector::start(Options {
+    let injector = Injector::start(Options {
         listen: &listen,
         tls_files: false,
-        env: vec![(
-            "KUBECONFIG".into(),
-            cp.kubeconfig_path().display().to_string(),
-        )],
+        kubeconfig: Some(cp.kubeconfig_path()),
         ..Options::new(&config, dir.path())
     });
 
@@ -112,9 +108,11 @@ secrets:
             .ok_or("caBundle not set yet".to_string())
     })
     .await;
-    injector.wait_for_log(Duration::from_secs(30), |l| {
-        l["message"] == "serving certificate loaded"
-    });
+    injector
+        .wait_for_log(Duration::from_secs(30), |l| {
+            l["message"] == "serving certificate loaded"
+        })
+        .await;
 
     // Pods created for longer than a renewal period, with failurePolicy Fail: each one must
     // be admitted and mutated.

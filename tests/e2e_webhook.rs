@@ -1,4 +1,4 @@
-//! End to end through a real kube-apiserver (tests/support/controlplane.rs): the apiserver
+//! End to end through a real kube-apiserver (crates/test-support, `controlplane`): the apiserver
 //! calls the real `pullsecret-injector serve` binary as a mutating admission webhook, and the
 //! tests look at what the apiserver stores and returns.
 //!
@@ -12,35 +12,29 @@
 //!
 //! Needs `make controlplane` once.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{LocalObjectReference, Pod, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{LocalObjectReference, Pod};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::Value;
-use support::controlplane::{self, eventually};
-use support::injector::{self, Injector, Instance, Options, free_port, metric, mutate_url};
-use support::pods::{
-    container, dry_run, message, pod, secret_names, wait_dry_run, wait_dry_run_refused,
+use test_support::controlplane::{self, eventually};
+use test_support::injector::{EXAMPLE_SECRETS, Injector, Instance, Options, mutate_url};
+use test_support::logs::LogsOnFailure;
+use test_support::metrics::metric;
+use test_support::pods::{
+    self, container, dry_run, message, pod, secret_names, wait_dry_run, wait_dry_run_refused,
 };
-use support::webhook::{self, Registration, register};
+use test_support::ports::free_port;
+use test_support::webhook::{self, Registration, register};
 
-/// The injector's secrets, as an operator would write them (see examples/config.yaml).
-const CONFIG: &str = r#"
-secrets:
-  - name: acme-ghcr
-    registries: [ghcr.io/acme/, "*.azurecr.io", "registry.example.com:5000"]
-  - name: corp
-    registries: [docker.io/corp]
-  - name: quay-tools
-    registries: [quay.io/tools/]
-"#;
+/// The injector's secrets: examples/config.yaml's, and one more.
+fn config() -> String {
+    format!("{EXAMPLE_SECRETS}  - name: quay-tools\n    registries: [quay.io/tools/]\n")
+}
 
 /// An image that gets `PROBE_SECRET` (and only it): used by the dry-run probes.
 const PROBE_IMAGE: &str = "ghcr.io/acme/probe:1";
@@ -86,12 +80,12 @@ fn webhook_name(id: &str) -> String {
     format!("{id}.e2e.pullsecret-injector.io")
 }
 
-/// An injector serving `CONFIG` on `listen`, with its own CA and certificate directory.
+/// An injector serving `config()` on `listen`, with its own CA and certificate directory.
 fn start_webhook(listen: &str) -> Instance {
     Instance::start(|dir| {
         Injector::start(Options {
             listen,
-            ..Options::new(CONFIG, dir)
+            ..Options::new(&config(), dir)
         })
     })
 }
@@ -104,10 +98,10 @@ struct Setup {
     registration: Registration,
     pods: Api<Pod>,
     ns: String,
-    _injector_logs: injector::LogsOnFailure,
+    _injector_logs: LogsOnFailure<'static>,
     webhook: Instance,
     client: kube::Client,
-    _logs: controlplane::LogsOnFailure<'static>,
+    _logs: LogsOnFailure<'static>,
 }
 
 async fn set_up(id: &str) -> Setup {
@@ -311,32 +305,7 @@ async fn pod_in_namespace_without_the_label_is_untouched() {
 async fn deployment_pods_created_by_the_replicaset_controller_carry_the_secrets() {
     let t = set_up("deployment").await;
 
-    let labels = BTreeMap::from([("app".to_string(), "e2e-deployment".to_string())]);
-    let deployment = Deployment {
-        metadata: ObjectMeta {
-            name: Some("app".into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(2),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container(0, "myteam.azurecr.io/app:1")],
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        }),
-        ..Deployment::default()
-    };
+    let deployment = pods::deployment("app", "e2e-deployment", 2, &["myteam.azurecr.io/app:1"]);
     let deployments = Api::<Deployment>::namespaced(t.client.clone(), &t.ns);
     deployments
         .create(&PostParams::default(), &deployment)
@@ -344,22 +313,7 @@ async fn deployment_pods_created_by_the_replicaset_controller_carry_the_secrets(
         .expect("create deployment");
 
     // No nodes: the pods stay Pending, but the controllers create them.
-    let created = eventually(
-        "the 2 pods of deployment app",
-        Duration::from_secs(60),
-        || async {
-            let list = t
-                .pods
-                .list(&ListParams::default().labels("app=e2e-deployment"))
-                .await
-                .map_err(|e| e.to_string())?;
-            match list.items.len() {
-                2 => Ok(list.items),
-                n => Err(format!("{n} pods")),
-            }
-        },
-    )
-    .await;
+    let created = pods::wait_app_pods(&t.pods, "e2e-deployment", 2, Duration::from_secs(60)).await;
     for p in &created {
         assert_eq!(secret_names(p), ["acme-ghcr"], "pod {:?}", p.metadata.name);
         let owner = &p.metadata.owner_references.as_ref().expect("owner")[0];
@@ -643,7 +597,7 @@ async fn apiserver_calls_use_http1_with_the_timeout_parameter_and_survive_a_webh
     injector.stop_cleanly();
     let second = Injector::start(Options {
         listen: &listen,
-        ..Options::new(CONFIG, dir.path())
+        ..Options::new(&config(), dir.path())
     });
     let _injector_logs = second.logs_on_failure();
     assert_eq!(second.addr.to_string(), listen);
@@ -697,7 +651,7 @@ async fn webhook_pointing_at_a_closed_port_with_fail_policy_refuses_pods() {
     let cp = controlplane::shared();
     let _logs = cp.logs_on_failure();
     let client = cp.client();
-    let ca = support::pki::TestCa::new("nobody's CA");
+    let ca = test_support::pki::TestCa::new("nobody's CA");
     let url = mutate_url(free_port());
     let id = "closedport";
     let ns =

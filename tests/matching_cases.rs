@@ -3,46 +3,12 @@
 
 use pullsecret_injector::image::ImageName;
 use pullsecret_injector::matching::{Keyring, MatchKind, Pattern};
-
-const CASES: &str = include_str!("fixtures/matching-cases.tsv");
-
-struct Case<'a> {
-    line: usize,
-    image: &'a str,
-    pattern: &'a str,
-    expected: &'a str,
-    normalized: &'a str,
-    note: &'a str,
-}
-
-fn cases() -> Vec<Case<'static>> {
-    CASES
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|(i, l)| {
-            let f: Vec<&str> = l.split('\t').collect();
-            assert!(
-                f.len() >= 4,
-                "line {}: expected at least 4 tab-separated fields",
-                i + 1
-            );
-            Case {
-                line: i + 1,
-                image: f[0],
-                pattern: f[1],
-                expected: f[2],
-                normalized: f[3],
-                note: f.get(4).copied().unwrap_or_default(),
-            }
-        })
-        .collect()
-}
+use test_support::matching_cases::{Case, TABLE, cases};
 
 #[test]
 fn every_row_of_the_specification_holds() {
     let cases = cases();
-    let rows = CASES
+    let rows = TABLE
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .count();
@@ -71,7 +37,7 @@ fn every_row_of_the_specification_holds() {
 }
 
 /// (expected, normalized) as the table spells them.
-fn outcome(case: &Case<'_>) -> (String, String) {
+fn outcome(case: &Case) -> (String, String) {
     let image = match ImageName::parse(case.image) {
         Ok(image) => image,
         Err(_) => return ("invalid".into(), "-".into()),

@@ -1,14 +1,16 @@
 //! The webhook server as the apiserver sees it: the real binary, a real TLS stack, HTTP/1.1
 //! keep-alive, real-world AdmissionReviews in, JSON patches out that apply to a valid Pod.
 
-mod support;
-
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
-use support::client::{Response, TlsClient};
-use support::injector::{self, Injector, Options, metric};
+use test_support::client::{Response, TlsClient};
+use test_support::controlplane::eventually;
+use test_support::injector::{Injector, Instance, Options};
+use test_support::metrics::metric;
+use test_support::pki::{CertifiedKey, MountedSecret, TestCa, der};
+use test_support::pods::secret_names;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wire::decode_patch;
 
@@ -54,13 +56,15 @@ struct Harness {
 }
 
 fn start() -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = injector::certificates(dir.path());
-    let injector = Injector::start(Options::new(CONFIG, dir.path()));
+    let Instance {
+        injector,
+        ca_pem,
+        dir,
+    } = Instance::start(|dir| Injector::start(Options::new(CONFIG, dir)));
     Harness {
         injector,
-        client: TlsClient::new(&ca.cert_pem),
-        ca_pem: ca.cert_pem,
+        client: TlsClient::new(&ca_pem),
+        ca_pem,
         _dir: dir,
     }
 }
@@ -117,13 +121,8 @@ mod wire {
 fn pull_secret_names(object: &Value) -> Vec<String> {
     let pod: Pod =
         serde_json::from_value(object.clone()).expect("the patched object is a valid Pod");
-    pod.spec
-        .expect("spec")
-        .image_pull_secrets
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect()
+    assert!(pod.spec.is_some(), "the patched Pod has a spec");
+    secret_names(&pod)
 }
 
 #[tokio::test]
@@ -178,15 +177,18 @@ async fn the_patch_on_the_wire_is_a_base64_string_in_v1_and_v1beta1() {
 
 #[tokio::test]
 async fn v1beta1_review_is_answered_in_v1beta1_and_uses_the_request_namespace() {
-    let mut h = start();
+    let h = start();
     let review = fixture("02_connctd-sqlbee_sting_test_go_pod_create_v1beta1_replicaset.json");
     let (answer, pod) = h.mutate(&review).await;
     assert_eq!(answer["apiVersion"], "admission.k8s.io/v1beta1");
     assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
     assert_eq!(pull_secret_names(&pod), ["k8s-gcr"]);
-    let line = h.injector.wait_for_log(Duration::from_secs(5), |l| {
-        l["message"] == "admission reviewed"
-    });
+    let line = h
+        .injector
+        .wait_for_log(Duration::from_secs(5), |l| {
+            l["message"] == "admission reviewed"
+        })
+        .await;
     assert_eq!(line["namespace"], "default");
     assert_eq!(
         line["pod"],
@@ -456,14 +458,16 @@ async fn an_announced_oversized_body_is_refused_without_being_read() {
 /// its 413 (announced 40 MiB) or 503 (no room in the body budget).
 #[tokio::test]
 async fn early_refusals_reach_clients_that_send_their_body_after_the_headers() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = injector::certificates(dir.path());
     let config = CONFIG.replace(
         "limits:\n",
         "limits:\n  maxBodyBytes: 1048576\n  maxBufferedBodyBytes: 1048576\n  bodyReadTimeoutSeconds: 300\n",
     );
-    let injector = Injector::start(Options::new(&config, dir.path()));
-    let client = TlsClient::new(&ca.cert_pem);
+    let Instance {
+        injector,
+        ca_pem,
+        dir: _dir,
+    } = Instance::start(|dir| Injector::start(Options::new(&config, dir)));
+    let client = TlsClient::new(&ca_pem);
     // Holds the whole body budget for the test: announces 1 MiB, sends one byte, waits.
     let mut holder = client.tls(injector.addr).await.expect("connect");
     holder
@@ -676,22 +680,10 @@ async fn failed_handshakes_and_silent_clients_are_dropped_without_affecting_othe
 
 #[tokio::test]
 async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored() {
-    use std::os::unix::fs::symlink;
     let dir = tempfile::tempdir().unwrap();
-    let ca = support::pki::TestCa::new("rotation CA");
-    // The kubelet's layout for a mounted Secret: tls.crt -> ..data/tls.crt, ..data -> ..<ts>.
-    let install = |version: &str, pair: &support::pki::ServingPair| {
-        let versioned = dir.path().join(format!("..{version}"));
-        std::fs::create_dir(&versioned).unwrap();
-        pair.write_to(&versioned);
-        let tmp = dir.path().join("..data_tmp");
-        symlink(format!("..{version}"), &tmp).unwrap();
-        std::fs::rename(&tmp, dir.path().join("..data")).unwrap();
-    };
+    let ca = TestCa::new("rotation CA");
     let first = ca.serving("first", &["localhost"]);
-    install("v1", &first);
-    symlink("..data/tls.crt", dir.path().join("tls.crt")).unwrap();
-    symlink("..data/tls.key", dir.path().join("tls.key")).unwrap();
+    let mut mounted = MountedSecret::new(dir.path(), &first);
     // Long enough that the kept-alive connection below is not closed as idle meanwhile.
     let config = CONFIG.replace(
         "headerReadTimeoutSeconds: 1",
@@ -699,12 +691,6 @@ async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored(
     );
     let h = Injector::start(Options::new(&config, dir.path()));
     let client = TlsClient::new(&ca.cert_pem);
-    let der = |pem: &str| {
-        use rustls::pki_types::pem::PemObject;
-        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-            .unwrap()
-            .to_vec()
-    };
     assert_eq!(
         client.peer_certificate(h.addr).await.unwrap(),
         der(&first.cert_pem)
@@ -720,8 +706,8 @@ async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored(
     );
 
     let second = ca.serving("second", &["localhost"]);
-    install("v2", &second);
-    support::controlplane::eventually(
+    mounted.rotate(&second);
+    eventually(
         "the new certificate to be served",
         Duration::from_secs(10),
         || async {
@@ -741,17 +727,19 @@ async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored(
 
     // A key that does not belong to the certificate: refused, the good pair stays.
     let third = ca.serving("third", &["localhost"]);
-    let broken = support::pki::ServingPair {
+    let broken = CertifiedKey {
         cert_pem: third.cert_pem.clone(),
         key_pem: first.key_pem.clone(),
     };
-    install("v3", &broken);
-    let mut waiting = h;
-    let line = waiting.wait_for_log(Duration::from_secs(10), |l| {
-        l["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("new certificate not loaded"))
-    });
+    mounted.rotate(&broken);
+    let waiting = h;
+    let line = waiting
+        .wait_for_log(Duration::from_secs(10), |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("new certificate not loaded"))
+        })
+        .await;
     assert!(
         line["error"].as_str().unwrap().contains("does not match"),
         "{line}"
@@ -779,7 +767,7 @@ async fn certificates_are_reloaded_on_symlink_swap_and_a_broken_pair_is_ignored(
 
 #[tokio::test]
 async fn sigterm_answers_in_flight_requests_with_connection_close_and_exits_zero() {
-    let mut h = start();
+    let h = start();
     let body = serde_json::to_vec(&fixture(
         "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
     ))
@@ -795,11 +783,13 @@ async fn sigterm_answers_in_flight_requests_with_connection_close_and_exits_zero
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     h.injector.signal("TERM");
-    h.injector.wait_for_log(Duration::from_secs(5), |l| {
-        l["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("draining"))
-    });
+    h.injector
+        .wait_for_log(Duration::from_secs(5), |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("draining"))
+        })
+        .await;
     tls.write_all(&body[100..]).await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response))
@@ -815,12 +805,15 @@ async fn sigterm_answers_in_flight_requests_with_connection_close_and_exits_zero
 
 #[tokio::test]
 async fn every_admission_is_logged_as_one_json_line_with_the_fields_operators_need() {
-    let mut h = start();
+    let h = start();
     let review = fixture("01_kube-rs_kube-core_admission_rs_pod_create_v1.json");
     h.mutate(&review).await;
-    let line = h.injector.wait_for_log(Duration::from_secs(5), |l| {
-        l["message"] == "admission reviewed"
-    });
+    let line = h
+        .injector
+        .wait_for_log(Duration::from_secs(5), |l| {
+            l["message"] == "admission reviewed"
+        })
+        .await;
     assert_eq!(line["level"], "INFO");
     assert_eq!(line["uid"], review["request"]["uid"]);
     assert_eq!(line["namespace"], "colin-coder");
@@ -923,19 +916,23 @@ fn pod_review(uid: &str, operation: &str, annotations: Value, image: &str) -> Va
 
 #[tokio::test]
 async fn one_listener_on_the_unspecified_ipv6_address_serves_ipv6_and_ipv4() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = injector::certificates(dir.path());
-    let injector = Injector::start(Options {
-        listen: "[::]:0",
-        metrics_listen: "[::]:0",
-        ..Options::new(CONFIG, dir.path())
+    let Instance {
+        injector,
+        ca_pem,
+        dir: _dir,
+    } = Instance::start(|dir| {
+        Injector::start(Options {
+            listen: "[::]:0",
+            metrics_listen: "[::]:0",
+            ..Options::new(CONFIG, dir)
+        })
     });
     assert!(
         injector.addr.ip().is_unspecified() && injector.addr.is_ipv6(),
         "{}",
         injector.addr
     );
-    let client = TlsClient::new(&ca.cert_pem);
+    let client = TlsClient::new(&ca_pem);
     let review = fixture("01_kube-rs_kube-core_admission_rs_pod_create_v1.json");
     for host in ["::1", "127.0.0.1"] {
         let ip: std::net::IpAddr = host.parse().expect("address");
@@ -968,7 +965,7 @@ async fn one_listener_on_the_unspecified_ipv6_address_serves_ipv6_and_ipv4() {
 
 #[tokio::test]
 async fn every_pod_left_alone_is_logged_and_counted_with_its_reason() {
-    let mut h = start();
+    let h = start();
     let cases = [
         (
             "opted-out",
@@ -1017,9 +1014,12 @@ async fn every_pod_left_alone_is_logged_and_counted_with_its_reason() {
     assert!(decode_patch(&patched).is_some());
     let metrics = h.injector.metrics().await;
     for (uid, _, _, _, reason) in &cases {
-        let line = h.injector.wait_for_log(Duration::from_secs(5), |l| {
-            l["message"] == "admission reviewed" && l["uid"] == *uid
-        });
+        let line = h
+            .injector
+            .wait_for_log(Duration::from_secs(5), |l| {
+                l["message"] == "admission reviewed" && l["uid"] == *uid
+            })
+            .await;
         assert_eq!(line["result"], "skipped", "{line}");
         assert_eq!(line["reason"], *reason, "{line}");
         assert_eq!(
@@ -1031,9 +1031,12 @@ async fn every_pod_left_alone_is_logged_and_counted_with_its_reason() {
             "{reason}"
         );
     }
-    let line = h.injector.wait_for_log(Duration::from_secs(5), |l| {
-        l["message"] == "admission reviewed" && l["uid"] == "patched"
-    });
+    let line = h
+        .injector
+        .wait_for_log(Duration::from_secs(5), |l| {
+            l["message"] == "admission reviewed" && l["uid"] == "patched"
+        })
+        .await;
     assert_eq!(line["result"], "patched");
     assert_eq!(line["reason"], "", "a patched pod has no skip reason");
 }
@@ -1053,7 +1056,7 @@ async fn metrics_carry_the_version_the_certificate_expiry_process_figures_and_30
     assert_eq!(metric(&metrics, &build), 1.0, "{metrics}");
 
     use rustls_pki_types::pem::PemObject;
-    let pem = std::fs::read(&h.injector.cert_file).expect("served certificate");
+    let pem = std::fs::read(h.injector.dir.join("tls.crt")).expect("served certificate");
     let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem).expect("PEM");
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).expect("X.509");
     let not_after = cert.validity().not_after.timestamp() as f64;

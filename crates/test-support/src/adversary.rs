@@ -6,13 +6,8 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-pub use super::injector::metric;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -25,127 +20,18 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, timeout_at};
+use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use super::client::TlsClient;
-use super::pki::ServingPair;
+use crate::client::TlsClient;
 
 pub const JSON: &str = "application/json";
 /// How many connections the attackers open at once: a burst, not a queue behind the backlog.
 const CONNECT_CONCURRENCY: usize = 64;
 
 // ---------------------------------------------------------------------------------------
-// The server under attack: the real binary, logs in a file (a soak writes 100k+ lines).
-
-pub struct Server {
-    child: Option<Child>,
-    pub pid: u32,
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
-    pub log: PathBuf,
-}
-
-impl Server {
-    /// Starts `bin serve` on `config` (a whole YAML file, `listen: 127.0.0.1:0`) and waits
-    /// for its `serving` line.
-    pub fn start(bin: &Path, dir: &Path, config: &str) -> Self {
-        let config_file = dir.join("config.yaml");
-        std::fs::write(&config_file, config).expect("write config");
-        let log = dir.join("injector.log");
-        let stderr = std::fs::File::create(&log).expect("create log file");
-        let child = Command::new(bin)
-            .args(["serve", "--config"])
-            .arg(&config_file)
-            .args(["--log-format", "json"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn pullsecret-injector");
-        let pid = child.id();
-        let mut server = Self {
-            child: Some(child),
-            pid,
-            addr: "0.0.0.0:0".parse().expect("addr"),
-            admin: "0.0.0.0:0".parse().expect("addr"),
-            log,
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let serving = loop {
-            if let Some(line) = server.find_log(|l| l["message"] == "serving") {
-                break line;
-            }
-            if let Some(status) = server
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("injector exited with {status}:\n{}", server.log_text());
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "injector did not log `serving`:\n{}",
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let field = |name: &str| -> SocketAddr {
-            serving[name]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| panic!("serving line lacks {name}: {serving}"))
-        };
-        server.addr = field("listen");
-        server.admin = field("metrics_listen");
-        server
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The first JSON log line that satisfies `predicate`.
-    pub fn find_log(
-        &self,
-        predicate: impl Fn(&serde_json::Value) -> bool,
-    ) -> Option<serde_json::Value> {
-        self.log_text()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .find(|l| predicate(l))
-    }
-
-    /// Prometheus text from the plain metrics listener.
-    pub async fn metrics(&self) -> String {
-        let mut tcp = TcpStream::connect(self.admin).await.expect("admin connect");
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        let mut out = String::new();
-        tcp.read_to_string(&mut out).await.expect("read metrics");
-        out
-    }
-
-    pub fn sample(&self) -> Sample {
-        Sample::of(self.pid)
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+// The server under attack is an `Injector` (crate::injector) logging into a file (a soak
+// writes 100k+ lines); what it holds is sampled from /proc.
 
 /// A process's open file descriptors and memory, from /proc.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -194,61 +80,6 @@ pub fn open_files_soft_limit() -> u64 {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-// ---------------------------------------------------------------------------------------
-// Certificates mounted as the kubelet mounts a Secret: tls.crt -> ..data/tls.crt,
-// ..data -> ..<version>; a rotation writes a new version directory, swaps ..data by rename
-// and removes the old directory.
-
-pub struct MountedSecret {
-    dir: PathBuf,
-    version: u32,
-}
-
-impl MountedSecret {
-    pub fn new(dir: &Path, pair: &ServingPair) -> Self {
-        use std::os::unix::fs::symlink;
-        let mut mounted = Self {
-            dir: dir.to_path_buf(),
-            version: 0,
-        };
-        mounted.rotate(pair);
-        symlink("..data/tls.crt", dir.join("tls.crt")).expect("tls.crt symlink");
-        symlink("..data/tls.key", dir.join("tls.key")).expect("tls.key symlink");
-        mounted
-    }
-
-    pub fn rotate(&mut self, pair: &ServingPair) {
-        use std::os::unix::fs::symlink;
-        let previous = self.version;
-        self.version += 1;
-        let versioned = self.dir.join(format!("..v{}", self.version));
-        std::fs::create_dir(&versioned).expect("version dir");
-        pair.write_to(&versioned);
-        let tmp = self.dir.join("..data_tmp");
-        symlink(format!("..v{}", self.version), &tmp).expect("..data_tmp symlink");
-        std::fs::rename(&tmp, self.dir.join("..data")).expect("swap ..data");
-        if previous > 0 {
-            let _ = std::fs::remove_dir_all(self.dir.join(format!("..v{previous}")));
-        }
-    }
-
-    pub fn cert_file(&self) -> PathBuf {
-        self.dir.join("tls.crt")
-    }
-
-    pub fn key_file(&self) -> PathBuf {
-        self.dir.join("tls.key")
-    }
-}
-
-/// DER of the first certificate in a PEM chain.
-pub fn der(cert_pem: &str) -> Vec<u8> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
-        .expect("certificate PEM")
-        .to_vec()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -305,8 +136,6 @@ pub struct ValidLoad {
     recorded: Arc<Mutex<Recorded>>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
-    total: Arc<AtomicU64>,
-    total_errors: Arc<AtomicU64>,
 }
 
 /// Latency percentiles of one window.
@@ -356,10 +185,7 @@ impl ValidLoad {
     pub fn start(target: &Target, body: Bytes, spec: LoadSpec) -> Self {
         let recorded = Arc::new(Mutex::new(Recorded::default()));
         let stop = CancellationToken::new();
-        let total = Arc::new(AtomicU64::new(0));
-        let total_errors = Arc::new(AtomicU64::new(0));
         let mut tasks = JoinSet::new();
-        let counters = (Arc::clone(&total), Arc::clone(&total_errors));
         if spec.rate > 0.0 && spec.connections > 0 {
             let period = Duration::from_secs_f64(spec.connections as f64 / spec.rate);
             for i in 0..spec.connections {
@@ -370,7 +196,6 @@ impl ValidLoad {
                     Instant::now() + offset,
                     period,
                     Arc::clone(&recorded),
-                    counters.clone(),
                     stop.clone(),
                 ));
             }
@@ -381,7 +206,6 @@ impl ValidLoad {
                 body,
                 Duration::from_secs_f64(1.0 / spec.fresh_rate),
                 Arc::clone(&recorded),
-                counters,
                 stop.clone(),
             ));
         }
@@ -389,8 +213,6 @@ impl ValidLoad {
             recorded,
             stop,
             tasks,
-            total,
-            total_errors,
         }
     }
 
@@ -403,14 +225,6 @@ impl ValidLoad {
             errors: recorded.errors,
             error_samples: recorded.error_samples,
         }
-    }
-
-    /// Requests and errors since the start.
-    pub fn totals(&self) -> (u64, u64) {
-        (
-            self.total.load(Ordering::Relaxed),
-            self.total_errors.load(Ordering::Relaxed),
-        )
     }
 
     /// Stops sending and waits for requests in flight (at most 15 s).
@@ -493,7 +307,6 @@ async fn keepalive_worker(
     start: Instant,
     period: Duration,
     recorded: Arc<Mutex<Recorded>>,
-    (total, total_errors): (Arc<AtomicU64>, Arc<AtomicU64>),
     stop: CancellationToken,
 ) {
     let mut sender = http1(&target).await.ok();
@@ -516,9 +329,7 @@ async fn keepalive_worker(
         };
         if result.is_err() {
             sender = None;
-            total_errors.fetch_add(1, Ordering::Relaxed);
         }
-        total.fetch_add(1, Ordering::Relaxed);
         recorded.lock().expect("lock").record(false, due, result);
     }
 }
@@ -528,7 +339,6 @@ async fn fresh_worker(
     body: Bytes,
     period: Duration,
     recorded: Arc<Mutex<Recorded>>,
-    (total, total_errors): (Arc<AtomicU64>, Arc<AtomicU64>),
     stop: CancellationToken,
 ) {
     let in_flight = Arc::new(Semaphore::new(64));
@@ -543,17 +353,12 @@ async fn fresh_worker(
             break;
         };
         let (target, body, recorded) = (target.clone(), body.clone(), Arc::clone(&recorded));
-        let (total, total_errors) = (Arc::clone(&total), Arc::clone(&total_errors));
         requests.spawn(async move {
             let result = match http1(&target).await {
                 Ok(mut s) => check_valid(post(&mut s, body, true).await),
                 Err(e) => Err(e),
             };
             drop(permit);
-            if result.is_err() {
-                total_errors.fetch_add(1, Ordering::Relaxed);
-            }
-            total.fetch_add(1, Ordering::Relaxed);
             recorded.lock().expect("lock").record(true, due, result);
         });
         while requests.try_join_next().is_some() {}
@@ -683,16 +488,27 @@ async fn collect(mut set: JoinSet<Outcome>) -> AttackReport {
     report
 }
 
-/// `n` TLS connections, opened at `rate` per second, that complete the handshake and then
-/// say nothing, held until `hold` has passed (or the server closes them).
-pub async fn idle_tls(target: &Target, n: usize, rate: f64, hold: Duration) -> AttackReport {
+/// `n` TLS connections, opened at `rate` per second (at most CONNECT_CONCURRENCY
+/// handshakes at once), each handed to `attack` with when it was opened and the deadline
+/// `hold` from now.
+async fn tls_attack<F, Fut>(
+    target: &Target,
+    n: usize,
+    rate: f64,
+    hold: Duration,
+    attack: F,
+) -> AttackReport
+where
+    F: Fn(TlsStream<TcpStream>, Instant, Instant) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Outcome> + Send,
+{
     let deadline = Instant::now() + hold;
     let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     let mut set = JoinSet::new();
     for _ in 0..n {
         ticker.tick().await;
-        let (target, gate) = (target.clone(), Arc::clone(&gate));
+        let (target, gate, attack) = (target.clone(), Arc::clone(&gate), attack.clone());
         set.spawn(async move {
             let opened = Instant::now();
             let stream = {
@@ -700,7 +516,7 @@ pub async fn idle_tls(target: &Target, n: usize, rate: f64, hold: Duration) -> A
                 timeout_at(deadline, target.client.tls(target.addr)).await
             };
             match stream {
-                Ok(Ok(stream)) => until_closed(stream, opened, deadline).await,
+                Ok(Ok(stream)) => attack(stream, opened, deadline).await,
                 Ok(Err(e)) => Outcome::Failed(format!("TLS: {e}")),
                 Err(_) => Outcome::Failed("TLS handshake not done by the end".into()),
             }
@@ -709,48 +525,36 @@ pub async fn idle_tls(target: &Target, n: usize, rate: f64, hold: Duration) -> A
     collect(set).await
 }
 
+/// `n` TLS connections, opened at `rate` per second, that complete the handshake and then
+/// say nothing, held until `hold` has passed (or the server closes them).
+pub async fn idle_tls(target: &Target, n: usize, rate: f64, hold: Duration) -> AttackReport {
+    tls_attack(target, n, rate, hold, until_closed).await
+}
+
 /// `n` TLS connections, opened at `rate` per second, that send a request head one byte a
 /// second, never finishing it, until `hold` has passed (or the server closes them).
 pub async fn slowloris(target: &Target, n: usize, rate: f64, hold: Duration) -> AttackReport {
-    let deadline = Instant::now() + hold;
-    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    let mut set = JoinSet::new();
-    for _ in 0..n {
-        ticker.tick().await;
-        let (target, gate) = (target.clone(), Arc::clone(&gate));
-        set.spawn(async move {
-            let opened = Instant::now();
-            let stream = {
-                let _permit = gate.acquire().await;
-                timeout_at(deadline, target.client.tls(target.addr)).await
-            };
-            let stream = match stream {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return Outcome::Failed(format!("TLS: {e}")),
-                Err(_) => return Outcome::Failed("TLS handshake not done by the end".into()),
-            };
-            let (reader, mut writer) = tokio::io::split(stream);
-            let trickle = async move {
-                let head = b"POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nx-slow: ";
-                let mut bytes = head.iter().copied().chain(std::iter::repeat(b'a'));
-                let mut ticker = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    ticker.tick().await;
-                    let byte = [bytes.next().unwrap_or(b'a')];
-                    if writer.write_all(&byte).await.is_err() || writer.flush().await.is_err() {
-                        // Keep the write half open: the read half reports the close.
-                        std::future::pending::<()>().await;
-                    }
+    tls_attack(target, n, rate, hold, |stream, opened, deadline| async move {
+        let (reader, mut writer) = tokio::io::split(stream);
+        let trickle = async move {
+            let head = b"POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nx-slow: ";
+            let mut bytes = head.iter().copied().chain(std::iter::repeat(b'a'));
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                ticker.tick().await;
+                let byte = [bytes.next().unwrap_or(b'a')];
+                if writer.write_all(&byte).await.is_err() || writer.flush().await.is_err() {
+                    // Keep the write half open: the read half reports the close.
+                    std::future::pending::<()>().await;
                 }
-            };
-            tokio::select! {
-                outcome = until_closed(reader, opened, deadline) => outcome,
-                _ = trickle => Outcome::Held,
             }
-        });
-    }
-    collect(set).await
+        };
+        tokio::select! {
+            outcome = until_closed(reader, opened, deadline) => outcome,
+            _ = trickle => Outcome::Held,
+        }
+    })
+    .await
 }
 
 /// The first TLS flight of a real client (a ClientHello record).

@@ -7,7 +7,7 @@
 //! ```ignore
 //! #[tokio::test]
 //! async fn my_test() {
-//!     let cp = controlplane::shared();
+//!     let cp = test_support::controlplane::shared();
 //!     let _logs = cp.logs_on_failure(); // prints the servers' log tails if the test panics
 //!     let client = cp.client();         // a fresh client for this test's runtime
 //!     let ns = controlplane::namespace(&client, "my-test", &[]).await;
@@ -21,21 +21,25 @@
 //! terminates its server by pid (SIGTERM, then SIGKILL after 1 s). The etcd
 //! wrapper also removes the temporary state directory (certificates, etcd data).
 //! Logs stay in `<repo>/target/controlplane-logs/<test-binary>-<pid>/`.
-#![allow(dead_code)]
 
 use std::fmt::Display;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::marker::PhantomData;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::logs::LogsOnFailure;
+use crate::pki::{self, TestCa};
+use crate::ports::free_ports;
 
 /// How long each start-up phase (etcd, kube-apiserver `/readyz`, the first
 /// ServiceAccount from kube-controller-manager) may take.
@@ -78,14 +82,13 @@ pub struct ControlPlane {
     ca_pem: String,
     kubeconfig: PathBuf,
     config: kube::Config,
-    state_dir: PathBuf,
     log_dir: PathBuf,
     bin_dir: PathBuf,
     procs: Mutex<Vec<Proc>>,
     /// Failed first attempts (port clash), kept so that their wrappers, like
     /// the others, only see EOF at process exit: the etcd wrapper then removes
     /// the state directory, which the running servers use.
-    retired: Vec<Proc>,
+    _retired: Vec<Proc>,
     /// kube-apiserver's command line, to start it again on the same port (fault tests).
     apiserver_args: Vec<String>,
     controller_manager_args: Vec<String>,
@@ -123,8 +126,8 @@ pub fn shared() -> &'static ControlPlane {
 }
 
 /// `<repo>/.cache/controlplane/bin`.
-pub fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/controlplane/bin")
+fn bin_dir() -> PathBuf {
+    crate::repo_root().join(".cache/controlplane/bin")
 }
 
 /// Path of a binary built by `make controlplane` (`etcd`, `kube-apiserver`,
@@ -175,14 +178,8 @@ impl ControlPlane {
         &self.log_dir
     }
 
-    /// Path of `helm` (or another binary) from the same pinned build.
-    pub fn binary(&self, name: &str) -> PathBuf {
-        let _ = &self.bin_dir;
-        binary(name)
-    }
-
     /// The last `lines` lines of each server's log, with headers.
-    pub fn log_tails(&self, lines: usize) -> String {
+    fn log_tails(&self, lines: usize) -> String {
         let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
         tails(&procs, lines)
     }
@@ -190,16 +187,8 @@ impl ControlPlane {
     /// A guard that prints the servers' log tails to stderr (shown by the test
     /// harness with the failing test's output) if it is dropped during a panic.
     pub fn logs_on_failure(&self) -> LogsOnFailure<'_> {
-        LogsOnFailure {
-            cp: self,
-            lines: 40,
-        }
-    }
-
-    /// Fails if a server has exited.
-    pub fn check_running(&self) -> Result<(), String> {
-        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
-        check_running(&mut procs)
+        let what = format!("control plane (full logs in {})", self.log_dir.display());
+        LogsOnFailure::new(&what, move || self.log_tails(40))
     }
 
     // -----------------------------------------------------------------------
@@ -255,28 +244,11 @@ impl ControlPlane {
             .enable_all()
             .build()
             .map_err(|e| format!("tokio runtime: {e}"))?;
-        let config = self.config.clone();
         wait_until_async(
             &rt,
             &mut procs,
             "kube-apiserver /readyz after a restart",
-            || {
-                let config = config.clone();
-                async move {
-                    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
-                    let req = hyper::Request::get("/readyz")
-                        .body(Vec::new())
-                        .map_err(|e| e.to_string())?;
-                    match tokio::time::timeout(Duration::from_secs(5), client.request_text(req))
-                        .await
-                    {
-                        Ok(Ok(body)) if body.trim() == "ok" => Ok(()),
-                        Ok(Ok(body)) => Err(body),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err("request timed out".to_string()),
-                    }
-                }
-            },
+            || apiserver_ready(self.config.clone()),
         )
     }
 
@@ -300,35 +272,8 @@ impl ControlPlane {
             .unwrap_or_else(|e| panic!("{e}"));
         }
         let client = self.client();
-        let probe = Api::<Namespace>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &Namespace {
-                    metadata: ObjectMeta {
-                        generate_name: Some("recovered-".into()),
-                        ..ObjectMeta::default()
-                    },
-                    ..Namespace::default()
-                },
-            )
-            .await
-            .unwrap_or_else(|e| panic!("creating a probe namespace: {e}"))
-            .metadata
-            .name
-            .expect("name");
-        let sas = Api::<ServiceAccount>::namespaced(client, &probe);
-        eventually(
-            "kube-controller-manager to work again",
-            START_TIMEOUT,
-            || async {
-                match sas.get_opt("default").await {
-                    Ok(Some(_)) => Ok(()),
-                    Ok(None) => Err("no ServiceAccount yet".to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            },
-        )
-        .await;
+        let probe = create_namespace(&client, NamespaceName::Generated("recovered-"), &[]).await;
+        wait_default_service_account(&client, &probe, START_TIMEOUT).await;
         eprintln!(
             "controlplane: recovered in {:.1}s",
             started.elapsed().as_secs_f64()
@@ -348,7 +293,7 @@ impl ControlPlane {
         };
         signal(pid, "STOP");
         Paused {
-            cp: self,
+            _cp: PhantomData,
             pid,
             resumed: false,
         }
@@ -382,7 +327,8 @@ impl Drop for Stopped<'_> {
 
 /// etcd frozen by [`ControlPlane::pause_etcd`].
 pub struct Paused<'a> {
-    cp: &'a ControlPlane,
+    /// Ties the guard to the control plane, whose etcd it thaws.
+    _cp: PhantomData<&'a ControlPlane>,
     pid: u32,
     resumed: bool,
 }
@@ -430,38 +376,29 @@ fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
-/// See [`ControlPlane::logs_on_failure`].
-pub struct LogsOnFailure<'a> {
-    cp: &'a ControlPlane,
-    lines: usize,
+/// How a namespace is named: exactly, or `<prefix><random>` by the apiserver (generateName).
+pub enum NamespaceName<'a> {
+    Exact(&'a str),
+    Generated(&'a str),
 }
 
-impl LogsOnFailure<'_> {
-    pub fn lines(mut self, lines: usize) -> Self {
-        self.lines = lines;
-        self
-    }
-}
-
-impl Drop for LogsOnFailure<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "==== control plane logs (full logs in {}) ====\n{}",
-                self.cp.log_dir.display(),
-                self.cp.log_tails(self.lines)
-            );
-        }
-    }
-}
-
-/// Creates a namespace named `<prefix>-<random>` with the given labels, waits
-/// until its `default` ServiceAccount exists (so pods can be admitted at once)
-/// and returns its name.
-pub async fn namespace(client: &kube::Client, prefix: &str, labels: &[(&str, &str)]) -> String {
+/// Creates a namespace with `labels` and returns its name at once: before
+/// kube-controller-manager has made its `default` ServiceAccount, which pods wait for (see
+/// [`namespace`]). For tests that race what happens right after a namespace appears.
+pub async fn create_namespace(
+    client: &kube::Client,
+    name: NamespaceName<'_>,
+    labels: &[(&str, &str)],
+) -> String {
+    let (exact, prefix) = match name {
+        NamespaceName::Exact(name) => (Some(name.to_string()), None),
+        NamespaceName::Generated(prefix) => (None, Some(prefix.to_string())),
+    };
+    let what = exact.clone().or(prefix.clone()).unwrap_or_default();
     let ns = Namespace {
         metadata: ObjectMeta {
-            generate_name: Some(format!("{prefix}-")),
+            name: exact,
+            generate_name: prefix,
             labels: Some(
                 labels
                     .iter()
@@ -472,15 +409,31 @@ pub async fn namespace(client: &kube::Client, prefix: &str, labels: &[(&str, &st
         },
         ..Namespace::default()
     };
-    let created = Api::<Namespace>::all(client.clone())
+    Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await
-        .unwrap_or_else(|e| panic!("creating namespace {prefix}-*: {e}"));
-    let name = created.metadata.name.expect("created namespace has a name");
-    let sas = Api::<ServiceAccount>::namespaced(client.clone(), &name);
+        .unwrap_or_else(|e| panic!("creating namespace {what}: {e}"))
+        .metadata
+        .name
+        .expect("created namespace has a name")
+}
+
+/// Creates a namespace named `<prefix>-<random>` with the given labels, waits
+/// until its `default` ServiceAccount exists (so pods can be admitted at once)
+/// and returns its name.
+pub async fn namespace(client: &kube::Client, prefix: &str, labels: &[(&str, &str)]) -> String {
+    let generated = format!("{prefix}-");
+    let name = create_namespace(client, NamespaceName::Generated(&generated), labels).await;
+    wait_default_service_account(client, &name, Duration::from_secs(30)).await;
+    name
+}
+
+/// Waits until kube-controller-manager has made the `default` ServiceAccount of `namespace`.
+async fn wait_default_service_account(client: &kube::Client, namespace: &str, timeout: Duration) {
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), namespace);
     eventually(
-        &format!("ServiceAccount {name}/default"),
-        Duration::from_secs(30),
+        &format!("ServiceAccount {namespace}/default"),
+        timeout,
         || async {
             match sas.get_opt("default").await {
                 Ok(Some(_)) => Ok(()),
@@ -490,7 +443,40 @@ pub async fn namespace(client: &kube::Client, prefix: &str, labels: &[(&str, &st
         },
     )
     .await;
-    name
+}
+
+/// Runs `cleanup` with an admin client of the shared control plane on a thread and runtime of
+/// its own, and waits for it: for `Drop`, which may run inside a test's runtime or after it
+/// panicked.
+pub fn cleanup<F, Fut>(cleanup: F)
+where
+    F: FnOnce(kube::Client) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let config = shared().config();
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            if let Ok(client) = kube::Client::try_from(config) {
+                cleanup(client).await;
+            }
+        });
+    })
+    .join();
+}
+
+/// Sets label `key` of `namespace` to `value`, or removes it (`None`).
+pub async fn set_label(client: &kube::Client, namespace: &str, key: &str, value: Option<&str>) {
+    let patch = serde_json::json!({"metadata": {"labels": {key: value}}});
+    Api::<Namespace>::all(client.clone())
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("labelling namespace {namespace}: {e}"));
 }
 
 /// Polls `check` every 200 ms until it returns `Ok`, and panics after
@@ -624,19 +610,7 @@ fn start() -> Result<ControlPlane, String> {
         )?;
         let config = rt.block_on(load_config(&kubeconfig))?;
         let ready = wait_until_async(&rt, &mut procs, "kube-apiserver /readyz", || {
-            let config = config.clone();
-            async move {
-                let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
-                let req = hyper::Request::get("/readyz")
-                    .body(Vec::new())
-                    .map_err(|e| e.to_string())?;
-                match tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await {
-                    Ok(Ok(body)) if body.trim() == "ok" => Ok(()),
-                    Ok(Ok(body)) => Err(body),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("request timed out".to_string()),
-                }
-            }
+            apiserver_ready(config.clone())
         });
         match ready {
             Ok(()) => {
@@ -721,15 +695,28 @@ fn start() -> Result<ControlPlane, String> {
         ca_pem: pki.ca_pem.clone(),
         kubeconfig,
         config,
-        state_dir,
         log_dir,
         bin_dir,
         procs: Mutex::new(procs),
-        retired,
+        _retired: retired,
         apiserver_args,
         controller_manager_args,
         stopped: Mutex::new(Vec::new()),
     })
+}
+
+/// Whether kube-apiserver answers `/readyz` with `ok` (within 5 s).
+async fn apiserver_ready(config: kube::Config) -> Result<(), String> {
+    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+    let req = hyper::Request::get("/readyz")
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await {
+        Ok(Ok(body)) if body.trim() == "ok" => Ok(()),
+        Ok(Ok(body)) => Err(body),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("request timed out".to_string()),
+    }
 }
 
 async fn load_config(kubeconfig: &Path) -> Result<kube::Config, String> {
@@ -766,15 +753,11 @@ fn spawn(
         .args(args)
         .env("GRACE_TENTHS", STOP_GRACE_TENTHS.to_string())
         .env_remove("CONTROLPLANE_REMOVE_ON_EXIT")
-        // The apiserver calls the test's webhooks on 127.0.0.1: never via a proxy.
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env("NO_PROXY", "127.0.0.1,localhost")
         .stdin(Stdio::piped())
         .stdout(out)
         .stderr(err);
+    // The apiserver calls the test's webhooks on 127.0.0.1.
+    crate::loopback_only(&mut cmd);
     if let Some(path) = remove_on_exit {
         cmd.env("CONTROLPLANE_REMOVE_ON_EXIT", path);
     }
@@ -873,14 +856,6 @@ fn tails(procs: &[Proc], lines: usize) -> String {
     out
 }
 
-/// Distinct free ports on 127.0.0.1, released before returning.
-fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0"))
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().expect("local_addr").port())
-}
-
 /// `<repo>/target/controlplane-logs/<test-binary>-<pid>`, created empty.
 /// Old directories of the same test binary whose process is gone are pruned,
 /// keeping the newest few.
@@ -899,7 +874,7 @@ fn prepare_log_dir() -> Result<PathBuf, String> {
         }
         _ => stem,
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/controlplane-logs");
+    let root = crate::repo_root().join("target/controlplane-logs");
     fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
 
     let mut old: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(&root)
@@ -985,54 +960,10 @@ struct Pki {
 
 impl Pki {
     fn generate(dir: &Path) -> Result<Pki, String> {
-        use rcgen::{
-            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-            IsCa, KeyPair, KeyUsagePurpose,
-        };
-        let err = |what: &str| {
-            let what = what.to_string();
-            move |e: rcgen::Error| format!("generating {what}: {e}")
-        };
-
-        let mut ca_params =
-            CertificateParams::new(Vec::<String>::new()).map_err(err("CA params"))?;
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "pullsecret-injector test CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = KeyPair::generate().map_err(err("CA key"))?;
-        let ca_key_pem = ca_key.serialize_pem();
-        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(err("CA certificate"))?;
-
-        let leaf = |sans: Vec<String>,
-                    cn: &str,
-                    org: Option<&str>,
-                    eku: ExtendedKeyUsagePurpose|
-         -> Result<(String, String), String> {
-            let mut params = CertificateParams::new(sans).map_err(err(cn))?;
-            params.distinguished_name.push(DnType::CommonName, cn);
-            if let Some(org) = org {
-                params
-                    .distinguished_name
-                    .push(DnType::OrganizationName, org);
-            }
-            params.key_usages = vec![
-                KeyUsagePurpose::DigitalSignature,
-                KeyUsagePurpose::KeyEncipherment,
-            ];
-            params.extended_key_usages = vec![eku];
-            let key = KeyPair::generate().map_err(err(cn))?;
-            let cert = params.signed_by(&key, &ca).map_err(err(cn))?;
-            Ok((cert.pem(), key.serialize_pem()))
-        };
-
-        let (server_crt, server_key) = leaf(
-            [
+        let ca = TestCa::new("pullsecret-injector test CA");
+        let apiserver = ca.serving(
+            "kube-apiserver",
+            &[
                 "127.0.0.1",
                 "localhost",
                 "10.0.0.1",
@@ -1040,37 +971,25 @@ impl Pki {
                 "kubernetes.default",
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
-            ]
-            .map(String::from)
-            .to_vec(),
-            "kube-apiserver",
-            None,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )?;
-        let (admin_crt, admin_key) = leaf(
-            Vec::new(),
-            "admin",
-            Some("system:masters"),
-            ExtendedKeyUsagePurpose::ClientAuth,
-        )?;
-        let sa = KeyPair::generate().map_err(err("service-account key"))?;
-
-        let ca_pem = ca.pem();
+            ],
+        );
+        let admin = ca.client("admin", "system:masters");
+        let (sa_key, sa_pub) = pki::signing_key();
         for (file, text) in [
-            ("ca.crt", ca_pem.as_str()),
-            ("ca.key", ca_key_pem.as_str()),
-            ("apiserver.crt", server_crt.as_str()),
-            ("apiserver.key", server_key.as_str()),
-            ("admin.crt", admin_crt.as_str()),
-            ("admin.key", admin_key.as_str()),
-            ("sa.key", sa.serialize_pem().as_str()),
-            ("sa.pub", sa.public_key_pem().as_str()),
+            ("ca.crt", ca.cert_pem.as_str()),
+            ("ca.key", ca.key_pem.as_str()),
+            ("apiserver.crt", apiserver.cert_pem.as_str()),
+            ("apiserver.key", apiserver.key_pem.as_str()),
+            ("admin.crt", admin.cert_pem.as_str()),
+            ("admin.key", admin.key_pem.as_str()),
+            ("sa.key", sa_key.as_str()),
+            ("sa.pub", sa_pub.as_str()),
         ] {
             write_file(&dir.join(file), text)?;
         }
         Ok(Pki {
             dir: dir.to_path_buf(),
-            ca_pem,
+            ca_pem: ca.cert_pem,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! test and deleted at its end (or, if the test panics, on drop).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -10,7 +11,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{Api, DeleteParams, PostParams};
 
-use super::controlplane;
+use crate::controlplane;
 
 /// What varies between the tests' configurations. The rest is fixed: a single webhook for
 /// Pods CREATE, admissionReviewVersions v1.
@@ -85,8 +86,28 @@ impl<'a> Spec<'a> {
     }
 }
 
+/// The configuration of an injector that replicates, registered as `name` (its webhook
+/// `<name>.pullsecret-injector.io`) for namespaces labelled `label=enabled`, trusting
+/// `ca_pem`: sideEffects NoneOnDryRun, since admission creates a missing copy except for dry
+/// runs.
+pub fn replicating(
+    name: &str,
+    label: &str,
+    url: &str,
+    ca_pem: &str,
+    timeout_seconds: i32,
+) -> MutatingWebhookConfiguration {
+    Spec {
+        ca_pem: Some(ca_pem),
+        side_effects: "NoneOnDryRun",
+        timeout_seconds,
+        ..Spec::new(name, &format!("{name}.pullsecret-injector.io"), url, label)
+    }
+    .configuration()
+}
+
 /// A registered webhook configuration. `delete` removes it at the end of a test; if the test
-/// panics first, dropping it removes it from a helper thread.
+/// panics first (or does not call it), dropping it removes it from a helper thread.
 pub struct Registration {
     pub api: Api<MutatingWebhookConfiguration>,
     pub name: String,
@@ -141,22 +162,11 @@ impl Drop for Registration {
         if self.deleted {
             return;
         }
-        // Panicking test: its runtime may be unusable, so use a private one.
         let name = self.name.clone();
-        let config = controlplane::shared().config();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let client = kube::Client::try_from(config).ok()?;
-                Api::<MutatingWebhookConfiguration>::all(client)
-                    .delete(&name, &DeleteParams::default())
-                    .await
-                    .ok()
-            })
-        })
-        .join();
+        controlplane::cleanup(move |client| async move {
+            let api = Api::<MutatingWebhookConfiguration>::all(client);
+            let params = DeleteParams::default();
+            let _ = tokio::time::timeout(Duration::from_secs(10), api.delete(&name, &params)).await;
+        });
     }
 }

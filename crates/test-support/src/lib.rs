@@ -1,0 +1,62 @@
+//! The harness of pullsecret-injector's suites (tests/), benchmarks (benches/) and fuzz
+//! regressions: one helper per concept, so that every suite starts, builds and waits for
+//! things the same way.
+//!
+//! | concept | module |
+//! |---|---|
+//! | a real control plane (etcd, kube-apiserver, kube-controller-manager), namespaces, polling | [`controlplane`] |
+//! | the pinned helm | [`helm`] |
+//! | the `pullsecret-injector serve` binary, its logs and metrics | [`injector`] |
+//! | printing logs when a test fails | [`logs`] |
+//! | the registry-matching specification (matching-cases.tsv) | [`matching_cases`] |
+//! | Prometheus text | [`metrics`] |
+//! | test CAs, serving certificates, Secrets mounted like the kubelet mounts them | [`pki`] |
+//! | free loopback ports | [`ports`] |
+//! | Pods, dry-run creates, AdmissionReviews | [`pods`] |
+//! | Secrets and registry credentials | [`secrets`] |
+//! | copies made by replication, and the config that asks for them | [`replication`] |
+//! | MutatingWebhookConfigurations | [`webhook`] |
+//! | ServiceAccount tokens and the kubeconfigs that use them | [`accounts`] |
+//! | a TLS client that talks like the apiserver | [`client`] |
+//! | hostile clients and a measured valid load | [`adversary`] |
+
+pub mod accounts;
+pub mod adversary;
+pub mod client;
+pub mod controlplane;
+pub mod helm;
+pub mod injector;
+pub mod logs;
+pub mod matching_cases;
+pub mod metrics;
+pub mod pki;
+pub mod pods;
+pub mod ports;
+pub mod replication;
+pub mod secrets;
+pub mod webhook;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The repository's root (this crate lives in `crates/test-support`): where `.cache/` and
+/// `target/` are.
+pub fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .nth(2)
+        .unwrap_or(manifest)
+        .to_path_buf()
+}
+
+/// Keeps `command`'s traffic to loopback off any proxy in the environment: the servers the
+/// tests start call each other on 127.0.0.1.
+pub fn loopback_only(command: &mut Command) -> &mut Command {
+    command
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+}
