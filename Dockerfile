@@ -1,10 +1,12 @@
 # syntax=docker/dockerfile:1
 # The pullsecret-injector image: the release binary on distroless, as a non-root user.
 # `make docker-build` builds it; the chart's values.yaml names the published image.
+# `make image` assembles the same image without Docker (image/build.sh): it reads the final
+# stage's LABEL, USER, EXPOSE, ENTRYPOINT and CMD from here and refuses anything else there.
 
 # Builder: the same command as `make build`, so the binary the tests exercise is the one
 # shipped. Pinned by tag; pin by digest too where your registry policy asks for it.
-FROM rust:1.95-slim-bookworm AS build
+FROM rust:1.95.0-slim-bookworm AS build
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and incremental outputs between builds; the binary is

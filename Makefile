@@ -89,6 +89,20 @@ $(HADOLINT):
 controlplane: ## Build (or reuse) etcd, kube-apiserver, kube-controller-manager and helm from pinned Go modules
 	tests/controlplane/build.sh
 
+.PHONY: oracle
+oracle: ## Build (or reuse) the kubelet keyring oracle: the kubelet's own matching code, pinned like the control plane
+	tests/oracle/build.sh
+
+# Generated cases compared with the kubelet's code: `make test` compares ORACLE_CASES (the
+# test's default, 100,000), `make oracle-soak` ORACLE_SOAK_CASES; ORACLE_SEED picks them.
+ORACLE_SOAK_CASES ?= 10000000
+# What the check compared, written by tests/kubelet_oracle.rs (CARGO_TARGET_TMPDIR).
+ORACLE_SUMMARY := target/tmp/kubelet-oracle-summary.txt
+
+.PHONY: oracle-soak
+oracle-soak: oracle ## Our matching and normalization against the kubelet's code on ORACLE_SOAK_CASES (10 million) cases
+	ORACLE_CASES=$(ORACLE_SOAK_CASES) cargo test --locked --test kubelet_oracle -- --show-output
+
 .PHONY: chart
 chart: $(HELM_DEPS) ## helm lint each certificate mode and render it into target/chart/<mode>.yaml
 	@mkdir -p target/chart
@@ -103,6 +117,20 @@ chart: $(HELM_DEPS) ## helm lint each certificate mode and render it into target
 		$(HELM) template $(RELEASE) $(CHART) --namespace $(NAMESPACE) "$${args[@]}" > target/chart/$$mode.yaml; \
 	done
 
+# `make image`: where image/build.sh pushes the image assembled without Docker.
+IMAGE_REGISTRY ?=
+IMAGE_REPOSITORY ?= pullsecret-injector
+IMAGE_TAG ?= $(VERSION)
+
+.PHONY: registry-tools
+registry-tools: ## Install (or reuse) the pinned registry, runc, crane and test-image entrypoint (tests/registry/build.sh)
+	tests/registry/build.sh
+
+.PHONY: image
+image: build registry-tools ## Assemble the image from the release binary without Docker and push it to IMAGE_REGISTRY (host:port)
+	@[[ -n "$(IMAGE_REGISTRY)" ]] || { echo "make image: set IMAGE_REGISTRY=host:port, the registry to push to (credentials from \$$DOCKER_CONFIG)" >&2; exit 2; }
+	image/build.sh --registry "$(IMAGE_REGISTRY)" --repository "$(IMAGE_REPOSITORY)" --tag "$(IMAGE_TAG)"
+
 .PHONY: docker-build
 docker-build: ## docker build the image (IMAGE=name:tag; needs a Docker engine, not available here)
 	docker build --tag $(IMAGE) .
@@ -112,8 +140,20 @@ install: $(HELM_DEPS) ## helm upgrade --install into the current kube context (N
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace $(HELM_ARGS)
 
 .PHONY: test
-test: lint deny controlplane fuzz-smoke ## Lint, deny, fuzz smoke, then unit, integration and end-to-end tests
-	cargo test --locked --all-targets
+test: lint deny controlplane registry-tools build oracle fuzz-smoke ## The whole gate CI runs: lint, deny, fuzz smoke, benches checked, every test (with the kubelet oracle check)
+	@rm -f $(ORACLE_SUMMARY)
+	cargo check --locked --benches
+	cargo test --locked --lib --bins --tests
+	@cat $(ORACLE_SUMMARY)
+
+# The inner loop: what needs no control plane, no registry, no oracle and no fuzzing toolchain.
+CHECK_SUITES := --test matching_cases --test properties --test cli --test webhook_server
+
+.PHONY: check
+check: tools ## The fast inner loop (< 2 min warm): fmt, clippy, unit tests, the matching table, properties, CLI, the TLS server suite
+	cargo fmt --all -- --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo test --locked --lib $(CHECK_SUITES)
 
 # Installed once per version, like hadolint.
 $(CARGO_FUZZ):

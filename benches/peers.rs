@@ -1775,7 +1775,8 @@ struct MatchRow {
 }
 
 async fn matching(client: &kube::Client, kyverno: Option<&Kyverno>) -> Vec<MatchRow> {
-    let cases = cases();
+    // Rows whose pattern our config refuses (`refused`) have no decision of ours to compare.
+    let cases: Vec<Case> = cases().into_iter().filter(|c| !c.refused).collect();
     if let Some(kyverno) = kyverno {
         kyverno.create_matching_policies(client, &cases).await;
         create_namespace(
@@ -1857,7 +1858,7 @@ fn short_error(e: &kube::Error) -> String {
 }
 
 /// Our webhook's decision for the row's pod with a one-secret config of the row's pattern:
-/// `pullsecret-injector mutate` runs the decision code `serve` runs (admission::decide).
+/// `pullsecret-injector mutate` runs the decision code `serve` runs (admission::decide_pod).
 /// One config per row, because the Docker Hub fallback depends on the other patterns.
 fn ours_decision(case: &Case) -> Injected {
     let dir = tempfile::tempdir().expect("tempdir");

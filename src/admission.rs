@@ -37,8 +37,8 @@ pub enum ReviewError {
 }
 
 impl ReviewError {
-    /// A stable label for the bad-requests metric.
-    pub fn reason(&self) -> &'static str {
+    /// The label of this refusal in the bad-requests metric and the answer's `reason`.
+    pub fn metric_label(&self) -> &'static str {
         match self {
             Self::NotJson(_) => "invalid_json",
             Self::NotAdmissionReview(_) => "not_admission_review",
@@ -64,7 +64,7 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
-    pub fn as_str(self) -> &'static str {
+    pub fn metric_label(self) -> &'static str {
         match self {
             Self::NotPodCreate => "not_pod_create",
             Self::OptedOut => "opted_out",
@@ -82,7 +82,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn result_label(&self) -> &'static str {
+    /// The `result` label of the admissions metric.
+    pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Patched(_) => "patched",
             Self::Unchanged => "unchanged",
@@ -281,21 +282,34 @@ impl Decoded {
     }
 }
 
-/// What the decision may look at beyond the request: the patterns in force and, where the
-/// cluster is watched, the namespace's labels for per-entry selectors.
-pub struct Scope<'a> {
+/// What the decision sees of the cluster: the patterns in force (the config's, plus the
+/// sources' `auths` keys when they are watched) and, where namespaces are watched, the labels
+/// of the pod's namespace, which entries narrowed by a namespace selector need.
+pub struct ClusterView<'a> {
     pub keyring: &'a Keyring,
     pub namespace_labels: Option<&'a BTreeMap<String, String>>,
 }
 
-/// Decodes an AdmissionReview body and decides with the configured patterns only (no
-/// cluster state): what `mutate` and the standalone server do.
-pub fn review(settings: &Settings, body: &[u8]) -> Result<Reviewed, ReviewError> {
-    let scope = Scope {
-        keyring: &settings.keyring,
-        namespace_labels: None,
-    };
-    answer(settings, &scope, decode(body)?)
+impl<'a> ClusterView<'a> {
+    /// No cluster (standalone `serve`, `mutate`, `match`, the fuzz targets): the configured
+    /// patterns, and no namespace labels, so selector-narrowed entries apply nowhere.
+    pub fn offline(settings: &'a Settings) -> Self {
+        Self {
+            keyring: &settings.keyring,
+            namespace_labels: None,
+        }
+    }
+
+    /// Whether `secret` is for pods in `namespace`, as far as this view can tell.
+    fn applies(&self, secret: &SecretSpec, namespace: &str) -> bool {
+        match self.namespace_labels {
+            Some(labels) => secret.applies_to(namespace, labels),
+            None => {
+                secret.namespace_selector.is_none()
+                    && !secret.exclude_namespaces.iter().any(|n| n == namespace)
+            }
+        }
+    }
 }
 
 /// Decodes a body: the Pod's fields the decision reads; other kinds are recognised so they
@@ -315,14 +329,15 @@ pub fn decode(body: &[u8]) -> Result<Decoded, ReviewError> {
     }
 }
 
-/// Decides and builds the response. Never denies: this webhook only adds.
-pub fn answer(
+/// The decision for a decoded review, and the answer that carries it: the one entry point
+/// of the server, `mutate` and the fuzz targets. Never denies: this webhook only adds.
+pub fn review(
     settings: &Settings,
-    scope: &Scope<'_>,
+    view: &ClusterView<'_>,
     decoded: Decoded,
 ) -> Result<Reviewed, ReviewError> {
     match decoded {
-        Decoded::Pod(request) => respond(settings, scope, &request),
+        Decoded::Pod(request) => respond(settings, view, &request),
         Decoded::Other(request) => Ok(Reviewed {
             response: AdmissionResponse::from(&*request).into(),
             outcome: Outcome::Skipped(SkipReason::NotPodCreate),
@@ -406,10 +421,10 @@ fn operation_label(operation: &Operation) -> &'static str {
 /// The decision for a decoded request, and the response that carries it.
 fn respond(
     settings: &Settings,
-    scope: &Scope<'_>,
+    view: &ClusterView<'_>,
     request: &AdmissionRequest<PodView>,
 ) -> Result<Reviewed, ReviewError> {
-    let outcome = decide(settings, scope, request);
+    let outcome = decide(settings, view, request);
     let mut response = AdmissionResponse::from(request);
     if let Outcome::Patched(patch) = &outcome {
         response = response
@@ -440,9 +455,9 @@ fn respond(
 }
 
 /// Pod CREATE only; everything else passes untouched.
-pub fn decide(
+fn decide(
     settings: &Settings,
-    scope: &Scope<'_>,
+    view: &ClusterView<'_>,
     request: &AdmissionRequest<PodView>,
 ) -> Outcome {
     if request.operation != Operation::Create
@@ -454,44 +469,65 @@ pub fn decide(
     let Some(pod) = &request.object else {
         return Outcome::Skipped(SkipReason::NotPodCreate);
     };
-    if let Some(reason) = skip_reason(settings, pod.metadata.annotations.as_ref()) {
+    let Some(spec) = &pod.spec else {
+        return Outcome::Skipped(
+            skip_reason(settings, pod.metadata.annotations.as_ref()).unwrap_or(SkipReason::NoMatch),
+        );
+    };
+    decide_pod(
+        settings,
+        view,
+        &PodToDecide {
+            namespace: request.namespace.as_deref().unwrap_or_default(),
+            annotations: pod.metadata.annotations.as_ref(),
+            existing: spec.image_pull_secrets.as_deref(),
+            pointer: &["spec"],
+        },
+        spec.images(),
+    )
+}
+
+/// One pod, or a workload's pod template, as the decision reads it.
+pub struct PodToDecide<'a> {
+    pub namespace: &'a str,
+    pub annotations: Option<&'a BTreeMap<String, String>>,
+    pub existing: Option<&'a [LocalObjectReference]>,
+    /// Where its pod spec is in the object (`["spec"]` for a Pod), for the patch's paths.
+    pub pointer: &'a [&'a str],
+}
+
+/// The decision for one pod with `images`: left alone when opted out or mirrored, else the
+/// configured secrets the kubelet would use for its images, applicable in its namespace,
+/// that it does not reference yet, appended in config order.
+pub fn decide_pod<'a>(
+    settings: &Settings,
+    view: &ClusterView<'_>,
+    pod: &PodToDecide<'_>,
+    images: impl IntoIterator<Item = &'a str>,
+) -> Outcome {
+    if let Some(reason) = skip_reason(settings, pod.annotations) {
         return Outcome::Skipped(reason);
     }
-    let Some(spec) = &pod.spec else {
-        return Outcome::Skipped(SkipReason::NoMatch);
-    };
-    let namespace = request.namespace.as_deref().unwrap_or_default();
-    let applies = |secret: &SecretSpec| match scope.namespace_labels {
-        Some(labels) => secret.applies_to(namespace, labels),
-        None => {
-            secret.namespace_selector.is_none()
-                && !secret.exclude_namespaces.iter().any(|n| n == namespace)
-        }
-    };
-    let wanted: Vec<usize> = wanted_secrets(settings, scope.keyring, spec.images())
+    let wanted: Vec<&str> = wanted_secrets(settings, view.keyring, images)
         .into_iter()
-        .filter(|&i| applies(&settings.secrets[i]))
+        .map(|i| &settings.secrets[i])
+        .filter(|secret| view.applies(secret, pod.namespace))
+        .map(|secret| secret.name.as_str())
         .collect();
     if wanted.is_empty() {
         return Outcome::Skipped(SkipReason::NoMatch);
     }
     // Every wanted secret already referenced: unchanged, not skipped.
-    match patch_for(
-        settings,
-        &applies,
-        &["spec"],
-        spec.image_pull_secrets.as_deref(),
-        wanted,
-    ) {
+    match append_pull_secrets(pod.pointer, pod.existing, wanted) {
         Some(patch) => Outcome::Patched(patch),
         None => Outcome::Unchanged,
     }
 }
 
 /// Opt-out annotation `"false"` and mirror pods are left alone.
-pub fn skip_reason(
+fn skip_reason(
     settings: &Settings,
-    annotations: Option<&std::collections::BTreeMap<String, String>>,
+    annotations: Option<&BTreeMap<String, String>>,
 ) -> Option<SkipReason> {
     let annotations = annotations?;
     if annotations.contains_key(MIRROR_POD_ANNOTATION) {
@@ -501,39 +537,6 @@ pub fn skip_reason(
         Some(value) if value.eq_ignore_ascii_case("false") => Some(SkipReason::OptedOut),
         _ => None,
     }
-}
-
-/// The patch for one (typed) pod spec at `pointer`, or `None` when it already has what it
-/// needs: what `mutate` does for workloads' pod templates.
-pub fn patch_for_spec(
-    settings: &Settings,
-    keyring: &Keyring,
-    applies: &dyn Fn(&SecretSpec) -> bool,
-    pointer: &[&str],
-    spec: &PodSpec,
-) -> Option<PullSecretPatch> {
-    let wanted = wanted_secrets(settings, keyring, pod_images(spec));
-    patch_for(
-        settings,
-        applies,
-        pointer,
-        spec.image_pull_secrets.as_deref(),
-        wanted,
-    )
-}
-
-fn patch_for(
-    settings: &Settings,
-    applies: &dyn Fn(&SecretSpec) -> bool,
-    pointer: &[&str],
-    existing: Option<&[LocalObjectReference]>,
-    wanted: Vec<usize>,
-) -> Option<PullSecretPatch> {
-    let wanted = wanted
-        .into_iter()
-        .filter(|&i| applies(&settings.secrets[i]))
-        .map(|i| settings.secrets[i].name.as_str());
-    append_pull_secrets(pointer, existing, wanted)
 }
 
 /// Indices of the configured secrets the kubelet would use for any of the images, in config
@@ -605,8 +608,13 @@ mod tests {
         .expect("encodes")
     }
 
+    /// A body reviewed as the standalone server reviews it.
+    fn review_offline(settings: &Settings, body: &[u8]) -> Result<Reviewed, ReviewError> {
+        review(settings, &ClusterView::offline(settings), decode(body)?)
+    }
+
     fn injected(body: &[u8]) -> Vec<String> {
-        review(&settings(), body)
+        review_offline(&settings(), body)
             .expect("answered")
             .outcome
             .injected()
@@ -648,7 +656,7 @@ mod tests {
         );
         assert_eq!(request.types.kind, "AdmissionReview");
         assert_eq!(injected(&body), ["acme"]);
-        let reviewed = review(&settings(), &body).expect("answered");
+        let reviewed = review_offline(&settings(), &body).expect("answered");
         assert_eq!(reviewed.name, "web-");
         assert_eq!(reviewed.namespace, "team");
     }
@@ -667,7 +675,9 @@ mod tests {
         assert_eq!(injected(&body), ["acme"]);
         let no_spec = pod_review(json!({"metadata": {"name": "p"}}));
         assert_eq!(
-            review(&settings(), &no_spec).expect("answered").outcome,
+            review_offline(&settings(), &no_spec)
+                .expect("answered")
+                .outcome,
             Outcome::Skipped(SkipReason::NoMatch)
         );
     }
@@ -681,7 +691,7 @@ mod tests {
             json!({"spec": {"imagePullSecrets": [{"name": ["x"]}]}}),
         ] {
             let error = decode(&pod_review(object.clone())).expect_err("refused");
-            assert_eq!(error.reason(), "invalid_pod", "{object}");
+            assert_eq!(error.metric_label(), "invalid_pod", "{object}");
             assert!(
                 error
                     .to_string()
@@ -701,11 +711,11 @@ mod tests {
         deployment["request"]["kind"] =
             json!({"group": "apps", "version": "v1", "kind": "Deployment"});
         let body = serde_json::to_vec(&deployment).expect("encodes");
-        let reviewed = review(&settings(), &body).expect("answered");
+        let reviewed = review_offline(&settings(), &body).expect("answered");
         assert_eq!(reviewed.outcome, Outcome::Skipped(SkipReason::NotPodCreate));
         deployment["request"]["object"]["spec"]["containers"] = json!("a Deployment has none");
         let body = serde_json::to_vec(&deployment).expect("encodes");
-        let reviewed = review(&settings(), &body).expect("answered");
+        let reviewed = review_offline(&settings(), &body).expect("answered");
         assert_eq!(reviewed.outcome, Outcome::Skipped(SkipReason::NotPodCreate));
         assert!(reviewed.response.response.admission.allowed);
     }
@@ -718,8 +728,9 @@ mod tests {
             })))
             .expect("json");
             body["apiVersion"] = json!(version);
-            let reviewed = review(&settings(), &serde_json::to_vec(&body).expect("encodes"))
-                .expect("answered");
+            let reviewed =
+                review_offline(&settings(), &serde_json::to_vec(&body).expect("encodes"))
+                    .expect("answered");
             let wire: Value =
                 serde_json::from_slice(&serde_json::to_vec(&reviewed.response).expect("encodes"))
                     .expect("json");
@@ -744,7 +755,7 @@ mod tests {
 
     #[test]
     fn an_answer_without_a_patch_has_neither_patch_nor_patch_type() {
-        let reviewed = review(
+        let reviewed = review_offline(
             &settings(),
             &pod_review(json!({"spec": {"containers": [{"image": "quay.io/other/app"}]}})),
         )
@@ -761,7 +772,7 @@ mod tests {
         let outcome = |object: Value, operation: &str| {
             let mut body: Value = serde_json::from_slice(&pod_review(object)).expect("json");
             body["request"]["operation"] = json!(operation);
-            review(&settings(), &serde_json::to_vec(&body).expect("encodes"))
+            review_offline(&settings(), &serde_json::to_vec(&body).expect("encodes"))
                 .expect("answered")
                 .outcome
         };
@@ -807,7 +818,7 @@ mod tests {
                 SkipReason::MirrorPod,
                 SkipReason::NoMatch
             ]
-            .map(SkipReason::as_str),
+            .map(SkipReason::metric_label),
             ["not_pod_create", "opted_out", "mirror_pod", "no_match"]
         );
     }
@@ -821,7 +832,7 @@ mod tests {
             .expect("request")
             .remove("uid");
         let error = decode(&serde_json::to_vec(&body).expect("encodes")).expect_err("refused");
-        assert_eq!(error.reason(), "not_admission_review");
+        assert_eq!(error.metric_label(), "not_admission_review");
         assert!(error.to_string().contains("missing field `uid`"), "{error}");
     }
 }

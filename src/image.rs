@@ -5,10 +5,12 @@ use std::fmt;
 
 use thiserror::Error;
 
+use crate::kubelet_url;
+
 const DEFAULT_DOMAIN: &str = "docker.io";
 const LEGACY_DEFAULT_DOMAIN: &str = "index.docker.io";
 const OFFICIAL_REPO_PREFIX: &str = "library/";
-/// distribution/reference's NameTotalLengthMax.
+/// distribution/reference's RepositoryNameTotalLengthMax: the repository path, not the domain.
 const NAME_TOTAL_LENGTH_MAX: usize = 255;
 const TAG_LENGTH_MAX: usize = 128;
 
@@ -32,7 +34,7 @@ pub enum ImageError {
         "digest {0:?} is not valid (sha256, sha384 or sha512 with lowercase hex of the right length)"
     )]
     InvalidDigest(String),
-    #[error("repository name is longer than {NAME_TOTAL_LENGTH_MAX} characters")]
+    #[error("repository path is longer than {NAME_TOTAL_LENGTH_MAX} characters")]
     NameTooLong,
 }
 
@@ -41,6 +43,9 @@ pub enum ImageError {
 pub struct ImageName {
     domain_len: usize,
     name: String,
+    /// Whether Go's `url.Parse` accepts the name, as the kubelet's keyring reads it: a
+    /// bracketed host that is not an IPv6 address (`[AB]/x`) matches no registry key.
+    kubelet_url_parses: bool,
 }
 
 impl ImageName {
@@ -68,7 +73,11 @@ impl ImageName {
             Some((path, tag)) => (path, Some(tag)),
             None => (name_and_tag, None),
         };
-        if !is_valid_domain(&domain) {
+        // The reference grammar makes the domain optional: a first component that is no
+        // domain (`my_registry.example`) but a valid path component makes the whole name a
+        // path, with no domain. The kubelet still reads that component as the registry host.
+        let domain_less = !is_valid_domain(&domain) && is_valid_path_component(&domain);
+        if !is_valid_domain(&domain) && !domain_less {
             return Err(ImageError::InvalidDomain(domain));
         }
         if !is_valid_path(path) {
@@ -85,12 +94,22 @@ impl ImageName {
             return Err(ImageError::InvalidDigest(digest.to_string()));
         }
         let name = format!("{domain}/{path}");
-        if name.len() > NAME_TOTAL_LENGTH_MAX {
+        // reference.Parse limits the repository path; a domain-less name is all path.
+        let repository_path = if domain_less { &name } else { path };
+        if repository_path.len() > NAME_TOTAL_LENGTH_MAX {
             return Err(ImageError::NameTooLong);
         }
+        let kubelet_url_parses = match domain.strip_prefix('[') {
+            Some(bracketed) => {
+                let address = bracketed.split(']').next().unwrap_or_default();
+                kubelet_url::is_ipv6_address(address.as_bytes())
+            }
+            None => true,
+        };
         Ok(Self {
             domain_len: domain.len(),
             name,
+            kubelet_url_parses,
         })
     }
 
@@ -99,7 +118,8 @@ impl ImageName {
         &self.name
     }
 
-    /// The registry host, with its port if the reference named one.
+    /// The registry host, with its port if the reference named one: the name's first
+    /// component, which is what the kubelet's keyring matches keys against.
     pub fn domain(&self) -> &str {
         &self.name[..self.domain_len]
     }
@@ -107,6 +127,12 @@ impl ImageName {
     /// The repository path, without leading `/`.
     pub fn path(&self) -> &str {
         &self.name[self.domain_len + 1..]
+    }
+
+    /// False when the kubelet's keyring cannot parse the name as a URL: then no registry
+    /// key matches it directly (the Docker Hub fallback still may).
+    pub fn kubelet_url_parses(&self) -> bool {
+        self.kubelet_url_parses
     }
 }
 
@@ -266,6 +292,8 @@ mod tests {
     #[case::ipv6_without_port("[fe80::1]/x", "[fe80::1]/x")]
     #[case::uppercase_domain("MyRegistry/app", "MyRegistry/app")]
     #[case::separators("ghcr.io/a__b/c-d--e/f.g_h", "ghcr.io/a__b/c-d--e/f.g_h")]
+    #[case::domain_less("my_registry.example/a/app", "my_registry.example/a/app")]
+    #[case::bracketed_hex("[AB]/x", "[AB]/x")]
     fn normalizes(#[case] image: &str, #[case] expected: &str) {
         let name = ImageName::parse(image).expect("parses");
         assert_eq!(name.as_str(), expected);
@@ -308,8 +336,36 @@ mod tests {
     }
 
     #[test]
-    fn rejects_names_longer_than_255() {
-        let image = format!("ghcr.io/{}", "a".repeat(260));
+    fn limits_the_repository_path_to_255() {
+        let image = format!("ghcr.io/{}", "a".repeat(256));
         assert_eq!(ImageName::parse(&image), Err(ImageError::NameTooLong));
+        let image = format!("ghcr.io/{}", "a".repeat(255));
+        assert_eq!(ImageName::parse(&image).unwrap().as_str(), image);
+        // A domain-less name is all path.
+        let image = format!("my_registry.example/{}", "a".repeat(236));
+        assert_eq!(ImageName::parse(&image), Err(ImageError::NameTooLong));
+    }
+
+    #[test]
+    fn a_domain_less_name_is_matched_on_its_first_component() {
+        let name = ImageName::parse("my_registry.example/a/app:1").unwrap();
+        assert_eq!(name.domain(), "my_registry.example");
+        assert_eq!(name.path(), "a/app");
+        assert!(ImageName::parse("my_registry.example:5000/app").is_err());
+    }
+
+    #[test]
+    fn a_bracketed_host_that_is_not_ipv6_parses_but_not_as_a_url() {
+        assert!(!ImageName::parse("[AB]/x").unwrap().kubelet_url_parses());
+        assert!(
+            !ImageName::parse("[1:2:3:4:5:6:7:8::]:5000/x")
+                .unwrap()
+                .kubelet_url_parses()
+        );
+        assert!(
+            ImageName::parse("[::1]:5000/x")
+                .unwrap()
+                .kubelet_url_parses()
+        );
     }
 }

@@ -6,32 +6,37 @@
 
 pub mod admin;
 pub mod admission;
-pub mod certkeeper;
+pub mod certificates;
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod explain;
 pub mod image;
+pub mod kubelet_url;
+pub mod kubernetes;
+pub mod leader;
 pub mod listen;
 pub mod matching;
 pub mod metrics;
 pub mod patch;
-pub mod preview;
 pub mod replicate;
-pub mod selfcert;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use thiserror::Error;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{CertificatesConfig, Settings};
 use crate::metrics::Metrics;
 use crate::replicate::Cluster;
 use crate::server::{AppState, ServeError};
-use crate::tls::{CertResolver, CertificateFiles};
+use crate::tls::{CertResolver, CertificateFiles, TlsError};
 
 /// Sockets bound before `run`, so that callers (and tests) choose ports without races.
 pub struct Listeners {
@@ -39,95 +44,188 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
+/// Where the serving certificate comes from.
+pub enum CertificateSource {
+    /// PEM files (`tls`), loaded before `run` and re-read every `reload_interval`.
+    Files {
+        files: Arc<CertificateFiles>,
+        reload_interval: Duration,
+    },
+    /// A Secret in the cluster (the config's `certificates` block) that the leader keeps
+    /// and every replica serves; handshakes fail until it holds a pair.
+    SelfManaged(CertificatesConfig),
+}
+
 /// Everything `run` serves with.
 pub struct Service {
     pub settings: Arc<Settings>,
-    /// The certificate files to serve and re-read; `None` when the certificates are
-    /// self-managed in a Secret (`certificates.mode: self`).
-    pub cert_files: Option<Arc<CertificateFiles>>,
+    pub certificates: CertificateSource,
     pub metrics: Arc<Metrics>,
-    /// Present when the config needs cluster state (sources, namespace selectors).
-    pub cluster: Option<Arc<Cluster>>,
+    /// Cluster access, when the config needs it (sources, namespace selectors, self-managed
+    /// certificates).
+    pub client: Option<kube::Client>,
     /// This replica's name in the leader-election Lease.
     pub identity: String,
 }
 
-/// Serves the webhook and the admin endpoints until `shutdown` fires, then drains; while
-/// serving, competes for the Lease and replicates source secrets when it holds it.
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("serving certificate: {0}")]
+    Tls(#[from] TlsError),
+    #[error("self-managed certificates need cluster access")]
+    NoCluster,
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("{task} stopped unexpectedly: {reason}")]
+    Task { task: &'static str, reason: String },
+}
+
+/// The composition root: starts the cluster caches, the certificate source, the admin
+/// listener, the leader-held tasks and the webhook server; serves until `shutdown` fires,
+/// then drains and stops them all. Every task's failure is logged; the first is returned.
 pub async fn run(
     service: Service,
     listeners: Listeners,
     shutdown: CancellationToken,
-) -> Result<(), ServeError> {
+) -> Result<(), RunError> {
     let Service {
         settings,
-        cert_files,
+        certificates,
         metrics,
-        cluster,
+        client,
         identity,
     } = service;
-    let resolver = cert_files
-        .as_ref()
-        .map_or_else(|| Arc::new(CertResolver::empty()), |files| files.resolver());
+    let resolver = match &certificates {
+        CertificateSource::Files { files, .. } => files.resolver(),
+        CertificateSource::SelfManaged(_) => Arc::new(CertResolver::empty()),
+    };
+    let tls_config = resolver.server_config()?;
+    if matches!(certificates, CertificateSource::SelfManaged(_)) && client.is_none() {
+        return Err(RunError::NoCluster);
+    }
+    let cluster = client.map(|client| {
+        Cluster::start(
+            client,
+            Arc::clone(&settings),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        )
+    });
     let mut state = AppState::new(Arc::clone(&settings), Arc::clone(&metrics), cluster.clone());
     state.certificate = Some(Arc::clone(&resolver));
-    let tls_config = resolver
-        .server_config()
-        .map_err(|e| ServeError::Accept(std::io::Error::other(e)))?;
 
-    // The admin side outlives the drain so that metrics stay scrapeable until exit.
+    // The admin side and the certificate outlive the drain, so that metrics stay scrapeable
+    // and in-flight handshakes keep their certificate until exit.
     let background = CancellationToken::new();
-    let watcher = match (&cert_files, &cluster, &settings.certificates) {
-        (Some(files), _, _) => tokio::spawn(Arc::clone(files).watch(
-            settings.reload_interval(),
+    let certificate = match &certificates {
+        CertificateSource::Files {
+            files,
+            reload_interval,
+        } => tokio::spawn(Arc::clone(files).watch(
+            *reload_interval,
             Arc::clone(&metrics),
             background.clone(),
         )),
-        (None, Some(cluster), Some(certificates)) => tokio::spawn(certkeeper::follow_secret(
-            cluster.client(),
-            settings.namespace.clone(),
-            certificates.clone(),
-            Arc::clone(&resolver),
-            Arc::clone(&metrics),
-            background.clone(),
-        )),
-        _ => tokio::spawn(async {}),
+        CertificateSource::SelfManaged(config) => {
+            let cluster = cluster.as_ref().ok_or(RunError::NoCluster)?;
+            tokio::spawn(certificates::keeper::follow_secret(
+                cluster.client(),
+                settings.namespace.clone(),
+                config.clone(),
+                Arc::clone(&resolver),
+                Arc::clone(&metrics),
+                background.clone(),
+            ))
+        }
     };
     let admin = tokio::spawn(admin::serve(
         listeners.admin,
         state.clone(),
         background.clone(),
     ));
-    let replicator = cluster.map(|cluster| {
-        tokio::spawn(replicate::controller::run_with_leader_election(
-            cluster,
-            identity,
+    let leader = cluster.as_ref().map(|cluster| {
+        let self_managed = match &certificates {
+            CertificateSource::SelfManaged(config) => Some(config.clone()),
+            CertificateSource::Files { .. } => None,
+        };
+        tokio::spawn(leader::lead(
+            cluster.client(),
+            Arc::clone(&settings),
+            identity.clone(),
+            Arc::clone(&metrics),
             shutdown.clone(),
+            leader_duties(Arc::clone(cluster), identity, self_managed),
         ))
     });
 
     let served = server::serve_tls(listeners.webhook, tls_config, state, shutdown).await;
-    if let Some(replicator) = replicator {
-        let _ = replicator.await;
+    let mut failures = Vec::new();
+    if let Err(error) = served {
+        tracing::error!(%error, "the webhook server failed");
+        failures.push(RunError::Serve(error));
+    }
+    if let Some(leader) = leader {
+        failures.extend(joined("leader election", leader).await.err());
     }
     background.cancel();
-    let _ = watcher.await;
-    let admin_result = admin.await;
-    served?;
-    match admin_result {
-        Ok(result) => result,
-        Err(join) => Err(ServeError::Admin(std::io::Error::other(join))),
+    failures.extend(joined("certificate source", certificate).await.err());
+    match joined("admin listener", admin).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!(%error, "the admin listener failed");
+            failures.push(RunError::Serve(error));
+        }
+        Err(failure) => failures.push(failure),
+    }
+    match failures.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(()),
     }
 }
 
-/// The Lease identity: the pod's name in a cluster ($PULLSECRET_INJECTOR_POD_NAME, or the hostname, which is the
-/// pod's name), with the process id to tell apart several processes on one machine.
-pub fn identity() -> String {
-    let host = std::env::var("PULLSECRET_INJECTOR_POD_NAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "pullsecret-injector".to_string());
-    format!("{host}-{}", std::process::id())
+/// What the Lease holder does each time it wins the Lease, until its term ends: keep the
+/// self-managed certificate, and replicate when an entry has a source.
+fn leader_duties(
+    cluster: Arc<Cluster>,
+    identity: String,
+    self_managed: Option<CertificatesConfig>,
+) -> impl Fn(CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    move |term: CancellationToken| {
+        let (cluster, identity, self_managed) =
+            (Arc::clone(&cluster), identity.clone(), self_managed.clone());
+        Box::pin(async move {
+            let settings = Arc::clone(cluster.settings());
+            let keeper = self_managed.map(|config| {
+                tokio::spawn(certificates::keeper::keep(
+                    cluster.client(),
+                    settings.namespace.clone(),
+                    config,
+                    Arc::clone(cluster.metrics()),
+                    term.clone(),
+                ))
+            });
+            if !settings.copy_names().is_empty() {
+                let replication = tokio::spawn(replicate::controller::run(
+                    Arc::clone(&cluster),
+                    identity,
+                    term,
+                ));
+                let _ = joined("replication", replication).await;
+            }
+            if let Some(keeper) = keeper {
+                let _ = joined("certificate keeper", keeper).await;
+            }
+        })
+    }
+}
+
+/// Waits for a task; a panic or cancellation is logged with the task's name and returned.
+async fn joined<T>(task: &'static str, handle: JoinHandle<T>) -> Result<T, RunError> {
+    handle.await.map_err(|error| {
+        tracing::error!(task, %error, "task failed");
+        RunError::Task {
+            task,
+            reason: error.to_string(),
+        }
+    })
 }

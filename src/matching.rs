@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use thiserror::Error;
 
 use crate::image::ImageName;
+use crate::kubelet_url::{self, UrlError, split_host_port};
 
 /// The key `kubectl create secret docker-registry` writes by default normalizes to this.
 const DEFAULT_REGISTRY_HOST: &str = "index.docker.io";
@@ -24,29 +25,62 @@ pub enum PatternError {
     QueryOrFragment(char),
     #[error("pattern contains '@': user information is not part of a registry key")]
     UserInfo,
+    #[error("pattern contains '%': the kubelet decodes %-escapes; write the characters themselves")]
+    PercentEscape,
+    #[error(
+        "pattern contains '\\': the kubelet's URL parsing refuses it in a host and ignores the entry"
+    )]
+    Backslash,
+    #[error(
+        "pattern contains {0:?}: character classes are not supported; the kubelet's URL parsing refuses a bracket in a host (except around an IPv6 address, as in [::1]:5000) and ignores the entry, so the secret would be used for nothing; list the hosts or use '*'"
+    )]
+    CharacterClass(char),
+    #[error(
+        "a bracketed IPv6 host needs a port (as in [::1]:5000): without one the kubelet globs the brackets as a character class"
+    )]
+    IpLiteralWithoutPort,
+    #[error(
+        "pattern has '*' in its path: '*' globs host labels only; in a path it is a literal character that no image name contains"
+    )]
+    PathWildcard,
     #[error("port {0:?} is not a number")]
     InvalidPort(String),
-    #[error("host label {label:?} is not a valid glob: {reason}")]
-    InvalidGlob { label: String, reason: &'static str },
+    #[error("the kubelet cannot read this key as a URL and ignores it: {0}")]
+    IgnoredByKubelet(UrlError),
+    #[error("the kubelet reads this key but it can match no image name")]
+    MatchesNothing,
 }
 
-/// A registry key as the kubelet stores it: scheme and `/v1/`, `/v2/` prefixes removed.
+/// A registry key as the kubelet's keyring stores it (`BasicDockerKeyring.Add`) and matches
+/// it (`URLsMatch`, which parses the stored key again).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pattern {
     raw: String,
-    key: String,
-    host: HostMatch,
-    path: String,
+    /// The stored key: host and decoded path, scheme and `/v1/`, `/v2/` prefixes removed.
+    /// Bytes, as Go has them: a decoded escape need not be UTF-8.
+    key: Vec<u8>,
+    key_shown: String,
+    /// `raw` with any user information (`user:password@`, which the kubelet drops from a
+    /// key) replaced: what reports may show.
+    raw_shown: String,
+    /// None when the key can match no image name: parsing it again fails, it is not UTF-8,
+    /// or a host label is a malformed glob (the kubelet's `filepath.Match` fails on it).
+    matcher: Option<KeyMatcher>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-struct HostMatch {
+struct KeyMatcher {
     labels: Vec<Glob>,
     port: String,
+    /// The path that must prefix the image's, `/`-led, or empty.
+    path: String,
 }
 
 impl Pattern {
-    /// Parses a pattern the way `BasicDockerKeyring.Add` normalizes a dockerconfigjson key.
+    /// A pattern written in the config: the kubelet's reading of the same string as an `auths`
+    /// key, refused where that reading would surprise (a query, user information, escapes, a
+    /// character class the kubelet ignores, a wildcard in the path) or where the kubelet
+    /// ignores the key or can match nothing with it.
     pub fn parse(raw: &str) -> Result<Self, PatternError> {
         if raw.is_empty() {
             return Err(PatternError::Empty);
@@ -57,51 +91,78 @@ impl Pattern {
         if let Some(c) = raw.chars().find(|c| matches!(c, '?' | '#')) {
             return Err(PatternError::QueryOrFragment(c));
         }
+        if raw.contains('%') {
+            return Err(PatternError::PercentEscape);
+        }
+        if raw.contains('\\') {
+            return Err(PatternError::Backslash);
+        }
         let schemeless = raw
             .strip_prefix("https://")
             .or_else(|| raw.strip_prefix("http://"))
             .unwrap_or(raw);
-        let (host, path) = match schemeless.find('/') {
-            Some(slash) => schemeless.split_at(slash),
-            None => (schemeless, ""),
-        };
+        let (host, path) = schemeless.split_at(schemeless.find('/').unwrap_or(schemeless.len()));
         if host.is_empty() {
             return Err(PatternError::NoHost);
         }
         if host.contains('@') {
             return Err(PatternError::UserInfo);
         }
-        let effective_path = if path.starts_with("/v1/") || path.starts_with("/v2/") {
+        check_brackets(host, path)?;
+        if path.contains('*') {
+            return Err(PatternError::PathWildcard);
+        }
+        let pattern = Self::from_auths_key(raw).map_err(|e| match e {
+            UrlError::InvalidPort(port) => PatternError::InvalidPort(port),
+            other => PatternError::IgnoredByKubelet(other),
+        })?;
+        if pattern.matcher.is_none() {
+            return Err(PatternError::MatchesNothing);
+        }
+        Ok(pattern)
+    }
+
+    /// An `auths` key of a dockerconfigjson Secret, read exactly as the kubelet reads it: an
+    /// error is a key the kubelet ignores. Keys that parse but can match nothing are kept.
+    pub fn from_auths_key(raw: &str) -> Result<Self, UrlError> {
+        let has_scheme = raw.starts_with("https://") || raw.starts_with("http://");
+        let url = if has_scheme {
+            kubelet_url::parse(raw.as_bytes())?
+        } else {
+            kubelet_url::parse(format!("https://{raw}").as_bytes())?
+        };
+        let raw_shown = if url.had_user_info {
+            let start = if has_scheme {
+                raw.find("://").map_or(0, |i| i + 3)
+            } else {
+                0
+            };
+            let authority_end = raw[start..]
+                .find(['/', '?', '#'])
+                .map_or(raw.len(), |i| start + i);
+            let at = raw[start..authority_end]
+                .rfind('@')
+                .map_or(start, |i| start + i);
+            format!("{}<redacted>{}", &raw[..start], &raw[at..])
+        } else {
+            raw.to_string()
+        };
+        let path = url.path.as_slice();
+        let effective_path = if path.starts_with(b"/v2/") || path.starts_with(b"/v1/") {
             &path[3..]
         } else {
             path
         };
-        let path = if effective_path == "/" {
-            ""
-        } else {
-            effective_path
-        };
-        let (hostname, port) = split_host_port(host);
-        if !port.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(PatternError::InvalidPort(port.to_string()));
+        let mut key = url.host;
+        if !effective_path.is_empty() && effective_path != b"/" {
+            key.extend_from_slice(effective_path);
         }
-        let labels = hostname
-            .split('.')
-            .map(|label| {
-                Glob::parse(label).map_err(|reason| PatternError::InvalidGlob {
-                    label: label.to_string(),
-                    reason,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             raw: raw.to_string(),
-            key: format!("{host}{path}"),
-            host: HostMatch {
-                labels,
-                port: port.to_string(),
-            },
-            path: path.to_string(),
+            raw_shown,
+            key_shown: String::from_utf8_lossy(&key).into_owned(),
+            matcher: KeyMatcher::from_key(&key),
+            key,
         })
     }
 
@@ -110,99 +171,142 @@ impl Pattern {
         &self.raw
     }
 
-    /// The normalized key: `host[:port][/path]`.
+    /// The pattern as it may be shown: an `auths` key's user information redacted.
+    pub fn shown(&self) -> &str {
+        &self.raw_shown
+    }
+
+    /// The normalized key: `host[:port][/path]` (a byte that is not UTF-8 shown as U+FFFD).
     pub fn key(&self) -> &str {
-        &self.key
+        &self.key_shown
+    }
+
+    /// Whether some image name can match this key directly.
+    pub fn can_match(&self) -> bool {
+        self.matcher.is_some()
     }
 
     /// `index.docker.io` keys only ever apply through the Docker Hub fallback.
     pub fn is_docker_hub_fallback(&self) -> bool {
-        self.key == DEFAULT_REGISTRY_HOST
+        self.key == DEFAULT_REGISTRY_HOST.as_bytes()
     }
 
     fn literal_host(&self) -> Option<String> {
-        let mut labels = Vec::with_capacity(self.host.labels.len());
-        for label in &self.host.labels {
+        let matcher = self.matcher.as_ref()?;
+        let mut labels = Vec::with_capacity(matcher.labels.len());
+        for label in &matcher.labels {
             labels.push(label.as_literal()?);
         }
-        Some(host_index_key(&labels.join("."), &self.host.port))
+        Some(host_index_key(&labels.join("."), &matcher.port))
     }
 
     /// Where a globbed host is filed: its port, its label count and the literal labels that
     /// end it (`*.azurecr.io` → `azurecr.io`; empty when the last label has a wildcard).
-    fn glob_slot(&self) -> GlobSlot {
-        let literal_tail: Vec<String> = self
-            .host
+    fn glob_slot(&self) -> Option<GlobSlot> {
+        let matcher = self.matcher.as_ref()?;
+        let literal_tail: Vec<String> = matcher
             .labels
             .iter()
             .rev()
             .map_while(Glob::as_literal)
             .collect();
         let suffix = literal_tail.into_iter().rev().collect::<Vec<_>>().join(".");
-        GlobSlot {
-            port: self.host.port.clone(),
-            labels: self.host.labels.len(),
+        Some(GlobSlot {
+            port: matcher.port.clone(),
+            labels: matcher.labels.len(),
             suffix,
-        }
+        })
     }
 
     /// `URLsMatch`: same port string, same label count, each label globs, path is a prefix.
     pub fn matches_directly(&self, image: &ImageName) -> bool {
+        let Some(matcher) = &self.matcher else {
+            return false;
+        };
         let (hostname, port) = split_host_port(image.domain());
-        self.host.port == port
-            && self.host_labels_match(hostname)
-            && image_path_has_prefix(image, &self.path)
-    }
-
-    fn host_labels_match(&self, hostname: &str) -> bool {
-        let count = hostname.bytes().filter(|b| *b == b'.').count() + 1;
-        count == self.host.labels.len()
-            && self
-                .host
-                .labels
-                .iter()
-                .zip(hostname.split('.'))
-                .all(|(glob, label)| glob.matches(label))
+        image.kubelet_url_parses()
+            && matcher.port == port
+            && matcher.host_labels_match(hostname)
+            && image_url_path(image).starts_with(&matcher.path)
     }
 
     /// True when the path matched only as a raw string prefix that cuts a path segment
     /// (`ghcr.io/acme` matching `ghcr.io/acme-labs/x`), which surprises people.
     pub fn matches_mid_segment(&self, image: &ImageName) -> bool {
-        if self.path.is_empty() || self.path.ends_with('/') {
+        let Some(matcher) = &self.matcher else {
+            return false;
+        };
+        if matcher.path.is_empty() || matcher.path.ends_with('/') {
             return false;
         }
-        let image_path = image.path();
-        let pattern_path = &self.path[1..];
-        image_path.len() > pattern_path.len()
-            && image_path.starts_with(pattern_path)
-            && image_path.as_bytes()[pattern_path.len()] != b'/'
+        let image_path = image_url_path(image);
+        image_path.len() > matcher.path.len()
+            && image_path.starts_with(&matcher.path)
+            && image_path.as_bytes()[matcher.path.len()] != b'/'
     }
 }
 
-/// The image's URL path is `/` + its repository path.
-fn image_path_has_prefix(image: &ImageName, pattern_path: &str) -> bool {
-    match pattern_path.strip_prefix('/') {
-        Some(rest) => image.path().starts_with(rest),
-        None => pattern_path.is_empty(),
+/// A config pattern may bracket only an IPv6 address, and only with a port: anything else
+/// the kubelet either ignores or reads as a glob character class.
+fn check_brackets(host: &str, path: &str) -> Result<(), PatternError> {
+    let first_bracket = |s: &str| s.chars().find(|c| matches!(c, '[' | ']'));
+    if let Some(c) = first_bracket(path) {
+        return Err(PatternError::CharacterClass(c));
     }
-}
-
-/// Go's `net.SplitHostPort`, falling back to the whole host and no port when it fails,
-/// as the kubelet's `SplitURL` does.
-fn split_host_port(host: &str) -> (&str, &str) {
-    if let Some(rest) = host.strip_prefix('[') {
-        if let Some((inner, after)) = rest.split_once(']')
-            && let Some(port) = after.strip_prefix(':')
-            && !inner.contains(['[', ']'])
-        {
-            return (inner, port);
+    let Some(c) = first_bracket(host) else {
+        return Ok(());
+    };
+    let Some(bracketed) = host.strip_prefix('[') else {
+        return Err(PatternError::CharacterClass(c));
+    };
+    match bracketed.split_once(']') {
+        Some((address, after)) if !address.contains(['[', ']']) && !after.contains(['[', ']']) => {
+            if after.is_empty() {
+                Err(PatternError::IpLiteralWithoutPort)
+            } else {
+                Ok(())
+            }
         }
-        return (host, "");
+        _ => Err(PatternError::CharacterClass('[')),
     }
-    match host.rsplit_once(':') {
-        Some((hostname, port)) if !hostname.contains(':') => (hostname, port),
-        _ => (host, ""),
+}
+
+impl KeyMatcher {
+    /// `URLsMatch` parses the stored key again; what that leaves is what gets compared.
+    fn from_key(key: &[u8]) -> Option<Self> {
+        let mut url = b"https://".to_vec();
+        url.extend_from_slice(key);
+        let url = kubelet_url::parse(&url).ok()?;
+        // Image names are ASCII: a key that is not UTF-8 matches none.
+        let host = String::from_utf8(url.host).ok()?;
+        let path = String::from_utf8(url.path).ok()?;
+        let (hostname, port) = split_host_port(&host);
+        let labels = hostname
+            .split('.')
+            .map(Glob::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        Some(Self {
+            labels,
+            port: port.to_string(),
+            path,
+        })
     }
+
+    fn host_labels_match(&self, hostname: &str) -> bool {
+        let count = hostname.bytes().filter(|b| *b == b'.').count() + 1;
+        count == self.labels.len()
+            && self
+                .labels
+                .iter()
+                .zip(hostname.split('.'))
+                .all(|(glob, label)| glob.matches(label))
+    }
+}
+
+/// The image's URL path as the keyring parses the name: `/` and the repository path.
+fn image_url_path(image: &ImageName) -> &str {
+    &image.as_str()[image.domain().len()..]
 }
 
 fn host_index_key(hostname: &str, port: &str) -> String {
@@ -378,24 +482,22 @@ impl Keyring {
             if pattern.is_docker_hub_fallback() {
                 keyring.fallback.push(position);
             }
-            match pattern.literal_host() {
-                Some(host) => keyring
+            if let Some(host) = pattern.literal_host() {
+                keyring
                     .by_literal_host
                     .entry(host)
                     .or_default()
-                    .push(position),
-                None => {
-                    let slot = pattern.glob_slot();
-                    keyring
-                        .globbed
-                        .entry(slot.port)
-                        .or_default()
-                        .entry(slot.labels)
-                        .or_default()
-                        .entry(slot.suffix)
-                        .or_default()
-                        .push(position);
-                }
+                    .push(position);
+            } else if let Some(slot) = pattern.glob_slot() {
+                keyring
+                    .globbed
+                    .entry(slot.port)
+                    .or_default()
+                    .entry(slot.labels)
+                    .or_default()
+                    .entry(slot.suffix)
+                    .or_default()
+                    .push(position);
             }
             keyring.patterns.push((secret, pattern));
         }
@@ -411,43 +513,52 @@ impl Keyring {
     }
 
     /// Calls `found` with (secret index, pattern, kind) for every pattern the kubelet would
-    /// use for `image`, mirroring `BasicDockerKeyring.Lookup`: literal hosts first, then
-    /// globs by longest literal suffix, each in config order.
+    /// use for `image`, as `BasicDockerKeyring.Lookup` decides: literal hosts first, then
+    /// globs by longest literal suffix, each in config order ([`Keyring::lookup`] gives the
+    /// kubelet's order).
     pub fn for_each_match<'a>(
         &'a self,
         image: &ImageName,
         mut found: impl FnMut(usize, &'a Pattern, MatchKind),
     ) {
         let mut any_direct = false;
-        let (hostname, port) = split_host_port(image.domain());
-        let literal_hits = self
-            .by_literal_host
-            .get(&host_index_key(hostname, port))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        for &position in literal_hits {
-            let (secret, pattern) = &self.patterns[position];
-            if image_path_has_prefix(image, &pattern.path) {
-                any_direct = true;
-                found(*secret, pattern, MatchKind::Direct);
+        // A name the keyring cannot parse as a URL matches no key directly.
+        if image.kubelet_url_parses() {
+            let (hostname, port) = split_host_port(image.domain());
+            let image_path = image_url_path(image);
+            let literal_hits = self
+                .by_literal_host
+                .get(&host_index_key(hostname, port))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for &position in literal_hits {
+                let (secret, pattern) = &self.patterns[position];
+                if pattern
+                    .matcher
+                    .as_ref()
+                    .is_some_and(|m| image_path.starts_with(&m.path))
+                {
+                    any_direct = true;
+                    found(*secret, pattern, MatchKind::Direct);
+                }
             }
-        }
-        let globbed = self
-            .globbed
-            .get(port)
-            .and_then(|by_count| by_count.get(&(hostname.split('.').count())));
-        if let Some(by_suffix) = globbed {
-            // Every suffix of the host at a label boundary, longest first, then the empty one.
-            let suffixes = hostname
-                .match_indices('.')
-                .map(|(dot, _)| &hostname[dot + 1..])
-                .chain(std::iter::once(""));
-            for suffix in suffixes {
-                for &position in by_suffix.get(suffix).map(Vec::as_slice).unwrap_or_default() {
-                    let (secret, pattern) = &self.patterns[position];
-                    if pattern.matches_directly(image) {
-                        any_direct = true;
-                        found(*secret, pattern, MatchKind::Direct);
+            let globbed = self
+                .globbed
+                .get(port)
+                .and_then(|by_count| by_count.get(&(hostname.split('.').count())));
+            if let Some(by_suffix) = globbed {
+                // Every suffix of the host at a label boundary, longest first, then the empty one.
+                let suffixes = hostname
+                    .match_indices('.')
+                    .map(|(dot, _)| &hostname[dot + 1..])
+                    .chain(std::iter::once(""));
+                for suffix in suffixes {
+                    for &position in by_suffix.get(suffix).map(Vec::as_slice).unwrap_or_default() {
+                        let (secret, pattern) = &self.patterns[position];
+                        if pattern.matches_directly(image) {
+                            any_direct = true;
+                            found(*secret, pattern, MatchKind::Direct);
+                        }
                     }
                 }
             }
@@ -459,6 +570,32 @@ impl Keyring {
             }
         }
     }
+
+    /// Every match in the order the kubelet tries the credentials: its index is the keys
+    /// sorted in reverse (byte order), and equal keys keep the order of the pod's secrets,
+    /// which is config order here.
+    pub fn lookup<'a>(&'a self, image: &ImageName) -> Vec<Match<'a>> {
+        let mut matches = Vec::new();
+        self.for_each_match(image, |secret, pattern, kind| {
+            matches.push(Match {
+                secret,
+                pattern,
+                kind,
+            })
+        });
+        // Stable: equal keys stay in config order.
+        matches.sort_by(|a, b| b.pattern.key.cmp(&a.pattern.key));
+        matches
+    }
+}
+
+/// One credential the kubelet would try for an image.
+#[derive(Debug, Clone, Copy)]
+pub struct Match<'a> {
+    /// Index of the configured secret.
+    pub secret: usize,
+    pub pattern: &'a Pattern,
+    pub kind: MatchKind,
 }
 
 #[cfg(test)]
@@ -495,8 +632,72 @@ mod tests {
     #[case::open_class("reg[istry.io")]
     #[case::empty_class("reg[]x.io")]
     #[case::trailing_backslash("registry\\")]
+    #[case::class("host[1-3].example.com")]
+    #[case::leading_class("[a-z]*/acme")]
+    #[case::ipv6_without_port("[::1]")]
+    #[case::not_ipv6("[ab]:5000")]
+    #[case::two_colons("a:1:2")]
+    #[case::escape("ghcr.io/a%2Fb")]
+    #[case::path_wildcard("ghcr.io/acme/*")]
+    #[case::class_in_path("ghcr.io/[a]")]
     fn rejects_patterns(#[case] raw: &str) {
         assert!(Pattern::parse(raw).is_err(), "{raw:?} should be rejected");
+    }
+
+    #[test]
+    fn character_classes_are_refused_with_the_reason() {
+        let err = Pattern::parse("host[1-3].example.com")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("character classes are not supported"), "{err}");
+        assert!(err.contains("used for nothing"), "{err}");
+    }
+
+    #[rstest]
+    #[case::query_ends_the_key("ghcr.io?x", "ghcr.io")]
+    #[case::user_info_dropped("robot:s3cret@ghcr.io/acme", "ghcr.io/acme")]
+    #[case::escape_decoded("ghcr.io/a%2Fb", "ghcr.io/a/b")]
+    #[case::v2_path("https://ghcr.io/v2/acme", "ghcr.io/acme")]
+    fn auths_keys_read_as_the_kubelet_reads_them(#[case] raw: &str, #[case] key: &str) {
+        let pattern = Pattern::from_auths_key(raw).unwrap();
+        assert_eq!(pattern.key(), key);
+        assert!(pattern.can_match());
+    }
+
+    #[test]
+    fn an_escaped_query_in_a_stored_key_cuts_its_path_when_matched() {
+        // Stored as ghcr.io/a?b; parsed again for matching, the path is /a.
+        let pattern = Pattern::from_auths_key("ghcr.io/a%3Fb").unwrap();
+        assert_eq!(pattern.key(), "ghcr.io/a?b");
+        assert!(pattern.matches_directly(&image("ghcr.io/acme/x")));
+    }
+
+    #[test]
+    fn user_information_in_a_key_is_never_shown() {
+        for (raw, shown) in [
+            (
+                "https://robot:s3cret@ghcr.io/a@b",
+                "https://<redacted>@ghcr.io/a@b",
+            ),
+            ("robot:s3cr@et@ghcr.io", "<redacted>@ghcr.io"),
+            ("ghcr.io/acme", "ghcr.io/acme"),
+        ] {
+            let pattern = Pattern::from_auths_key(raw).unwrap();
+            assert_eq!(pattern.shown(), shown, "{raw:?}");
+            assert!(!pattern.key().contains("s3"), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn auths_keys_the_kubelet_ignores_are_errors() {
+        for raw in [
+            "[a-z]*/acme",
+            "host[1-3].example.com",
+            "a:1:2",
+            "ghcr.io/%zz",
+        ] {
+            assert!(Pattern::from_auths_key(raw).is_err(), "{raw:?}");
+        }
     }
 
     #[rstest]
@@ -558,8 +759,8 @@ mod tests {
             "x.*.io/a",
             "*",
             "*.example.com:5000",
-            "reg[0-9].example.com",
-            "\\x.azurecr.io",
+            "reg*.example.com",
+            "x.azurecr.io",
         ];
         let keyring = Keyring::new(
             raw.iter()

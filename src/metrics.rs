@@ -76,6 +76,7 @@ pub struct Metrics {
     bad_requests: Family<ReasonLabels, Counter>,
     certificate_reloads: Family<ResultLabels, Counter>,
     certificate_expiry: Gauge,
+    certificate_errors: Family<ReasonLabels, Counter>,
     tls_handshake_failures: Counter,
     open_connections: Gauge,
     copies: Family<ActionLabels, Counter>,
@@ -147,6 +148,12 @@ impl Metrics {
             "When the serving certificate in use expires, in seconds since the Unix epoch (0 before one is loaded)",
             certificate_expiry.clone(),
         );
+        let certificate_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "certificate_errors",
+            "Failed checks of the self-managed certificate and caBundle, by reason (forbidden, conflict, api, generate)",
+            certificate_errors.clone(),
+        );
         let tls_handshake_failures = Counter::default();
         registry.register(
             "tls_handshake_failures",
@@ -215,6 +222,9 @@ impl Metrics {
         for result in ["created", "exists", "failed"] {
             let _ = ensured.get_or_create(&ResultLabels { result });
         }
+        for reason in ["forbidden", "conflict", "api", "generate"] {
+            let _ = certificate_errors.get_or_create(&ReasonLabels { reason });
+        }
         for reason in ["api", "forbidden", "conflict", "lease", "invalid_source"] {
             let _ = sync_errors.get_or_create(&ReasonLabels { reason });
         }
@@ -234,6 +244,7 @@ impl Metrics {
             duration,
             bad_requests,
             certificate_reloads,
+            certificate_errors,
             tls_handshake_failures,
             open_connections,
         }
@@ -285,6 +296,12 @@ impl Metrics {
         let result = if ok { "success" } else { "error" };
         self.certificate_reloads
             .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn certificate_error(&self, reason: &'static str) {
+        self.certificate_errors
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
@@ -350,6 +367,7 @@ mod tests {
         m.skipped("no_match");
         m.set_certificate_expiry(1_900_000_000);
         m.source_synced("injector/regcred");
+        m.certificate_error("forbidden");
         let text = m.render();
         for line in [
             "pullsecret_injector_skipped_admissions_total{reason=\"no_match\"} 1",
@@ -364,6 +382,7 @@ mod tests {
             "pullsecret_injector_injected_secrets_total{secret=\"acme\"} 1",
             "pullsecret_injector_bad_requests_total{reason=\"invalid_json\"} 1",
             "pullsecret_injector_certificate_reloads_total{result=\"error\"} 1",
+            "pullsecret_injector_certificate_errors_total{reason=\"forbidden\"} 1",
             "pullsecret_injector_admission_duration_seconds_count 1",
             "pullsecret_injector_open_connections 0",
         ] {

@@ -28,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::admission;
+use crate::admission::{self, ClusterView};
 use crate::config::{Limits, Settings};
 use crate::metrics::Metrics;
 use crate::replicate::Cluster;
@@ -268,16 +268,16 @@ async fn mutate_inner(
             );
         }
         Ok(Err(e)) => {
-            return refuse_early(
-                body,
+            return refuse(
                 StatusCode::BAD_REQUEST,
                 "body_read_error",
                 format!("reading the body failed: {e}"),
             );
         }
         Err(_) => {
-            return refuse_early(
-                body,
+            // A sender this slow gets no lingering: waiting longer for its bytes is what a
+            // slowloris wants, and it is not reading our answer in a hurry either.
+            let mut response = refuse(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_read_timeout",
                 format!(
@@ -285,6 +285,10 @@ async fn mutate_inner(
                     limits.body_read_timeout_seconds
                 ),
             );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
     };
 
@@ -294,11 +298,11 @@ async fn mutate_inner(
             let elapsed = started.elapsed();
             state
                 .metrics
-                .admission(reviewed.operation, reviewed.outcome.result_label(), elapsed);
+                .admission(reviewed.operation, reviewed.outcome.metric_label(), elapsed);
             for name in reviewed.outcome.injected() {
                 state.metrics.injected(name);
             }
-            let reason = reviewed.outcome.skip_reason().map(|r| r.as_str());
+            let reason = reviewed.outcome.skip_reason().map(|r| r.metric_label());
             if let Some(reason) = reason {
                 state.metrics.skipped(reason);
             }
@@ -308,7 +312,7 @@ async fn mutate_inner(
                 pod = %reviewed.name,
                 operation = reviewed.operation,
                 dry_run = reviewed.dry_run,
-                result = reviewed.outcome.result_label(),
+                result = reviewed.outcome.metric_label(),
                 reason = reason.unwrap_or(""),
                 injected = %reviewed.outcome.injected().join(","),
                 duration_us = elapsed.as_micros() as u64,
@@ -318,7 +322,11 @@ async fn mutate_inner(
             );
             axum::Json(reviewed.response).into_response()
         }
-        Err(error) => refuse(StatusCode::BAD_REQUEST, error.reason(), error.to_string()),
+        Err(error) => refuse(
+            StatusCode::BAD_REQUEST,
+            error.metric_label(),
+            error.to_string(),
+        ),
     }
 }
 
@@ -332,11 +340,7 @@ async fn review(
     let settings = &state.settings;
     let decoded = admission::decode(body)?;
     let Some(cluster) = &state.cluster else {
-        let scope = admission::Scope {
-            keyring: &settings.keyring,
-            namespace_labels: None,
-        };
-        return admission::answer(settings, &scope, decoded);
+        return admission::review(settings, &ClusterView::offline(settings), decoded);
     };
     let keyring = cluster.keyring();
     let namespace = match decoded.pod_create_namespace() {
@@ -346,11 +350,11 @@ async fn review(
     // A namespace that cannot be read counts as unlabelled: selector-narrowed entries skip it.
     let no_labels = BTreeMap::new();
     let labels = namespace.as_deref().map_or(&no_labels, |ns| ns.labels());
-    let scope = admission::Scope {
+    let view = ClusterView {
         keyring: &keyring,
         namespace_labels: Some(labels),
     };
-    let mut reviewed = admission::answer(settings, &scope, decoded)?;
+    let mut reviewed = admission::review(settings, &view, decoded)?;
     if !reviewed.dry_run && !reviewed.outcome.injected().is_empty() {
         let warnings = cluster
             .ensure_copies(

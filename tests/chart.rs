@@ -84,6 +84,11 @@ fn mode_args(mode: &str) -> Vec<String> {
 
 const MODES: [&str; 4] = ["default", "self", "certManager", "external"];
 
+/// `self` is the default mode.
+fn self_managed(mode: &str) -> bool {
+    matches!(mode, "default" | "self")
+}
+
 /// `helm template` output, as text and as parsed documents.
 struct Rendered {
     text: String,
@@ -319,6 +324,8 @@ fn schema_refuses_bad_values_naming_the_field() {
             "webhok.timeoutSeconds=5",
             "additional properties 'webhok' not allowed",
         ),
+        ("retiredSecrets[0]=Bad_Name", "/retiredSecrets/0"),
+        ("secretPolicy.enabled=maybe", "/secretPolicy/enabled"),
     ] {
         let err = render_error(&["--set", set]);
         assert!(
@@ -414,6 +421,8 @@ fn every_object_carries_the_recommended_labels() {
                 "ClusterRole",
                 "ClusterRoleBinding",
                 "MutatingWebhookConfiguration",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding",
             ];
             if !cluster_scoped.contains(&doc["kind"].as_str().unwrap()) {
                 assert_eq!(doc["metadata"]["namespace"], NAMESPACE, "{what}");
@@ -769,7 +778,6 @@ fn self_mode_has_no_ca_bundle_and_may_patch_only_its_own_configuration() {
     assert_eq!(
         config["certificates"],
         serde_json::json!({
-            "mode": "self",
             "secretName": format!("{FULLNAME}-tls"),
             "webhookConfigurationName": FULLNAME,
             "serviceName": FULLNAME,
@@ -944,11 +952,10 @@ fn rbac_is_least_privilege() {
             found[0].verbs.clone()
         };
         assert_eq!(verbs("", "namespaces"), strings(&["get", "list", "watch"]));
-        assert_eq!(
-            verbs("", "secrets"),
-            strings(&[
-                "get", "list", "watch", "create", "update", "patch", "delete"
-            ])
+        // Nothing to copy, nothing to read: no Secret at all outside the release namespace.
+        assert!(
+            rule_for(&rules, "", "secrets").is_empty(),
+            "{mode}: {rules:?}"
         );
         assert_eq!(verbs("", "events"), strings(&["create", "patch"]));
         assert_eq!(
@@ -957,6 +964,23 @@ fn rbac_is_least_privilege() {
         );
 
         let role = rendered.one::<Role>().rules.unwrap();
+        let secrets = rule_for(&role, "", "secrets");
+        if self_managed(mode) {
+            // The certificate Secret, by name; and its creation, which the policy narrows.
+            assert_eq!(secrets.len(), 2, "{secrets:?}");
+            assert_eq!(
+                secrets[0].resource_names.as_deref(),
+                Some(&strings(&[&format!("{FULLNAME}-tls")])[..])
+            );
+            assert_eq!(
+                secrets[0].verbs,
+                strings(&["get", "list", "watch", "update"])
+            );
+            assert_eq!(secrets[1].resource_names, None);
+            assert_eq!(secrets[1].verbs, strings(&["create"]));
+        } else {
+            assert!(secrets.is_empty(), "{mode}: {secrets:?}");
+        }
         let leases = rule_for(&role, "coordination.k8s.io", "leases");
         assert_eq!(leases.len(), 2);
         assert_eq!(
@@ -992,6 +1016,208 @@ fn rbac_is_least_privilege() {
             );
         }
     }
+}
+
+/// Entries that replicate: a source in the release namespace, one in another namespace
+/// (with overwriteExisting), a patterns-only entry, and a retired entry.
+const REPLICATED: [&str; 4] = [
+    "--set-json",
+    r#"secrets=[
+  {"name": "regcred", "source": {"name": "regcred-source"}},
+  {"name": "corp", "source": {"namespace": "shared", "name": "corp-src"}, "overwriteExisting": true},
+  {"name": "acme-ghcr", "registries": ["ghcr.io/acme/"]}
+]"#,
+    "--set-json",
+    r#"retiredSecrets=["old-regcred"]"#,
+];
+
+fn replicated(mode: &str) -> Rendered {
+    render_mode(mode, &REPLICATED)
+}
+
+#[test]
+fn rbac_reads_and_writes_secrets_only_by_name() {
+    for mode in MODES {
+        let rendered = replicated(mode);
+        let cluster = rendered.one::<ClusterRole>().rules.unwrap();
+        let secrets = rule_for(&cluster, "", "secrets");
+        assert_eq!(secrets.len(), 3, "{mode}: {secrets:?}");
+        // The copies, in any namespace, under their configured names only.
+        assert_eq!(
+            secrets[0].resource_names.as_deref(),
+            Some(&strings(&["regcred", "corp"])[..])
+        );
+        assert_eq!(
+            secrets[0].verbs,
+            strings(&["get", "list", "watch", "update", "delete"])
+        );
+        // create cannot be limited by name: the Secret policy narrows it.
+        assert_eq!(secrets[1].resource_names, None);
+        assert_eq!(secrets[1].verbs, strings(&["create"]));
+        // A retired entry's copies: found and deleted, never written.
+        assert_eq!(
+            secrets[2].resource_names.as_deref(),
+            Some(&strings(&["old-regcred"])[..])
+        );
+        assert_eq!(
+            secrets[2].verbs,
+            strings(&["get", "list", "watch", "delete"])
+        );
+
+        let roles = rendered.all::<Role>();
+        let in_namespace = |namespace: &str| -> Vec<PolicyRule> {
+            let found: Vec<&Role> = roles
+                .iter()
+                .filter(|r| r.metadata.namespace.as_deref() == Some(namespace))
+                .collect();
+            assert_eq!(found.len(), 1, "{mode}: one Role in {namespace}");
+            assert_eq!(found[0].metadata.name.as_deref(), Some(FULLNAME));
+            found[0].rules.clone().unwrap()
+        };
+        assert_eq!(roles.len(), 2, "{mode}");
+        let release = in_namespace(NAMESPACE);
+        let release_secrets = rule_for(&release, "", "secrets");
+        assert_eq!(
+            release_secrets[0].resource_names.as_deref(),
+            Some(&strings(&["regcred-source"])[..])
+        );
+        assert_eq!(release_secrets[0].verbs, strings(&["get", "list", "watch"]));
+        assert_eq!(
+            release_secrets.len(),
+            if self_managed(mode) { 3 } else { 1 },
+            "{mode}: {release_secrets:?}"
+        );
+        let shared = in_namespace("shared");
+        assert_eq!(shared.len(), 1, "{mode}: {shared:?}");
+        assert_eq!(
+            shared[0].resource_names.as_deref(),
+            Some(&strings(&["corp-src"])[..])
+        );
+        assert_eq!(shared[0].verbs, strings(&["get", "list", "watch"]));
+
+        let bindings = rendered.all::<RoleBinding>();
+        assert_eq!(bindings.len(), 2, "{mode}");
+        for binding in bindings {
+            assert_eq!(binding.role_ref.kind, "Role");
+            assert_eq!(binding.role_ref.name, FULLNAME);
+            let subjects = binding.subjects.unwrap();
+            assert_eq!(subjects.len(), 1);
+            assert_eq!(subjects[0].name, FULLNAME);
+            assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE));
+        }
+
+        // Whatever the rule, Secrets are read only by name.
+        let every_rule = cluster
+            .iter()
+            .chain(roles.iter().flat_map(|r| r.rules.iter().flatten()));
+        for rule in
+            every_rule.filter(|r| !rule_for(std::slice::from_ref(*r), "", "secrets").is_empty())
+        {
+            if rule.resource_names.is_none() {
+                assert_eq!(rule.verbs, strings(&["create"]), "{mode}: {rule:?}");
+            }
+        }
+    }
+}
+
+/// The policy's CEL reads its names from variables the chart fills in; what it allows is
+/// proven on a real apiserver in e2e_least_privilege.
+#[test]
+fn secret_policy_holds_the_service_account_to_the_secrets_it_manages() {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let name = format!("{FULLNAME}-secrets");
+    for mode in MODES {
+        let rendered = replicated(mode);
+        let policies = rendered.all::<ValidatingAdmissionPolicy>();
+        assert_eq!(policies.len(), 1, "{mode}: on by default");
+        let policy = &policies[0];
+        assert_eq!(policy.metadata.name.as_deref(), Some(name.as_str()));
+        let spec = policy.spec.clone().unwrap();
+        assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
+        let rules = spec.match_constraints.unwrap().resource_rules.unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(&strings(&["secrets"])[..])
+        );
+        assert_eq!(
+            rules[0].operations.as_deref(),
+            Some(&strings(&["CREATE", "UPDATE", "DELETE"])[..])
+        );
+        let conditions = spec.match_conditions.unwrap();
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(
+            conditions[0].expression,
+            format!(
+                r#"request.userInfo.username == "system:serviceaccount:{NAMESPACE}:{FULLNAME}""#
+            )
+        );
+        let variables: BTreeMap<String, String> = spec
+            .variables
+            .unwrap()
+            .into_iter()
+            .map(|v| (v.name, v.expression))
+            .collect();
+        // The owner the binary writes: the Lease's namespace/name, from the chart's config.
+        let config: Value = serde_saphyr::from_str(&rendered.config_yaml()).unwrap();
+        assert_eq!(config["leaderElection"]["leaseName"], FULLNAME);
+        assert_eq!(variables["owner"], format!(r#""{NAMESPACE}/{FULLNAME}""#));
+        assert_eq!(variables["copyNames"], r#"["regcred","corp"]"#);
+        assert_eq!(variables["retiredNames"], r#"["old-regcred"]"#);
+        assert_eq!(variables["overwriteNames"], r#"["corp"]"#);
+        assert_eq!(config["retiredSecrets"], serde_json::json!(["old-regcred"]));
+        let certificate = if self_managed(mode) {
+            format!(r#"request.namespace == "{NAMESPACE}" && request.name == "{FULLNAME}-tls""#)
+        } else {
+            "false".to_string()
+        };
+        assert_eq!(variables["certificate"], certificate, "{mode}");
+        let validations = spec.validations.unwrap();
+        assert_eq!(validations.len(), 2);
+        for validation in &validations {
+            assert_eq!(validation.reason.as_deref(), Some("Forbidden"));
+            assert!(
+                validation
+                    .message
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains(FULLNAME),
+                "{validation:?}"
+            );
+        }
+
+        let bindings = rendered.all::<ValidatingAdmissionPolicyBinding>();
+        assert_eq!(bindings.len(), 1);
+        let binding = bindings[0].spec.clone();
+        assert_eq!(binding.policy_name, name);
+        assert_eq!(binding.validation_actions, strings(&["Deny"]));
+    }
+    // A retired name that is in use again is a live copy, not a retired one.
+    let reused = render_mode(
+        "self",
+        &[
+            "--set-json",
+            r#"secrets=[{"name": "regcred", "source": {"name": "s"}}]"#,
+            "--set-json",
+            r#"retiredSecrets=["regcred"]"#,
+        ],
+    );
+    let policy = reused.all::<ValidatingAdmissionPolicy>().remove(0);
+    let retired = policy
+        .spec
+        .unwrap()
+        .variables
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "retiredNames")
+        .unwrap();
+    assert_eq!(retired.expression, "[]");
+
+    let off = render_mode("self", &["--set", "secretPolicy.enabled=false"]);
+    assert!(off.all::<ValidatingAdmissionPolicy>().is_empty());
+    assert!(off.all::<ValidatingAdmissionPolicyBinding>().is_empty());
 }
 
 #[test]
@@ -1587,6 +1813,7 @@ fn rendered_config_is_accepted_by_the_binary() {
         for extra in [
             &[][..],
             &["--set-json", SECRETS, "--set", "limits.maxConnections=100"][..],
+            &REPLICATED[..],
             &[
                 "--set",
                 "webhook.namespaceSelector.matchLabels.tier=apps",

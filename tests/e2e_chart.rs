@@ -1,6 +1,7 @@
 //! `helm install` of the chart into the real control plane (crates/test-support, `controlplane`):
 //! every object the chart renders passes helm's OpenAPI validation and the apiserver's own,
-//! RBAC grants what the injector needs and no more (asked of the apiserver's authorizer),
+//! RBAC grants what the injector needs and no more (asked of the apiserver's authorizer;
+//! Secrets by name only), the Secret policy is accepted and bound,
 //! and `helm uninstall` removes it all. There are no nodes, so the injector's pods never
 //! run: the tests do not wait for them (`--wait=false`).
 //!
@@ -18,7 +19,10 @@
 use std::process::Output;
 use std::time::Duration;
 
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -118,6 +122,7 @@ async fn assert_uninstalled(client: &kube::Client, release: &str, namespace: &st
     helm_ok(&["uninstall", release, "--namespace", namespace, "--wait"]);
     let webhooks = Api::<MutatingWebhookConfiguration>::all(client.clone());
     let roles = Api::<ClusterRole>::all(client.clone());
+    let policies = Api::<ValidatingAdmissionPolicy>::all(client.clone());
     let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
     eventually(
         &format!("the objects of release {release} to be deleted"),
@@ -132,6 +137,10 @@ async fn assert_uninstalled(client: &kube::Client, release: &str, namespace: &st
                     .get_opt(&fullname)
                     .await
                     .map(|o| o.map(|_| ClusterRole::KIND)),
+                policies
+                    .get_opt(&format!("{fullname}-secrets"))
+                    .await
+                    .map(|o| o.map(|_| ValidatingAdmissionPolicy::KIND)),
                 deployments
                     .get_opt(&fullname)
                     .await
@@ -335,6 +344,8 @@ async fn chart_installs_in_self_mode_with_least_privilege() {
         "--namespace",
         &namespace,
         "--wait=false",
+        "--set-json",
+        r#"secrets=[{"name":"regcred","source":{"name":"regcred-source"}}]"#,
     ]);
 
     let webhook = webhook_of(&client, &fullname).await;
@@ -342,6 +353,16 @@ async fn chart_installs_in_self_mode_with_least_privilege() {
         webhook.client_config.ca_bundle, None,
         "the injector patches it in at run time"
     );
+    // The Secret policy is installed (the apiserver validated it) and bound.
+    let policy = Api::<ValidatingAdmissionPolicy>::all(client.clone())
+        .get(&format!("{fullname}-secrets"))
+        .await
+        .expect("the Secret policy");
+    assert!(policy.spec.is_some());
+    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+        .get(&format!("{fullname}-secrets"))
+        .await
+        .expect("the Secret policy's binding");
 
     // What the injector's ServiceAccount may do, by the apiserver's authorizer.
     let sa = (namespace.as_str(), fullname.as_str());
@@ -379,16 +400,33 @@ async fn chart_installs_in_self_mode_with_least_privilege() {
             Some(fullname.as_str()),
             false,
         ),
-        // replication
+        // replication: Secrets by name only (create cannot be; the Secret policy narrows it)
         ("list", ("", "namespaces"), None, None, true),
-        ("watch", ("", "secrets"), None, None, true),
+        ("watch", ("", "secrets"), None, None, false),
+        ("watch", ("", "secrets"), None, Some("regcred"), true),
+        ("get", ("", "secrets"), ns, Some("regcred-source"), true),
+        ("get", ("", "secrets"), ns, Some("other"), false),
+        (
+            "get",
+            ("", "secrets"),
+            Some("kube-system"),
+            Some("bootstrap-token-abc"),
+            false,
+        ),
         ("create", ("", "secrets"), Some("default"), None, true),
         (
             "delete",
             ("", "secrets"),
             Some("default"),
-            Some("copy"),
+            Some("regcred"),
             true,
+        ),
+        (
+            "delete",
+            ("", "secrets"),
+            Some("default"),
+            Some("copy"),
+            false,
         ),
         ("create", ("", "events"), Some("default"), None, true),
         (
@@ -432,6 +470,7 @@ async fn chart_installs_in_self_mode_with_least_privilege() {
         "--namespace",
         &namespace,
         "--wait=false",
+        "--reuse-values",
         "--set",
         "webhook.timeoutSeconds=3",
     ]);

@@ -1,10 +1,12 @@
 //! `match` and `mutate` read source secrets through `--kubeconfig`, for entries whose
-//! patterns are their sources' `auths` keys.
+//! patterns are their sources' `auths` keys: with the token of the chart's ServiceAccount, as
+//! `kubectl exec` into the injector's pod would, which may read those sources by name only.
 
 use std::process::Command;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
+use test_support::access::ChartAccess;
 use test_support::controlplane;
 use test_support::injector;
 use test_support::secrets::secret;
@@ -21,20 +23,19 @@ async fn match_reads_patterns_from_the_source_through_kubeconfig() {
         "kubernetes.io/dockerconfigjson",
         &[(".dockerconfigjson", auths.as_bytes())],
     );
-    Api::<Secret>::namespaced(client, &ns)
+    Api::<Secret>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &source)
         .await
         .expect("create source");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "namespace: {ns}\nsecrets:\n  - name: regcred\n    source: {{name: regcred-source}}\n"
-        ),
-    )
-    .unwrap();
-    let kubeconfig = cp.kubeconfig_path().display().to_string();
+    let config_text = format!(
+        "namespace: {ns}\nleaderElection: {{leaseName: cli-sources}}\n\
+         secrets:\n  - name: regcred\n    source: {{name: regcred-source}}\n"
+    );
+    std::fs::write(&config, &config_text).unwrap();
+    let access = ChartAccess::for_config(&client, &config_text, dir.path()).await;
+    let kubeconfig = access.kubeconfig.display().to_string();
     let run_with = |extra: &[&str], env_kubeconfig: Option<&str>| {
         let mut command = Command::new(injector::binary());
         command

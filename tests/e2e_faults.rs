@@ -3,6 +3,10 @@
 //! replicator watches, kube-apiserver down when the injector starts, etcd frozen while pods
 //! are admitted, RBAC refusing the replicator's writes, and the source Secret deleted.
 //!
+//! The injectors run with the access the chart grants for their config (a ServiceAccount
+//! token, RBAC by name, the Secret policy: test_support::access), except in the RBAC test,
+//! which takes write access away on purpose.
+//!
 //! Each test binary has a control plane of its own, so breaking it here disturbs no other
 //! suite. Within this binary, the tests that break it hold `FAULTS` for writing and the others
 //! for reading: nothing runs while the control plane is broken but the test that broke it.
@@ -18,6 +22,7 @@ use k8s_openapi::api::rbac::v1::{
 };
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::Value;
+use test_support::access::{self, ChartAccess};
 use test_support::accounts::{service_account_token, token_kubeconfig};
 use test_support::client::TlsClient;
 use test_support::controlplane::{self, NamespaceName, eventually, set_label};
@@ -89,9 +94,12 @@ async fn start(id: &str, password: &str) -> Start {
 
 /// A replicator of the source in `source_ns` into namespaces labelled `label`, holding Lease
 /// `lease`, talking to the cluster through `kubeconfig`; returned once it leads.
-async fn leader(source_ns: &str, label: &str, lease: &str, kubeconfig: &Path) -> Instance {
+async fn leader(source_ns: &str, label: &str, lease: &str, kubeconfig: Option<&Path>) -> Instance {
     let config = replication_config(source_ns, label, lease, LEASE_SECONDS, REGCRED);
-    let replicator = Instance::replicator(&config, kubeconfig, &[]).await;
+    let replicator = match kubeconfig {
+        Some(kubeconfig) => Instance::replicator(&config, kubeconfig, &[]).await,
+        None => access::replicator(&config, &[]).await,
+    };
     replicator.injector.wait_leader(LEADER).await;
     replicator
 }
@@ -130,7 +138,7 @@ async fn apiserver_killed_and_restarted_replicator_resumes_and_converges() {
         source_ns,
         source,
     } = start("restart", "before-the-outage").await;
-    let replicator = leader(&source_ns, &label, "faults-restart", cp.kubeconfig_path()).await;
+    let replicator = leader(&source_ns, &label, "faults-restart", None).await;
     let _injector_logs = replicator.injector.logs_on_failure();
     let before =
         controlplane::namespace(&client, "faults-restart-before", &[(&label, "enabled")]).await;
@@ -218,14 +226,16 @@ async fn apiserver_down_when_the_injector_starts_it_replicates_once_the_apiserve
     } = start("cold", "cold-start").await;
     let opted_in = controlplane::namespace(&client, "faults-cold", &[(&label, "enabled")]).await;
 
-    let stopped = tokio::task::spawn_blocking(move || cp.kill_apiserver())
-        .await
-        .expect("kill kube-apiserver");
+    // The chart's access is granted while the apiserver is up, as an install would.
     let dir = tempfile::tempdir().expect("tempdir");
     injector::certificates(dir.path());
     let config = replication_config(&source_ns, &label, "faults-cold", LEASE_SECONDS, REGCRED);
+    let access = ChartAccess::for_config(&client, &config, dir.path()).await;
+    let stopped = tokio::task::spawn_blocking(move || cp.kill_apiserver())
+        .await
+        .expect("kill kube-apiserver");
     let injector = Injector::start(Options {
-        kubeconfig: Some(cp.kubeconfig_path()),
+        kubeconfig: Some(&access.kubeconfig),
         ..Options::new(&config, dir.path())
     });
     let _injector_logs = injector.logs_on_failure();
@@ -261,7 +271,7 @@ async fn etcd_paused_admission_answers_from_caches_and_the_pod_is_created_when_i
         source_ns,
         source,
     } = start("etcd", "frozen").await;
-    let replicator = leader(&source_ns, &label, "faults-etcd", cp.kubeconfig_path()).await;
+    let replicator = leader(&source_ns, &label, "faults-etcd", None).await;
     let _injector_logs = replicator.injector.logs_on_failure();
     let ns = controlplane::namespace(&client, "faults-etcd", &[(&label, "enabled")]).await;
     wait_copy(&client, &ns, "regcred", &source, CONVERGE).await;
@@ -442,7 +452,7 @@ async fn forbidden_by_rbac_is_logged_and_counted_and_retried_slowly_without_a_cr
     let token = service_account_token(&client, &source_ns, "replicator").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = token_kubeconfig(dir.path(), cp.apiserver_url(), cp.ca_pem(), &token);
-    let replicator = leader(&source_ns, &label, "faults-403", &kubeconfig).await;
+    let replicator = leader(&source_ns, &label, "faults-403", Some(&kubeconfig)).await;
     let _injector_logs = replicator.injector.logs_on_failure();
     let ns = controlplane::namespace(&client, "faults-403", &[(&label, "enabled")]).await;
     let line = replicator
@@ -498,14 +508,14 @@ async fn forbidden_by_rbac_is_logged_and_counted_and_retried_slowly_without_a_cr
 async fn deleted_source_leaves_copies_and_user_secrets_alone_until_it_is_back() {
     let _serial = FAULTS.read().await;
     let Start {
-        cp,
+        cp: _,
         _logs,
         client,
         label,
         source_ns,
         source,
     } = start("deleted", "first").await;
-    let replicator = leader(&source_ns, &label, "faults-deleted", cp.kubeconfig_path()).await;
+    let replicator = leader(&source_ns, &label, "faults-deleted", None).await;
     let _injector_logs = replicator.injector.logs_on_failure();
 
     let with_copy =

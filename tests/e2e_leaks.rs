@@ -4,6 +4,7 @@
 //! `auth` field), for the base64 of each whole `.dockerconfigjson` (how the API carries Secret
 //! data) and for the bytes as Rust's `Debug` prints them. Zero hits.
 //!
+//! The replicas run with the access the chart grants for their config (test_support::access).
 //! The run: copies into opted-in namespaces, pods admitted (copies made at admission too),
 //! dry runs, a user's Secret in the way (conflict), a rotation, a source that is not a docker
 //! config, a source whose `auths` key carries credentials in a URL, a missing source, bad
@@ -16,9 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::json;
+use test_support::access;
 use test_support::client::TlsClient;
 use test_support::controlplane::{self, set_label};
-use test_support::injector::Instance;
 use test_support::pods::{admitted_pod, dry_run, pod, secret_names};
 use test_support::replication::{CONVERGE, replication_config, wait_copy};
 use test_support::secrets::{Credentials, base64, create_secret, pull_secret, rotate};
@@ -88,8 +89,9 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     let mut needles = Needles(Vec::new());
 
     // The sources: a good one, one that is not a docker config at all (its parse error must
-    // not quote it), one whose auths key is a URL with credentials in it, and one that is
-    // never created.
+    // not quote it), one whose auths keys are URLs with credentials in them (the kubelet
+    // drops the user information and uses the first for the registry; it ignores the second,
+    // whose port is no number, which is reported), and one that is never created.
     let first = Credentials::new(REGISTRY, "robot", &canary("first"));
     needles.add_credentials("first", &first);
     let source = create_secret(
@@ -106,8 +108,10 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     let url_password = canary("url");
     needles.add_password("credentials in an auths key", &url_password);
     let url_key = format!("https://robot:{url_password}@{REGISTRY}");
+    let ignored_url_key = format!("https://robot:{url_password}@{REGISTRY}:none");
     let url_config = serde_json::to_vec(&json!({"auths": {
         url_key: {"auth": base64(format!("robot:{url_password}").as_bytes())},
+        ignored_url_key: {"auth": base64(format!("robot:{url_password}").as_bytes())},
         "quay.io": {"auth": base64(format!("robot:{url_password}").as_bytes())},
     }}))
     .expect("JSON");
@@ -121,9 +125,9 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
 
     // Two replicas, debug logs for everything (kube, hyper, rustls included).
     let debug = [("PULLSECRET_INJECTOR_LOG_LEVEL", "debug")];
-    let a = Instance::replicator(&config, cp.kubeconfig_path(), &debug).await;
+    let a = access::replicator(&config, &debug).await;
     a.injector.wait_leader(LEADER).await;
-    let b = Instance::replicator(&config, cp.kubeconfig_path(), &debug).await;
+    let b = access::replicator(&config, &debug).await;
     let _a_logs = a.injector.logs_on_failure();
     let _b_logs = b.injector.logs_on_failure();
     let _webhook = register(
@@ -135,14 +139,14 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     // Copies, pods (with the copy there, and made at admission), dry runs.
     let app = controlplane::namespace(&client, "leaks-app", &[(LABEL, "enabled")]).await;
     wait_copy(&client, &app, "regcred", &source, CONVERGE).await;
-    admitted_pod(&client, &app, "web", IMAGE, &["regcred"]).await;
+    admitted_pod(&client, &app, "web", IMAGE, &["regcred", "urlcred"]).await;
     let fresh = controlplane::namespace(&client, "leaks-fresh", &[(LABEL, "enabled")]).await;
     let pods = Api::<Pod>::namespaced(client.clone(), &fresh);
     let created = pods
         .create(&PostParams::default(), &pod("at-once", &[IMAGE]))
         .await
         .expect("a pod right after its namespace");
-    assert_eq!(secret_names(&created), ["regcred"]);
+    assert_eq!(secret_names(&created), ["regcred", "urlcred"]);
     pods.create(&dry_run(), &pod("dry", &["quay.io/team/app:1"]))
         .await
         .expect("dry run");

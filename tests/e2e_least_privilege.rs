@@ -1,27 +1,33 @@
 //! Least privilege, proven with the real credentials: the chart is rendered (`helm template`,
-//! self-managed certificates), ITS ServiceAccount, ClusterRole, Role and bindings are applied
-//! to the real control plane, and the real binary runs with a token of that ServiceAccount
-//! (TokenRequest API) and the chart's own config. Everything the injector has to do then
-//! succeeds: the Lease, the certificate Secret, the caBundle, copies created, updated and
-//! deleted, the conflict Event, pods admitted through the webhook. And the same token is
-//! refused (403) what is outside the injector's job.
+//! self-managed certificates), ITS ServiceAccount, ClusterRole, Roles, bindings and Secret
+//! policy are applied to the real control plane, and the real binary runs with a token of
+//! that ServiceAccount (TokenRequest API) and the chart's own config. Everything the
+//! injector has to do then succeeds: the Lease, the certificate Secret, the caBundle, copies
+//! created, updated and deleted, the conflict Event, pods admitted through the webhook. And
+//! the same token is refused (403) what is outside the injector's job.
 //!
-//! What RBAC cannot express is not claimed: the ClusterRole lets the injector write any
-//! Secret (it cannot be scoped by label, and the namespaces are not known in advance); that
-//! the injector never touches a Secret it does not own is the code's guarantee, checked here
-//! on a user's Secret and in e2e_replication.
+//! Secrets: the authorizer (SubjectAccessReview) and real requests with the token show that
+//! no Secret but the managed ones can be read, by name or by listing; the
+//! ValidatingAdmissionPolicy refuses every write that is not one of the injector's (an Opaque
+//! or token Secret under a copy's name, a copy without our label or of another owner, a
+//! user's Secret of the same name) and lets the injector's own writes through.
 //!
 //! Needs `make controlplane` once.
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy,
+};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use test_support::accounts::{client_from, service_account_token, status_of, token_kubeconfig};
+use test_support::access::ChartAccess;
+use test_support::accounts::{client_from, status_of};
 use test_support::controlplane::{self, eventually, set_label};
-use test_support::helm;
 use test_support::injector::{Injector, Options};
 use test_support::metrics::{conflicts_metric, copies_metric, errors_metric};
 use test_support::pods::{admitted_pod, pod};
@@ -29,47 +35,29 @@ use test_support::ports::free_port;
 use test_support::replication::{
     CONVERGE, Snapshot, assert_untouched, conflict_events, wait_absent, wait_copy,
 };
-use test_support::secrets::{Credentials, create_secret, get_secret, pull_secret, rotate};
+use test_support::secrets::{Credentials, create_secret, get_secret, pull_secret, rotate, secret};
 use test_support::webhook::{self, register};
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/pullsecret-injector");
-const RELEASE: &str = "lp";
 const FULLNAME: &str = "lp-pullsecret-injector";
 const OPT_IN: &str = "least-privilege.pullsecret-injector.io/opt-in";
 const IMAGE: &str = "registry.example.com/team/app:1";
 const POD_NAME: &str = "lp-pullsecret-injector-5d4f8-abcde";
 
-/// `helm template` of the chart in self mode, as the documents it renders.
-fn render(namespace: &str) -> Vec<Value> {
-    let out = helm::command()
-        .args(["template", RELEASE, CHART, "--namespace", namespace])
-        .args(["--set", "certs.mode=self"])
-        .args([
-            "--set-json",
-            r#"secrets=[{"name":"regcred","source":{"name":"regcred-source"}}]"#,
-        ])
-        .args([
-            "--set",
-            &format!("webhook.namespaceSelector.optInLabel={OPT_IN}"),
-        ])
-        // The apiserver calls the injector on 127.0.0.1 here, not through its Service.
-        .args([
-            "--set-json",
-            r#"certs.self={"extraHosts":["127.0.0.1"],"checkIntervalSeconds":1}"#,
-        ])
-        .output()
-        .expect("running helm template");
-    assert!(
-        out.status.success(),
-        "helm template failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("UTF-8");
-    serde_saphyr::from_multiple::<Value>(&text)
-        .expect("rendered YAML")
-        .into_iter()
-        .filter(|d| d.is_object())
-        .collect()
+/// The chart's values in self mode: one replicated entry; the apiserver calls the injector on
+/// 127.0.0.1 here, not through its Service.
+fn values() -> Vec<String> {
+    [
+        "--set",
+        "certs.mode=self",
+        "--set-json",
+        r#"secrets=[{"name":"regcred","source":{"name":"regcred-source"}}]"#,
+        "--set",
+        &format!("webhook.namespaceSelector.optInLabel={OPT_IN}"),
+        "--set-json",
+        r#"certs.self={"extraHosts":["127.0.0.1"],"checkIntervalSeconds":1}"#,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn one_of<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str) -> T {
@@ -86,37 +74,25 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
     let _logs = cp.logs_on_failure();
     let admin = cp.client();
     let namespace = controlplane::namespace(&admin, "lp-release", &[]).await;
-    let docs = render(&namespace);
     let pp = PostParams::default();
 
-    // The chart's identity and permissions, exactly as rendered.
-    let sa: ServiceAccount = one_of(&docs, "ServiceAccount");
+    // The chart's identity and permissions, exactly as rendered: ServiceAccount, RBAC and
+    // the Secret policy.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let access = ChartAccess::grant(&admin, &namespace, FULLNAME, &values(), dir.path()).await;
+    let docs = &access.docs;
+    let sa: ServiceAccount = one_of(docs, "ServiceAccount");
     let sa_name = sa.metadata.name.clone().expect("ServiceAccount name");
-    Api::<ServiceAccount>::namespaced(admin.clone(), &namespace)
-        .create(&pp, &sa)
-        .await
-        .expect("ServiceAccount");
-    Api::<ClusterRole>::all(admin.clone())
-        .create(&pp, &one_of(&docs, "ClusterRole"))
-        .await
-        .expect("ClusterRole");
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .create(&pp, &one_of(&docs, "ClusterRoleBinding"))
-        .await
-        .expect("ClusterRoleBinding");
-    Api::<Role>::namespaced(admin.clone(), &namespace)
-        .create(&pp, &one_of(&docs, "Role"))
-        .await
-        .expect("Role");
-    Api::<RoleBinding>::namespaced(admin.clone(), &namespace)
-        .create(&pp, &one_of(&docs, "RoleBinding"))
-        .await
-        .expect("RoleBinding");
+    assert_eq!(
+        access.of_kind("ValidatingAdmissionPolicy").len(),
+        1,
+        "the Secret policy is on by default"
+    );
 
     // The chart's webhook configuration, calling the injector on loopback instead of its
     // Service (no caBundle: the injector writes it).
     let port = free_port();
-    let mut webhook: MutatingWebhookConfiguration = one_of(&docs, "MutatingWebhookConfiguration");
+    let mut webhook: MutatingWebhookConfiguration = one_of(docs, "MutatingWebhookConfiguration");
     assert_eq!(webhook.metadata.name.as_deref(), Some(FULLNAME));
     for hook in webhook.webhooks.iter_mut().flatten() {
         hook.client_config.service = None;
@@ -145,10 +121,8 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
     .await;
 
     // A token of the chart's ServiceAccount, and the chart's config.
-    let token = service_account_token(&admin, &namespace, &sa_name).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = token_kubeconfig(dir.path(), cp.apiserver_url(), cp.ca_pem(), &token);
-    let configmap: ConfigMap = one_of(&docs, "ConfigMap");
+    let kubeconfig = access.kubeconfig.clone();
+    let configmap: ConfigMap = one_of(docs, "ConfigMap");
     let config: String = configmap.data.expect("ConfigMap data")["config.yaml"]
         .lines()
         .filter(|l| !l.starts_with("listen:") && !l.starts_with("metricsListen:"))
@@ -396,4 +370,564 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
         "refused with 403: {:?}",
         refusals.iter().map(|(what, _)| *what).collect::<Vec<_>>()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading by name only, and the Secret policy
+// ---------------------------------------------------------------------------------------
+
+const POLICY_FULLNAME: &str = "lpp-pullsecret-injector";
+const OWNER_ANNOTATION: &str = "pullsecret-injector.io/owner";
+
+/// A SubjectAccessReview to make: verb, what it is about, namespace, name, the answer expected.
+type Check<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, bool);
+
+/// What the apiserver's authorizer answers for `access`'s ServiceAccount.
+async fn may(
+    admin: &kube::Client,
+    access: &ChartAccess,
+    verb: &str,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> bool {
+    let review = SubjectAccessReview {
+        metadata: ObjectMeta::default(),
+        spec: SubjectAccessReviewSpec {
+            user: Some(access.username()),
+            groups: Some(access.groups()),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                resource: Some("secrets".into()),
+                version: Some("v1".into()),
+                namespace: namespace.map(str::to_string),
+                name: name.map(str::to_string),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        status: None,
+    };
+    Api::<SubjectAccessReview>::all(admin.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview")
+        .status
+        .expect("SubjectAccessReview status")
+        .allowed
+}
+
+/// A Secret for the policy to judge: `type_`, with our label and `owner` when given.
+fn candidate(name: &str, type_: &str, labelled: bool, owner: Option<&str>) -> Secret {
+    let mut candidate = secret(name, type_, &[]);
+    match type_ {
+        "kubernetes.io/dockerconfigjson" => {
+            candidate.data = pull_secret(
+                name,
+                &Credentials::new("r.example", "u", "p").dockerconfigjson(),
+            )
+            .data;
+        }
+        "kubernetes.io/tls" => {
+            candidate = secret(name, type_, &[("tls.crt", b"c"), ("tls.key", b"k")]);
+        }
+        "kubernetes.io/service-account-token" => {
+            candidate.metadata.annotations = Some(
+                [(
+                    "kubernetes.io/service-account.name".to_string(),
+                    "default".to_string(),
+                )]
+                .into(),
+            );
+        }
+        _ => {}
+    }
+    if labelled {
+        candidate.metadata.labels = Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                "pullsecret-injector".to_string(),
+            )]
+            .into(),
+        );
+    }
+    if let Some(owner) = owner {
+        candidate
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(OWNER_ANNOTATION.to_string(), owner.to_string());
+    }
+    candidate
+}
+
+/// Whether a write was refused by the Secret policy: 403 with the policy's name.
+fn refused_by_policy<T: std::fmt::Debug>(result: &Result<T, kube::Error>) -> Result<(), String> {
+    match result {
+        Err(kube::Error::Api(status))
+            if status.code == 403
+                && status
+                    .message
+                    .contains(&format!("{POLICY_FULLNAME}-secrets")) =>
+        {
+            Ok(())
+        }
+        other => Err(format!("not refused by the policy: {other:?}")),
+    }
+}
+
+#[tokio::test]
+async fn chart_rbac_reads_only_the_managed_secrets_and_the_policy_allows_only_their_writes() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let admin = cp.client();
+    let release = controlplane::namespace(&admin, "lpp-release", &[]).await;
+    let shared = controlplane::namespace(&admin, "lpp-shared", &[]).await;
+    let app = controlplane::namespace(&admin, "app", &[]).await;
+    let users = controlplane::namespace(&admin, "lpp-users", &[]).await;
+    let values = [
+        "--set-json".to_string(),
+        format!(
+            r#"secrets=[{{"name":"regcred","source":{{"name":"regcred-source"}}}},
+                {{"name":"corp","source":{{"namespace":"{shared}","name":"corp-src"}},"overwriteExisting":true}}]"#
+        ),
+        "--set-json".to_string(),
+        r#"retiredSecrets=["old-regcred"]"#.to_string(),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let access = ChartAccess::grant(&admin, &release, POLICY_FULLNAME, &values, dir.path()).await;
+    let owner = format!("{release}/{POLICY_FULLNAME}");
+    let tls = format!("{POLICY_FULLNAME}-tls");
+
+    // RBAC, as the authorizer answers for the ServiceAccount (SubjectAccessReview).
+    eventually("the chart's RBAC in force", CONVERGE, || async {
+        may(&admin, &access, "get", Some(&app), Some("regcred"))
+            .await
+            .then_some(())
+            .ok_or("not yet")
+    })
+    .await;
+    let (all, rel, sh) = (None, Some(release.as_str()), Some(shared.as_str()));
+    let app_ns = Some(app.as_str());
+    let checks: Vec<Check> = vec![
+        // What the issue names, and more: nothing the injector does not manage.
+        (
+            "get",
+            "kube-system/bootstrap-token-abc",
+            Some("kube-system"),
+            Some("bootstrap-token-abc"),
+            false,
+        ),
+        (
+            "get",
+            "app/db-password",
+            Some("app"),
+            Some("db-password"),
+            false,
+        ),
+        (
+            "get",
+            "<app>/db-password",
+            app_ns,
+            Some("db-password"),
+            false,
+        ),
+        ("list", "all Secrets, cluster-wide", all, None, false),
+        ("watch", "all Secrets, cluster-wide", all, None, false),
+        ("list", "all Secrets of <app>", app_ns, None, false),
+        (
+            "list",
+            "all Secrets of the release namespace",
+            rel,
+            None,
+            false,
+        ),
+        (
+            "get",
+            "another Secret of the release namespace",
+            rel,
+            Some("db-password"),
+            false,
+        ),
+        (
+            "get",
+            "the release namespace's source name in <shared>",
+            sh,
+            Some("regcred-source"),
+            false,
+        ),
+        (
+            "get",
+            "<shared>'s source name in the release namespace",
+            rel,
+            Some("corp-src"),
+            false,
+        ),
+        ("update", "a source", rel, Some("regcred-source"), false),
+        ("delete", "a source", sh, Some("corp-src"), false),
+        (
+            "update",
+            "a retired copy",
+            app_ns,
+            Some("old-regcred"),
+            false,
+        ),
+        ("patch", "a copy", app_ns, Some("regcred"), false),
+        ("deletecollection", "Secrets of <app>", app_ns, None, false),
+        // What the injector's job needs.
+        (
+            "get",
+            "a copy, in any namespace",
+            app_ns,
+            Some("regcred"),
+            true,
+        ),
+        (
+            "list",
+            "a copy's name, cluster-wide",
+            all,
+            Some("regcred"),
+            true,
+        ),
+        (
+            "watch",
+            "a copy's name, cluster-wide",
+            all,
+            Some("corp"),
+            true,
+        ),
+        ("update", "a copy", app_ns, Some("corp"), true),
+        ("delete", "a copy", app_ns, Some("regcred"), true),
+        (
+            "watch",
+            "a retired copy's name, cluster-wide",
+            all,
+            Some("old-regcred"),
+            true,
+        ),
+        (
+            "delete",
+            "a retired copy",
+            app_ns,
+            Some("old-regcred"),
+            true,
+        ),
+        (
+            "watch",
+            "the source in the release namespace",
+            rel,
+            Some("regcred-source"),
+            true,
+        ),
+        (
+            "watch",
+            "the source in <shared>",
+            sh,
+            Some("corp-src"),
+            true,
+        ),
+        ("watch", "the certificate Secret", rel, Some(&tls), true),
+        ("update", "the certificate Secret", rel, Some(&tls), true),
+        // RBAC cannot limit create by name: the policy does (below).
+        ("create", "Secrets in <app>", app_ns, None, true),
+    ];
+    let mut wrong = Vec::new();
+    for (verb, what, namespace, name, expected) in &checks {
+        let allowed = may(&admin, &access, verb, *namespace, *name).await;
+        eprintln!("SubjectAccessReview {verb} {what}: allowed={allowed}");
+        if allowed != *expected {
+            wrong.push(format!(
+                "{verb} {what}: allowed={allowed}, expected {expected}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "RBAC answers:\n{}", wrong.join("\n"));
+
+    // The same, with the ServiceAccount's token against real Secrets.
+    let token = client_from(&access.kubeconfig).await;
+    let pp = PostParams::default();
+    let opaque = |name: &str| secret(name, "Opaque", &[("password", b"hunter2")]);
+    let kube_system = Api::<Secret>::namespaced(admin.clone(), "kube-system");
+    kube_system
+        .create(
+            &pp,
+            &secret(
+                "bootstrap-token-abc",
+                "bootstrap.kubernetes.io/token",
+                &[
+                    ("token-id", b"abc".as_slice()),
+                    ("token-secret", b"0123456789abcdef"),
+                ],
+            ),
+        )
+        .await
+        .expect("a bootstrap token");
+    Api::<Secret>::namespaced(admin.clone(), &app)
+        .create(&pp, &opaque("db-password"))
+        .await
+        .expect("a user's Secret");
+    let mut reads = Vec::new();
+    reads.push((
+        "get kube-system/bootstrap-token-abc",
+        status_of(
+            &Api::<Secret>::namespaced(token.clone(), "kube-system")
+                .get("bootstrap-token-abc")
+                .await,
+        ),
+    ));
+    reads.push((
+        "get <app>/db-password",
+        status_of(
+            &Api::<Secret>::namespaced(token.clone(), &app)
+                .get("db-password")
+                .await,
+        ),
+    ));
+    reads.push((
+        "list all Secrets",
+        status_of(
+            &Api::<Secret>::all(token.clone())
+                .list(&ListParams::default())
+                .await,
+        ),
+    ));
+    reads.push((
+        "list Secrets named db-password",
+        status_of(
+            &Api::<Secret>::all(token.clone())
+                .list(&ListParams::default().fields("metadata.name=db-password"))
+                .await,
+        ),
+    ));
+    let refused: Vec<_> = reads.iter().filter(|(_, status)| *status != 403).collect();
+    assert!(
+        refused.is_empty(),
+        "reads not refused with 403: {refused:?}"
+    );
+    Api::<Secret>::all(token.clone())
+        .list(&ListParams::default().fields("metadata.name=regcred"))
+        .await
+        .expect("listing a copy's name, as the injector's watch does");
+
+    // The Secret policy: the apiserver loads it asynchronously; a dry run shows when.
+    let in_app = Api::<Secret>::namespaced(token.clone(), &app);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually("the Secret policy in force", CONVERGE, || async {
+        refused_by_policy(
+            &in_app
+                .create(
+                    &dry_run,
+                    &candidate("regcred", "Opaque", true, Some(&owner)),
+                )
+                .await,
+        )
+    })
+    .await;
+    // The apiserver type-checked every expression against the Secret schema.
+    let policies = Api::<ValidatingAdmissionPolicy>::all(admin.clone());
+    let checked = eventually("the policy's type check", CONVERGE, || async {
+        let policy = policies
+            .get(&format!("{POLICY_FULLNAME}-secrets"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = policy.status.ok_or("no status yet")?;
+        if status.observed_generation != policy.metadata.generation {
+            return Err("not checked yet".to_string());
+        }
+        Ok(status.type_checking)
+    })
+    .await;
+    let warnings = checked
+        .and_then(|t| t.expression_warnings)
+        .unwrap_or_default();
+    assert!(warnings.is_empty(), "type-check warnings: {warnings:?}");
+    let in_release = Api::<Secret>::namespaced(token.clone(), &release);
+    let mut writes: Vec<(&str, Result<(), String>)> = Vec::new();
+    for (what, secret) in [
+        (
+            "an Opaque Secret under a copy's name",
+            candidate("regcred", "Opaque", true, Some(&owner)),
+        ),
+        (
+            "a copy without our label",
+            candidate(
+                "regcred",
+                "kubernetes.io/dockerconfigjson",
+                false,
+                Some(&owner),
+            ),
+        ),
+        (
+            "a copy of another installation",
+            candidate(
+                "regcred",
+                "kubernetes.io/dockerconfigjson",
+                true,
+                Some("elsewhere/other"),
+            ),
+        ),
+        (
+            "a service-account-token Secret under a copy's name",
+            candidate(
+                "regcred",
+                "kubernetes.io/service-account-token",
+                true,
+                Some(&owner),
+            ),
+        ),
+        (
+            "a labelled copy under a name not configured",
+            candidate(
+                "db-password2",
+                "kubernetes.io/dockerconfigjson",
+                true,
+                Some(&owner),
+            ),
+        ),
+        (
+            "a labelled copy under a retired name",
+            candidate(
+                "old-regcred",
+                "kubernetes.io/dockerconfigjson",
+                true,
+                Some(&owner),
+            ),
+        ),
+    ] {
+        writes.push((what, refused_by_policy(&in_app.create(&pp, &secret).await)));
+    }
+    for (what, secret) in [
+        (
+            "another kubernetes.io/tls Secret",
+            candidate("other-tls", "kubernetes.io/tls", true, None),
+        ),
+        (
+            "an Opaque certificate Secret",
+            candidate(&tls, "Opaque", true, None),
+        ),
+        (
+            "an unlabelled certificate Secret",
+            candidate(&tls, "kubernetes.io/tls", false, None),
+        ),
+    ] {
+        writes.push((
+            what,
+            refused_by_policy(&in_release.create(&pp, &secret).await),
+        ));
+    }
+    // A user's Secret under a copy's name (the policy does not judge the admin's writes).
+    let in_users_admin = Api::<Secret>::namespaced(admin.clone(), &users);
+    let users_regcred = in_users_admin
+        .create(
+            &pp,
+            &candidate("regcred", "kubernetes.io/dockerconfigjson", false, None),
+        )
+        .await
+        .expect("a user's Secret named like a copy");
+    let in_users = Api::<Secret>::namespaced(token.clone(), &users);
+    let mut takeover = candidate(
+        "regcred",
+        "kubernetes.io/dockerconfigjson",
+        true,
+        Some(&owner),
+    );
+    takeover.metadata.resource_version = users_regcred.metadata.resource_version.clone();
+    writes.push((
+        "replacing a user's Secret named like a copy",
+        refused_by_policy(&in_users.replace("regcred", &pp, &takeover).await),
+    ));
+    writes.push((
+        "deleting a user's Secret named like a copy",
+        refused_by_policy(&in_users.delete("regcred", &DeleteParams::default()).await),
+    ));
+    for (what, result) in &writes {
+        eprintln!(
+            "policy: {what}: {}",
+            if result.is_ok() {
+                "refused (403)"
+            } else {
+                "NOT refused"
+            }
+        );
+    }
+    let let_through: Vec<_> = writes.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        let_through.is_empty(),
+        "the policy let through: {let_through:#?}"
+    );
+
+    // What the injector writes goes through.
+    let copy = in_app
+        .create(
+            &pp,
+            &candidate(
+                "regcred",
+                "kubernetes.io/dockerconfigjson",
+                true,
+                Some(&owner),
+            ),
+        )
+        .await
+        .expect("creating a copy");
+    let mut updated = copy.clone();
+    updated.data = pull_secret(
+        "regcred",
+        &Credentials::new("r.example", "u", "rotated").dockerconfigjson(),
+    )
+    .data;
+    let updated = in_app
+        .replace("regcred", &pp, &updated)
+        .await
+        .expect("updating a copy");
+    let mut unlabelled = updated.clone();
+    unlabelled.metadata.labels = None;
+    refused_by_policy(&in_app.replace("regcred", &pp, &unlabelled).await)
+        .expect("a copy cannot lose its label");
+    in_app
+        .delete("regcred", &DeleteParams::default())
+        .await
+        .expect("deleting a copy");
+    let leftover = Api::<Secret>::namespaced(admin.clone(), &app)
+        .create(
+            &pp,
+            &candidate(
+                "old-regcred",
+                "kubernetes.io/dockerconfigjson",
+                true,
+                Some(&owner),
+            ),
+        )
+        .await
+        .expect("a retired entry's copy");
+    assert!(leftover.metadata.uid.is_some());
+    in_app
+        .delete("old-regcred", &DeleteParams::default())
+        .await
+        .expect("deleting a retired entry's copy");
+    // overwriteExisting: a user's Secret of that name may be replaced, by delete and create.
+    in_users_admin
+        .create(&pp, &opaque("corp"))
+        .await
+        .expect("a user's Secret for an overwriting entry");
+    in_users
+        .delete("corp", &DeleteParams::default())
+        .await
+        .expect("deleting it for overwriteExisting");
+    in_users
+        .create(
+            &pp,
+            &candidate("corp", "kubernetes.io/dockerconfigjson", true, Some(&owner)),
+        )
+        .await
+        .expect("creating the copy in its place");
+    let certificate = in_release
+        .create(&pp, &candidate(&tls, "kubernetes.io/tls", true, None))
+        .await
+        .expect("creating the certificate Secret");
+    in_release
+        .replace(&tls, &pp, &certificate)
+        .await
+        .expect("updating the certificate Secret");
 }

@@ -6,9 +6,10 @@
 //! its own. Each test has its own source namespace (which also holds its Lease), its own
 //! opt-in label (`pullsecret-injector.io/e2e-repl-<id>`), its own Lease name, its own
 //! namespaces and, where pods are involved, its own MutatingWebhookConfiguration selecting
-//! that label (deleted at the end, or on drop if the test panics). Every injector watches the
-//! whole cluster, so these tests also show that one installation leaves another's copies
-//! alone.
+//! that label (deleted at the end, or on drop if the test panics). Every injector runs with
+//! the access the chart grants for its config (a ServiceAccount token, test_support::access)
+//! and watches its copies' names across the whole cluster, so these tests also show that one
+//! installation leaves another's copies alone.
 //!
 //! Needs `make controlplane` once.
 
@@ -22,6 +23,7 @@ use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use test_support::access::{self, ChartAccess};
 use test_support::controlplane::{self, NamespaceName, eventually, set_label};
 use test_support::injector::{Injector, Instance, Options};
 use test_support::metrics::{
@@ -73,10 +75,10 @@ fn config(id: &str, source_ns: &str, secrets: &str) -> String {
 /// The usual single entry: `regcred`, copied from `regcred-source`, patterns from its auths.
 const REGCRED: &str = "  - name: regcred\n    source: {name: regcred-source}\n";
 
-/// Starts an injector with cluster access (its certificate directory kept for restarts) and
-/// waits until its caches have synced.
+/// Starts an injector with the chart's access for `config` (its certificate directory kept
+/// for restarts) and waits until its caches have synced.
 async fn start_replicator(config: &str) -> Instance {
-    Instance::replicator(config, controlplane::shared().kubeconfig_path(), &[]).await
+    access::replicator(config, &[]).await
 }
 
 async fn start_replicator_on(config: &str, listen: &str) -> Instance {
@@ -93,10 +95,12 @@ async fn start_leader(config: &str) -> Instance {
 }
 
 /// Starts `serve` with `config` on `listen` in `dir` (certificates already there) against the
-/// test control plane.
+/// test control plane, with the access the chart grants for that config (its token's
+/// kubeconfig written into `dir`).
 fn start_in(config: &str, listen: &str, dir: &std::path::Path) -> Injector {
+    let access = ChartAccess::for_config_blocking(config, dir);
     Injector::start(Options {
-        kubeconfig: Some(controlplane::shared().kubeconfig_path()),
+        kubeconfig: Some(&access.kubeconfig),
         listen,
         ..Options::new(config, dir)
     })
@@ -1047,10 +1051,15 @@ async fn removed_entry_or_unlabelled_namespace_loses_only_its_own_copies() {
         }
     }
 
-    // The entry is removed from config: its copies go, the rest stays as it was.
+    // The entry is removed from config, its name retired: its copies go, the rest stays as
+    // it was.
     let Instance { injector, dir, .. } = first;
     injector.stop_cleanly();
-    let second = start_in(&config(id, &source_ns, entry_a), "127.0.0.1:0", dir.path());
+    let retired = format!(
+        "{}retiredSecrets: [regcred-b]\n",
+        config(id, &source_ns, entry_a)
+    );
+    let second = start_in(&retired, "127.0.0.1:0", dir.path());
     wait_leader(&second).await;
     let _injector_logs = second.logs_on_failure().named("second");
     for ns in [&one, &two] {
@@ -1374,6 +1383,7 @@ async fn every_dashboard_query_names_a_metric_the_binary_exports() {
         "pullsecret_injector_replication_conflicts_total",
         "pullsecret_injector_certificate_expiry_timestamp_seconds",
         "pullsecret_injector_source_last_sync_timestamp_seconds",
+        "pullsecret_injector_certificate_errors_total",
         "pullsecret_injector_leader",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::AdmissionReview;
 use proptest::prelude::*;
-use pullsecret_injector::admission;
+use pullsecret_injector::admission::{self, ClusterView};
 use pullsecret_injector::config::{Config, Settings};
 use pullsecret_injector::image::ImageName;
 use pullsecret_injector::matching::{Keyring, Pattern};
@@ -128,7 +128,9 @@ fn review(containers: &[String], init: &[String], existing: &Option<Vec<String>>
 /// Runs the review and returns the object after applying the answer's patch.
 fn mutate(settings: &Settings, review: &Value) -> (Value, Vec<String>) {
     let body = serde_json::to_vec(review).unwrap();
-    let reviewed = admission::review(settings, &body).expect("reviews");
+    let reviewed = admission::decode(&body)
+        .and_then(|decoded| admission::review(settings, &ClusterView::offline(settings), decoded))
+        .expect("reviews");
     let mut answer = serde_json::to_value(&reviewed.response).unwrap();
     // The patch is a base64 string; kube's own type reads the rest (it wants bytes as numbers).
     let patch = answer["response"]

@@ -1,23 +1,9 @@
 //! Image references: any text either parses or is refused, never panics, and what parses is
 //! a normalized name that parses to itself.
+//! The checks are test_support::fuzz_checks::image, which tests/fuzz_regressions.rs also runs
+//! on every input kept in fuzz/regressions/image/.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pullsecret_injector::image::ImageName;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(reference) = std::str::from_utf8(data) else {
-        return;
-    };
-    let Ok(name) = ImageName::parse(reference) else {
-        return;
-    };
-    assert_eq!(format!("{}/{}", name.domain(), name.path()), name.as_str());
-    assert!(
-        name.as_str().len() <= 255,
-        "over NameTotalLengthMax: {name}"
-    );
-    let again = ImageName::parse(name.as_str())
-        .unwrap_or_else(|e| panic!("normalized {name} of {reference:?} does not parse: {e}"));
-    assert_eq!(again, name, "normalizing {reference:?} twice");
-});
+fuzz_target!(|data: &[u8]| test_support::fuzz_checks::image(data));

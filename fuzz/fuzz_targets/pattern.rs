@@ -1,55 +1,9 @@
-//! Registry patterns and the keyring. Input: patterns separated by spaces on the first line,
-//! images on the following lines. Parsing never panics, and the keyring's indexed lookup
-//! agrees with a plain scan of `matches_directly` over every pattern, the Docker Hub fallback
-//! applying only when nothing matched directly.
+//! Registry patterns and the keyring: parsing never panics, and the indexed lookup agrees
+//! with a plain scan of every pattern (the Docker Hub fallback only when nothing matched).
+//! The checks are test_support::fuzz_checks::pattern, which tests/fuzz_regressions.rs also runs
+//! on every input kept in fuzz/regressions/pattern/.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pullsecret_injector::image::ImageName;
-use pullsecret_injector::matching::{Keyring, MatchKind, Pattern};
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let mut lines = text.split('\n');
-    let patterns: Vec<Pattern> = lines
-        .next()
-        .unwrap_or_default()
-        .split(' ')
-        .filter_map(|raw| {
-            let pattern = Pattern::parse(raw).ok()?;
-            assert_eq!(pattern.raw(), raw);
-            Some(pattern)
-        })
-        .collect();
-    let keyring = Keyring::new(patterns.iter().cloned().enumerate());
-    assert_eq!(keyring.len(), patterns.len());
-    for image in lines.filter_map(|line| ImageName::parse(line).ok()) {
-        let mut direct = Vec::new();
-        let mut fallback = Vec::new();
-        keyring.for_each_match(&image, |secret, pattern, kind| {
-            assert_eq!(pattern, &patterns[secret]);
-            match kind {
-                MatchKind::Direct => direct.push(secret),
-                MatchKind::DockerHubFallback => fallback.push(secret),
-            }
-            let _ = pattern.matches_mid_segment(&image);
-        });
-        direct.sort_unstable();
-        let scanned: Vec<usize> = (0..patterns.len())
-            .filter(|&i| patterns[i].matches_directly(&image))
-            .collect();
-        assert_eq!(direct, scanned, "direct matches of {image}");
-        assert!(
-            direct.is_empty() || fallback.is_empty(),
-            "fallback used for {image} although a pattern matched directly"
-        );
-        assert!(
-            fallback
-                .iter()
-                .all(|&i| patterns[i].is_docker_hub_fallback()),
-            "fallback through a pattern that is not index.docker.io"
-        );
-    }
-});
+fuzz_target!(|data: &[u8]| test_support::fuzz_checks::pattern(data));

@@ -16,121 +16,23 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
 use super::dockerconfig;
-use super::{
-    Cluster, FIELD_MANAGER, HASH_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ReplicateError,
-    SOURCE_ANNOTATION, copy_of, is_managed,
-};
+use super::{Cluster, HASH_ANNOTATION, ReplicateError, SOURCE_ANNOTATION, copy_of, is_managed};
 use crate::config::{SecretSpec, SourceRef};
+use crate::kubernetes::{FIELD_MANAGER, watch_backoff};
 
 /// A full re-sync now and then, in case a watch missed something.
 const RESYNC: Duration = Duration::from_secs(300);
-/// Backoff while the Lease cannot be read or created (apiserver unreachable, RBAC).
-const LEASE_RETRY_MIN: Duration = Duration::from_secs(1);
-const LEASE_RETRY_MAX: Duration = Duration::from_secs(30);
-
 struct Context {
     cluster: Arc<Cluster>,
     recorder: Recorder,
 }
 
-/// Competes for the Lease and runs the controller while holding it, until `stop`.
-pub async fn run_with_leader_election(
-    cluster: Arc<Cluster>,
-    identity: String,
-    stop: CancellationToken,
-) {
-    let settings = Arc::clone(cluster.settings());
-    let le = &settings.leader_election;
-    let duration = le.lease_duration_seconds;
-    // Building the manager reads (or creates) the Lease: when the apiserver cannot be reached
-    // yet, try again with backoff instead of never replicating.
-    let mut retry_in = LEASE_RETRY_MIN;
-    let manager = loop {
-        let built = LeaseManagerBuilder::new(cluster.client(), &le.lease_name)
-            .with_namespace(&settings.namespace)
-            .with_identity(&identity)
-            .with_duration(duration)
-            .with_grace(duration / 3)
-            .with_field_manager(FIELD_MANAGER)
-            .build()
-            .await;
-        match built {
-            Ok(manager) => break manager,
-            Err(error) => {
-                cluster.metrics().replication_error("lease");
-                tracing::error!(
-                    %error,
-                    retry_in_seconds = retry_in.as_secs(),
-                    "cannot set up leader election; retrying"
-                );
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(retry_in) => {}
-                }
-                retry_in = (retry_in * 2).min(LEASE_RETRY_MAX);
-            }
-        }
-    };
-    let (mut leader, lease_task) = manager.watch().await;
-    loop {
-        // Wait to become the leader.
-        while !*leader.borrow_and_update() {
-            tokio::select! {
-                _ = stop.cancelled() => { drop(leader); let _ = lease_task.await; return; }
-                changed = leader.changed() => if changed.is_err() { return; },
-            }
-        }
-        tracing::info!(identity, lease = %le.lease_name, "became the leader; replicating");
-        cluster.metrics().set_leader(true);
-        let term = CancellationToken::new();
-        let controller = tokio::spawn(leader_duties(
-            Arc::clone(&cluster),
-            identity.clone(),
-            term.clone(),
-        ));
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = async { while *leader.borrow_and_update() { if leader.changed().await.is_err() { break; } } } => {
-                tracing::warn!(identity, "lost the lease; stopped replicating");
-            }
-        }
-        term.cancel();
-        let _ = controller.await;
-        cluster.metrics().set_leader(false);
-        if stop.is_cancelled() {
-            // Dropping the receiver makes the lease task release the Lease for a fast hand-over.
-            drop(leader);
-            let _ = lease_task.await;
-            return;
-        }
-    }
-}
-
-/// What only the Lease holder does: replicate sources, and keep self-managed certificates.
-async fn leader_duties(cluster: Arc<Cluster>, identity: String, stop: CancellationToken) {
-    let settings = Arc::clone(cluster.settings());
-    let keeper = settings.certificates.clone().map(|certificates| {
-        tokio::spawn(crate::certkeeper::keep(
-            cluster.client(),
-            settings.namespace.clone(),
-            certificates,
-            Arc::clone(cluster.metrics()),
-            stop.clone(),
-        ))
-    });
-    if settings.secrets.iter().any(|s| s.source.is_some()) {
-        run_controller(Arc::clone(&cluster), identity, stop).await;
-    }
-    if let Some(keeper) = keeper {
-        let _ = keeper.await;
-    }
-}
-
-async fn run_controller(cluster: Arc<Cluster>, identity: String, stop: CancellationToken) {
+/// Replicates sources into the namespaces that want them until `stop`: run by the Lease
+/// holder only (see `leader`).
+pub async fn run(cluster: Arc<Cluster>, identity: String, stop: CancellationToken) {
     let client = cluster.client();
     let recorder = Recorder::new(
         client.clone(),
@@ -149,23 +51,29 @@ async fn run_controller(cluster: Arc<Cluster>, identity: String, stop: Cancellat
             changes.changed().await.ok()?;
             Some(((), changes))
         });
-    let copies =
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    Controller::new(
+    let mut controller = Controller::new(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
-    )
-    .watches(Api::<Secret>::all(client), copies, |secret| {
-        secret
-            .namespace()
-            .map(|ns| ObjectRef::<Namespace>::new(&ns))
-    })
-    .reconcile_all_on(source_trigger)
-    .trigger_backoff(super::watch_backoff())
-    .graceful_shutdown_on(stop.cancelled_owned())
-    .run(reconcile, error_policy, context)
-    .for_each(|_| async {})
-    .await;
+    );
+    // A change to one of our copies re-syncs its namespace: one watch per name.
+    for name in cluster.settings().copy_names() {
+        controller = controller.watches(
+            Api::<Secret>::all(client.clone()),
+            super::copies_watch(name),
+            |secret| {
+                secret
+                    .namespace()
+                    .map(|ns| ObjectRef::<Namespace>::new(&ns))
+            },
+        );
+    }
+    controller
+        .reconcile_all_on(source_trigger)
+        .trigger_backoff(watch_backoff())
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(reconcile, error_policy, context)
+        .for_each(|_| async {})
+        .await;
     let _ = reporter.await;
 }
 
@@ -293,6 +201,10 @@ async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Actio
         let Some(source) = cluster.source(source_ref) else {
             continue;
         };
+        // Reported when the source changes; its copies, if any, are left as they are.
+        if !super::is_replicable(&source) {
+            continue;
+        }
         sync_copy(&ctx, &api, &namespace, spec, source_ref, &source).await?;
     }
     for copy in cluster.copies_in(&name) {

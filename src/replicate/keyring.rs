@@ -48,7 +48,7 @@ impl std::fmt::Display for SourceProblem {
                 let keys: Vec<String> = keys.iter().map(|k| redact_user_info(k)).collect();
                 write!(
                     f,
-                    "secret {secret}: source {source}: auths keys {keys:?} are not registry patterns and were skipped, as the kubelet skips them"
+                    "secret {secret}: source {source}: auths keys {keys:?} are ignored: the kubelet cannot read them as registry URLs"
                 )
             }
         }
@@ -56,8 +56,8 @@ impl std::fmt::Display for SourceProblem {
 }
 
 /// An `auths` key fit to be shown: a key with `@` may carry `user:password@` (a URL pasted
-/// with its credentials, which the kubelet skips as it does here), so everything between the
-/// scheme and the last `@` is replaced. Registry keys have no other use for `@`.
+/// with its credentials), so everything between the scheme and the last `@` is replaced.
+/// Registry keys have no other use for `@`.
 pub fn redact_user_info(key: &str) -> String {
     let Some(at) = key.rfind('@') else {
         return key.to_string();

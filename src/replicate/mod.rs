@@ -16,8 +16,6 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::utils::ResetTimerBackoff;
-use kube::runtime::watcher::ExponentialBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use thiserror::Error;
@@ -25,16 +23,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SecretSpec, Settings, SourceRef};
+use crate::kubernetes::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, watch_backoff};
 use crate::matching::Keyring;
 use crate::metrics::Metrics;
 
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "pullsecret-injector";
 pub const SOURCE_ANNOTATION: &str = "pullsecret-injector.io/source";
 pub const HASH_ANNOTATION: &str = "pullsecret-injector.io/source-hash";
 /// Which installation made a copy: its Lease, `<namespace>/<leaseName>` (see [`owner`]).
 pub const OWNER_ANNOTATION: &str = "pullsecret-injector.io/owner";
-pub const FIELD_MANAGER: &str = "pullsecret-injector";
 
 #[derive(Debug, Error)]
 pub enum ReplicateError {
@@ -62,7 +58,8 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     namespaces: Store<Namespace>,
     sources: BTreeMap<SourceRef, Store<Secret>>,
-    copies: Store<Secret>,
+    /// Our copies, by name: one watch per name, as RBAC grants Secrets by name only.
+    copies: BTreeMap<String, Store<Secret>>,
     /// This installation's [`owner`]: copies made by another one are not ours.
     owner: String,
     keyring: RwLock<Arc<Keyring>>,
@@ -80,7 +77,13 @@ impl Cluster {
         stop: CancellationToken,
     ) -> Arc<Self> {
         let (namespaces, ns_writer) = reflector::store::<Namespace>();
-        let (copies, copies_writer) = reflector::store::<Secret>();
+        let mut copies = BTreeMap::new();
+        let mut copy_writers = Vec::new();
+        for name in settings.copy_names() {
+            let (store, writer) = reflector::store::<Secret>();
+            copies.insert(name.to_string(), store);
+            copy_writers.push((name.to_string(), writer));
+        }
         let mut source_writers = Vec::new();
         let mut sources = BTreeMap::new();
         let distinct: std::collections::BTreeSet<SourceRef> = settings
@@ -117,18 +120,16 @@ impl Cluster {
             let cluster = Arc::clone(&cluster);
             move || cluster.update_cache_gauges()
         });
-        let copies_stream = reflector::reflector(
-            copies_writer,
-            watcher(
-                Api::<Secret>::all(client.clone()),
-                watcher::Config::default()
-                    .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-            ),
-        );
-        spawn_drive("copies", copies_stream, stop.clone(), {
-            let cluster = Arc::clone(&cluster);
-            move || cluster.update_cache_gauges()
-        });
+        for (name, writer) in copy_writers {
+            let stream = reflector::reflector(
+                writer,
+                watcher(Api::<Secret>::all(client.clone()), copies_watch(&name)),
+            );
+            spawn_drive("copies", stream, stop.clone(), {
+                let cluster = Arc::clone(&cluster);
+                move || cluster.update_cache_gauges()
+            });
+        }
         for (source, writer) in source_writers {
             let api = Api::<Secret>::namespaced(client.clone(), &source.namespace);
             let config =
@@ -141,9 +142,8 @@ impl Cluster {
         }
         let waiter = Arc::clone(&cluster);
         tokio::spawn(async move {
-            let mut ok = waiter.namespaces.wait_until_ready().await.is_ok()
-                && waiter.copies.wait_until_ready().await.is_ok();
-            for store in waiter.sources.values() {
+            let mut ok = waiter.namespaces.wait_until_ready().await.is_ok();
+            for store in waiter.copies.values().chain(waiter.sources.values()) {
                 ok &= store.wait_until_ready().await.is_ok();
             }
             if ok {
@@ -151,7 +151,7 @@ impl Cluster {
                 waiter.synced.store(true, Ordering::Relaxed);
                 tracing::info!(
                     namespaces = waiter.namespaces.len(),
-                    copies = waiter.copies.len(),
+                    copies = waiter.copies.values().map(Store::len).sum::<usize>(),
                     sources = waiter.sources.len(),
                     "caches synced"
                 );
@@ -191,15 +191,17 @@ impl Cluster {
     }
 
     pub fn copy(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-        self.copies.get(&ObjectRef::new(name).within(namespace))
+        self.copies
+            .get(name)?
+            .get(&ObjectRef::new(name).within(namespace))
     }
 
     /// This installation's copies in `namespace` (not another installation's).
     pub fn copies_in(&self, namespace: &str) -> Vec<Arc<Secret>> {
         self.copies
-            .state()
-            .into_iter()
-            .filter(|s| s.namespace().as_deref() == Some(namespace) && is_managed(s, &self.owner))
+            .iter()
+            .filter_map(|(name, store)| store.get(&ObjectRef::new(name).within(namespace)))
+            .filter(|s| is_managed(s, &self.owner))
             .collect()
     }
 
@@ -232,6 +234,17 @@ impl Cluster {
     }
 
     fn source_changed(&self) {
+        for (source_ref, store) in &self.sources {
+            for source in store.state() {
+                if !is_replicable(&source) {
+                    tracing::warn!(
+                        source = %source_ref,
+                        type_ = source.type_.as_deref().unwrap_or_default(),
+                        "source is not a kubernetes.io/dockerconfigjson Secret; it is not copied"
+                    );
+                }
+            }
+        }
         self.rebuild_keyring();
         self.update_cache_gauges();
         self.source_changes.send_modify(|n| *n += 1);
@@ -252,7 +265,8 @@ impl Cluster {
 
     fn update_cache_gauges(&self) {
         self.metrics.cache_size("namespaces", self.namespaces.len());
-        self.metrics.cache_size("copies", self.copies.len());
+        self.metrics
+            .cache_size("copies", self.copies.values().map(Store::len).sum());
         self.metrics
             .cache_size("sources", self.sources.values().map(Store::len).sum());
     }
@@ -309,6 +323,12 @@ impl Cluster {
         let Some(source) = self.source(source_ref) else {
             return Err(format!("source {source_ref} not found"));
         };
+        if !is_replicable(&source) {
+            return Err(format!(
+                "source {source_ref} is not a {} Secret",
+                dockerconfig::DOCKERCONFIGJSON_TYPE
+            ));
+        }
         let api = Api::<Secret>::namespaced(self.client.clone(), namespace);
         let params = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
@@ -334,23 +354,12 @@ impl Cluster {
     }
 }
 
-/// How every watch of ours retries after an error: client-go's reflector backoff (0.8 s,
-/// doubling, reset after 2 min quiet) but capped at 5 s instead of 30 s (5–10 s with the
-/// jitter, which adds up to one delay), so copies and certificates converge within seconds
-/// of an apiserver coming back. A handful of watches per replica retrying that often is no
-/// load for a recovering apiserver.
-pub fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
-    ResetTimerBackoff::new(
-        ExponentialBackoff::from(
-            backon::ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(800))
-                .with_max_delay(Duration::from_secs(5))
-                .with_factor(2.0)
-                .with_jitter()
-                .without_max_times(),
-        ),
-        Duration::from_secs(120),
-    )
+/// The watch of our copies named `name`, in every namespace: RBAC allows listing and
+/// watching a Secret by name only when the request selects that name.
+pub fn copies_watch(name: &str) -> watcher::Config {
+    watcher::Config::default()
+        .fields(&format!("metadata.name={name}"))
+        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"))
 }
 
 /// Polls a reflector stream until `stop`, calling `on_event` after each event.
@@ -409,6 +418,11 @@ pub fn copy_of(
     }
 }
 
+/// Only pull secrets are copied: the Secret policy lets the injector write no other type.
+pub fn is_replicable(source: &Secret) -> bool {
+    source.type_.as_deref() == Some(dockerconfig::DOCKERCONFIGJSON_TYPE)
+}
+
 /// The installation: replicas that share a Lease are one; every other installation in the
 /// cluster (another Lease) has copies of its own, which this one must leave alone.
 pub fn owner(settings: &Settings) -> String {
@@ -427,28 +441,4 @@ pub fn is_managed(secret: &Secret, owner: &str) -> bool {
             .get(OWNER_ANNOTATION)
             .map(String::as_str)
             == Some(owner)
-}
-
-#[cfg(test)]
-mod tests {
-    use kube::runtime::utils::Backoff;
-
-    use super::*;
-
-    #[test]
-    fn watch_retries_start_under_a_second_and_never_wait_long() {
-        let mut backoff = watch_backoff();
-        let delays: Vec<Duration> = (0..30)
-            .map(|_| backoff.next().expect("never gives up"))
-            .collect();
-        assert!(delays[0] <= Duration::from_millis(1600), "{delays:?}");
-        // Jitter may add up to one delay on top of the 5 s cap.
-        assert!(
-            delays.iter().all(|d| *d <= Duration::from_secs(10)),
-            "{delays:?}"
-        );
-        assert!(delays[29] >= Duration::from_secs(5), "{delays:?}");
-        backoff.reset();
-        assert!(backoff.next().expect("after a reset") <= Duration::from_millis(1600));
-    }
 }

@@ -88,7 +88,6 @@ listen: {{ printf "[::]:%d" (.Values.containerPorts.webhook | int) | quote }}
 metricsListen: {{ printf "[::]:%d" (.Values.containerPorts.metrics | int) | quote }}
 {{- if eq .Values.certs.mode "self" }}
 {{- $certificates := dict
-  "mode" "self"
   "secretName" (include "pullsecret-injector.tlsSecretName" .)
   "webhookConfigurationName" $fullname
   "serviceName" $fullname }}
@@ -115,6 +114,9 @@ metricsListen: {{ printf "[::]:%d" (.Values.containerPorts.metrics | int) | quot
 {{- dict "limits" . | toYaml | nindent 0 }}
 {{- end }}
 {{- dict "secrets" .Values.secrets | toYaml | nindent 0 }}
+{{- with .Values.retiredSecrets }}
+{{- dict "retiredSecrets" . | toYaml | nindent 0 }}
+{{- end }}
 {{- end }}
 
 {{/* The labels a selected namespace has, as a YAML map (empty: `{}`): the opt-in label in
@@ -140,4 +142,79 @@ optIn mode, and webhook.namespaceSelector.matchLabels. */}}
 deadlock its own rollout, and the system namespaces are not ours to change. */}}
 {{- define "pullsecret-injector.excludedNamespaces" -}}
 {{- concat (list "kube-system" "kube-node-lease" .Release.Namespace) (.Values.webhook.namespaceSelector.excludeNamespaces | default list) | uniq | toYaml }}
+{{- end }}
+
+{{/* The copies' names (entries with a source), as a JSON list: with retiredSecrets, the
+only Secret names the injector may read or write outside its own namespace. */}}
+{{- define "pullsecret-injector.copyNames" -}}
+{{- $names := list }}
+{{- range .Values.secrets }}
+{{- if .source }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- end }}
+{{- $names | uniq | toJson }}
+{{- end }}
+
+{{/* Retired entries' names not in use again, as a JSON list: their copies may only be
+found and deleted. */}}
+{{- define "pullsecret-injector.retiredNames" -}}
+{{- $live := include "pullsecret-injector.copyNames" . | fromJsonArray }}
+{{- $names := list }}
+{{- range .Values.retiredSecrets }}
+{{- if not (has . $live) }}
+{{- $names = append $names . }}
+{{- end }}
+{{- end }}
+{{- $names | uniq | toJson }}
+{{- end }}
+
+{{/* Names of entries with a source and overwriteExisting, as a JSON list: a same-named
+Secret the injector did not make may be replaced (updated, or deleted and re-created). */}}
+{{- define "pullsecret-injector.overwriteNames" -}}
+{{- $names := list }}
+{{- range .Values.secrets }}
+{{- if and .source .overwriteExisting }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- end }}
+{{- $names | uniq | toJson }}
+{{- end }}
+
+{{/* Source Secrets by namespace (the release's when not given), as a JSON object of lists. */}}
+{{- define "pullsecret-injector.sourcesByNamespace" -}}
+{{- $byNamespace := dict }}
+{{- range .Values.secrets }}
+{{- with .source }}
+{{- $namespace := .namespace | default $.Release.Namespace }}
+{{- $_ := set $byNamespace $namespace (append (get $byNamespace $namespace | default list) .name | uniq) }}
+{{- end }}
+{{- end }}
+{{- $byNamespace | toJson }}
+{{- end }}
+
+{{/* What the installation writes into its copies' owner annotation: the Lease's
+namespace/name (the binary's `owner`). */}}
+{{- define "pullsecret-injector.owner" -}}
+{{- printf "%s/%s" .Release.Namespace (include "pullsecret-injector.fullname" .) }}
+{{- end }}
+
+{{/* A CEL expression: the Secret `.object` (object or oldObject) is one the injector
+manages, a labelled copy of this installation named one of `.names` (a CEL list variable) or
+its certificate Secret. */}}
+{{- define "pullsecret-injector.policy.managed" -}}
+{{- $x := .object -}}
+{{ $x }} != null
+&& has({{ $x }}.type)
+&& has({{ $x }}.metadata.labels)
+&& "app.kubernetes.io/managed-by" in {{ $x }}.metadata.labels
+&& {{ $x }}.metadata.labels["app.kubernetes.io/managed-by"] == "pullsecret-injector"
+&& (
+  (request.name in {{ .names }}
+    && {{ $x }}.type == "kubernetes.io/dockerconfigjson"
+    && has({{ $x }}.metadata.annotations)
+    && "pullsecret-injector.io/owner" in {{ $x }}.metadata.annotations
+    && {{ $x }}.metadata.annotations["pullsecret-injector.io/owner"] == variables.owner)
+  || (variables.certificate && {{ $x }}.type == "kubernetes.io/tls")
+)
 {{- end }}

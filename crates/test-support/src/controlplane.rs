@@ -595,7 +595,9 @@ fn start() -> Result<ControlPlane, String> {
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--authorization-mode=RBAC".to_string(),
-            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,MutatingAdmissionWebhook,ValidatingAdmissionWebhook".to_string(),
+            // ValidatingAdmissionPolicy is on by default since 1.30; named so that the
+            // chart's Secret policy is enforced whatever the defaults become.
+            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy".to_string(),
             "--service-cluster-ip-range=10.0.0.0/24".to_string(),
             "--profiling=false".to_string(),
             "--v=1".to_string(),

@@ -6,6 +6,8 @@
 //! |---|---|
 //! | a real control plane (etcd, kube-apiserver, kube-controller-manager), namespaces, polling | [`controlplane`] |
 //! | the pinned helm | [`helm`] |
+//! | private registries on loopback (TLS, htpasswd), their logs, containerd's hosts.toml | [`registry`] |
+//! | images without Docker: the test image, the pause archive, the injector's image | [`images`] |
 //! | the `pullsecret-injector serve` binary, its logs and metrics | [`injector`] |
 //! | printing logs when a test fails | [`logs`] |
 //! | the registry-matching specification (matching-cases.tsv) | [`matching_cases`] |
@@ -17,14 +19,19 @@
 //! | copies made by replication, and the config that asks for them | [`replication`] |
 //! | MutatingWebhookConfigurations | [`webhook`] |
 //! | ServiceAccount tokens and the kubeconfigs that use them | [`accounts`] |
+//! | the chart's RBAC and Secret policy for an injector under test, and its token | [`access`] |
 //! | a TLS client that talks like the apiserver | [`client`] |
+//! | the fuzz targets' checks, shared with their regression replay | [`fuzz_checks`] |
 //! | hostile clients and a measured valid load | [`adversary`] |
 
+pub mod access;
 pub mod accounts;
 pub mod adversary;
 pub mod client;
 pub mod controlplane;
+pub mod fuzz_checks;
 pub mod helm;
+pub mod images;
 pub mod injector;
 pub mod logs;
 pub mod matching_cases;
@@ -32,6 +39,7 @@ pub mod metrics;
 pub mod pki;
 pub mod pods;
 pub mod ports;
+pub mod registry;
 pub mod replication;
 pub mod secrets;
 pub mod webhook;

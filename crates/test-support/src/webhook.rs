@@ -21,7 +21,7 @@ pub struct Spec<'a> {
     /// The name of its webhook, as the apiserver's errors and logs call it.
     pub webhook: &'a str,
     pub url: &'a str,
-    /// The caBundle; `None` leaves it to the injector (`certificates.mode: self`).
+    /// The caBundle; `None` leaves it to the injector (a `certificates` block: self-managed).
     pub ca_pem: Option<&'a str>,
     pub failure_policy: &'a str,
     pub side_effects: &'a str,

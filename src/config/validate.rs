@@ -1,222 +1,17 @@
-//! The configuration file (`Config`, as users write it) and its validated form (`Settings`,
-//! as the hot path wants it: patterns parsed, addresses resolved).
+//! The validated configuration (`Settings`, as the hot path wants it: patterns parsed,
+//! addresses resolved, sources' namespaces filled in), checked once at start-up with every
+//! problem reported at its field path.
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::core::{Selector, SelectorExt};
-use serde::Deserialize;
-use thiserror::Error;
+use kube::core::Selector;
 
+use super::schema::{CertificatesConfig, Config, LeaderElectionConfig, Limits, TlsConfig};
+use super::selection::{DEFAULT_OPT_IN_LABEL, DEFAULT_OPT_IN_VALUE};
+use super::{ConfigError, FieldError};
 use crate::matching::{Keyring, Pattern};
-
-pub const DEFAULT_OPT_OUT_ANNOTATION: &str = "pullsecret-injector.io/inject";
-/// The namespace label that opts a namespace in, as the chart's webhook selects it.
-pub const DEFAULT_OPT_IN_LABEL: &str = "pullsecret-injector.io/inject-pull-secrets";
-pub const DEFAULT_OPT_IN_VALUE: &str = "enabled";
-/// Two 3 MiB objects (object and oldObject) plus the review envelope, as controller-runtime.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
-/// Request bodies held in memory at once, across connections: four of the largest, and far
-/// under the chart's 128Mi memory limit.
-pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: usize = 32 * 1024 * 1024;
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Config {
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    #[serde(default = "default_metrics_listen")]
-    pub metrics_listen: String,
-    #[serde(default)]
-    pub tls: Option<TlsConfig>,
-    #[serde(default = "default_opt_out_annotation")]
-    pub opt_out_annotation: String,
-    #[serde(default)]
-    pub limits: Limits,
-    /// The injector's own namespace: the default for `source.namespace` and the Lease's.
-    /// Defaults to $PULLSECRET_INJECTOR_POD_NAMESPACE (the chart sets it), then `default`.
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// Which namespaces get copies of source secrets: the webhook's own opt-in selector.
-    #[serde(default)]
-    pub namespace_selector: Option<LabelSelector>,
-    /// Namespaces that never get copies, whatever their labels.
-    #[serde(default)]
-    pub exclude_namespaces: Vec<String>,
-    #[serde(default)]
-    pub leader_election: LeaderElectionConfig,
-    /// Certificates the injector manages itself (the chart's `certs.mode: self`), instead
-    /// of `tls` files.
-    #[serde(default)]
-    pub certificates: Option<CertificatesConfig>,
-    #[serde(default)]
-    pub secrets: Vec<SecretConfig>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum CertificatesMode {
-    #[serde(rename = "self")]
-    SelfManaged,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CertificatesConfig {
-    pub mode: CertificatesMode,
-    /// The Secret (in `namespace`) that holds the CA and the serving pair.
-    pub secret_name: String,
-    /// The MutatingWebhookConfiguration whose caBundle is kept current.
-    pub webhook_configuration_name: String,
-    /// The Service the apiserver calls: the certificate is for `name.namespace.svc`.
-    pub service_name: String,
-    /// More names or IP addresses for the certificate.
-    #[serde(default)]
-    pub extra_hosts: Vec<String>,
-    #[serde(default = "default_serving_validity")]
-    pub serving_validity_seconds: u64,
-    #[serde(default = "default_ca_validity")]
-    pub ca_validity_seconds: u64,
-    #[serde(default = "default_check_interval")]
-    pub check_interval_seconds: u64,
-}
-
-fn default_serving_validity() -> u64 {
-    365 * 86400
-}
-fn default_ca_validity() -> u64 {
-    10 * 365 * 86400
-}
-fn default_check_interval() -> u64 {
-    30
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct LeaderElectionConfig {
-    pub lease_name: String,
-    pub lease_duration_seconds: u64,
-}
-
-impl Default for LeaderElectionConfig {
-    fn default() -> Self {
-        Self {
-            lease_name: "pullsecret-injector".to_string(),
-            lease_duration_seconds: 15,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SourceConfig {
-    #[serde(default)]
-    pub namespace: Option<String>,
-    pub name: String,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TlsConfig {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    /// How often the files are re-read; mounted Secrets change by a symlink swap that
-    /// file-change notifications on the path do not see.
-    #[serde(default = "default_reload_interval_seconds")]
-    pub reload_interval_seconds: u64,
-}
-
-/// Protective limits for the TLS listener; defaults are documented in the README.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct Limits {
-    pub max_body_bytes: usize,
-    /// Bodies being read or decoded, all connections together, by their announced length.
-    pub max_buffered_body_bytes: usize,
-    pub max_connections: usize,
-    pub tls_handshake_timeout_seconds: u64,
-    pub header_read_timeout_seconds: u64,
-    pub body_read_timeout_seconds: u64,
-    pub shutdown_timeout_seconds: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
-            max_connections: 4096,
-            tls_handshake_timeout_seconds: 10,
-            // Idle keep-alive connections are closed after this too; the apiserver reopens
-            // them, so it is kept well above a request's own header time.
-            header_read_timeout_seconds: 30,
-            body_read_timeout_seconds: 30,
-            shutdown_timeout_seconds: 20,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SecretConfig {
-    pub name: String,
-    /// Patterns; when omitted with a `source`, the source's `auths` keys are the patterns.
-    #[serde(default)]
-    pub registries: Vec<String>,
-    /// A `kubernetes.io/dockerconfigjson` Secret copied into every namespace the entry applies to.
-    #[serde(default)]
-    pub source: Option<SourceConfig>,
-    #[serde(default)]
-    pub namespace_selector: Option<LabelSelector>,
-    #[serde(default)]
-    pub exclude_namespaces: Vec<String>,
-    /// Replace a Secret of the same name that the injector did not create.
-    #[serde(default)]
-    pub overwrite_existing: bool,
-}
-
-/// `[::]`: IPv6 and IPv4 on one socket (see `listen::bind`).
-fn default_listen() -> String {
-    "[::]:8443".to_string()
-}
-fn default_metrics_listen() -> String {
-    "[::]:8080".to_string()
-}
-fn default_opt_out_annotation() -> String {
-    DEFAULT_OPT_OUT_ANNOTATION.to_string()
-}
-fn default_reload_interval_seconds() -> u64 {
-    2
-}
-
-/// One problem in the configuration, at a field path such as `secrets[1].registries[0]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub path: String,
-    pub reason: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.reason)
-    }
-}
-
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config is not valid:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
-    Invalid(Vec<FieldError>),
-}
 
 /// The source of a replicated secret, with its namespace resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -248,20 +43,13 @@ impl SecretSpec {
     pub fn patterns_from_source(&self) -> bool {
         self.patterns.is_empty() && self.source.is_some()
     }
+}
 
-    /// Whether this entry applies to a namespace with these labels (its own selector and
-    /// exclusions only; the webhook's opt-in is the apiserver's and the replicator's job).
-    pub fn applies_to(
-        &self,
-        namespace: &str,
-        labels: &std::collections::BTreeMap<String, String>,
-    ) -> bool {
-        !self.exclude_namespaces.iter().any(|n| n == namespace)
-            && self
-                .namespace_selector
-                .as_ref()
-                .is_none_or(|s| s.matches(labels))
-    }
+/// Where `serve` takes its certificate from (see [`Settings::check_serving_files`]).
+#[derive(Debug, Clone, Copy)]
+pub enum ServingCertificate<'a> {
+    Files(&'a TlsConfig),
+    SelfManaged(&'a CertificatesConfig),
 }
 
 /// The validated configuration, shared read-only.
@@ -278,26 +66,13 @@ pub struct Settings {
     pub leader_election: LeaderElectionConfig,
     pub certificates: Option<CertificatesConfig>,
     pub secrets: Vec<SecretSpec>,
+    /// Copies to delete wherever this installation made them (`retiredSecrets`).
+    pub retired_secrets: Vec<String>,
     /// The patterns written in config; the replicator adds those read from sources.
     pub keyring: Keyring,
 }
 
 impl Config {
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message,
-        })
-    }
-
-    pub fn from_yaml(text: &str) -> Result<Self, String> {
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
-    }
-
     /// Checks everything that can be checked without touching the file system.
     pub fn validate(self) -> Result<Settings, ConfigError> {
         let mut errors = Vec::new();
@@ -342,11 +117,6 @@ impl Config {
         let namespace = self
             .namespace
             .clone()
-            .or_else(|| {
-                std::env::var("PULLSECRET_INJECTOR_POD_NAMESPACE")
-                    .ok()
-                    .filter(|n| !n.is_empty())
-            })
             .unwrap_or_else(|| "default".to_string());
         let namespace_selector = match self.namespace_selector.clone().map(Selector::try_from) {
             None => std::iter::once((
@@ -457,6 +227,17 @@ impl Config {
             });
         }
 
+        for (i, name) in self.retired_secrets.iter().enumerate() {
+            if let Err(reason) = check_dns1123_subdomain(name) {
+                error(format!("retiredSecrets[{i}]"), reason);
+            } else if let Some(live) = self.secrets.iter().position(|s| &s.name == name) {
+                error(
+                    format!("retiredSecrets[{i}]"),
+                    format!("{name:?} is in use at secrets[{live}]; a retired name must not be"),
+                );
+            }
+        }
+
         match (listen, metrics_listen) {
             (Ok(listen), Ok(metrics_listen)) if errors.is_empty() => {
                 let keyring = Keyring::new(
@@ -477,6 +258,7 @@ impl Config {
                     leader_election: self.leader_election,
                     certificates: self.certificates,
                     secrets,
+                    retired_secrets: self.retired_secrets,
                     keyring,
                 })
             }
@@ -490,39 +272,34 @@ impl Settings {
     /// otherwise `serve` runs standalone.
     pub fn needs_cluster(&self) -> bool {
         self.certificates.is_some()
+            || !self.retired_secrets.is_empty()
             || self
                 .secrets
                 .iter()
                 .any(|s| s.source.is_some() || s.namespace_selector.is_some())
     }
 
-    /// Whether replicated copies belong in this namespace for `secret`.
-    pub fn replicates_into(
-        &self,
-        secret: &SecretSpec,
-        namespace: &str,
-        labels: &std::collections::BTreeMap<String, String>,
-    ) -> bool {
-        secret
-            .source
-            .as_ref()
-            .is_some_and(|source| source.namespace != namespace || source.name != secret.name)
-            && !self.exclude_namespaces.iter().any(|n| n == namespace)
-            && self.namespace_selector.matches(labels)
-            && secret.applies_to(namespace, labels)
+    /// The names the injector's copies may have: entries with a source, and retired ones.
+    /// Each is watched on its own (RBAC grants Secrets by name only).
+    pub fn copy_names(&self) -> std::collections::BTreeSet<&str> {
+        self.secrets
+            .iter()
+            .filter(|s| s.source.is_some())
+            .map(|s| s.name.as_str())
+            .chain(self.retired_secrets.iter().map(String::as_str))
+            .collect()
     }
 
-    /// What `serve` needs beyond a valid config: certificate files that exist, unless the
-    /// certificates are self-managed (then `None`).
-    pub fn check_serving_files(&self) -> Result<Option<&TlsConfig>, ConfigError> {
+    /// What `serve` needs beyond a valid config: a certificate to serve, from files that
+    /// exist or self-managed in the cluster.
+    pub fn check_serving_files(&self) -> Result<ServingCertificate<'_>, ConfigError> {
         let Some(tls) = &self.tls else {
-            if self.certificates.is_some() {
-                return Ok(None);
+            if let Some(certificates) = &self.certificates {
+                return Ok(ServingCertificate::SelfManaged(certificates));
             }
             return Err(ConfigError::Invalid(vec![FieldError {
                 path: "tls".into(),
-                reason: "serve needs tls.certFile and tls.keyFile (or certificates.mode: self)"
-                    .into(),
+                reason: "serve needs tls.certFile and tls.keyFile (or a certificates block)".into(),
             }]));
         };
         let missing: Vec<FieldError> = [
@@ -537,7 +314,7 @@ impl Settings {
         })
         .collect();
         if missing.is_empty() {
-            Ok(Some(tls))
+            Ok(ServingCertificate::Files(tls))
         } else {
             Err(ConfigError::Invalid(missing))
         }
@@ -580,10 +357,12 @@ fn check_dns1123_subdomain(name: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::config::schema::DEFAULT_OPT_OUT_ANNOTATION;
 
-    fn settings(yaml: &str) -> Result<Settings, ConfigError> {
+    /// The settings of a config file's text, as `serve` would validate them.
+    pub(in crate::config) fn settings(yaml: &str) -> Result<Settings, ConfigError> {
         Config::from_yaml(yaml)
             .map_err(|m| ConfigError::Parse {
                 path: "test".into(),
@@ -654,6 +433,30 @@ secrets:
     }
 
     #[test]
+    fn retired_names_are_secret_names_not_in_use() {
+        let err = settings(
+            "secrets: [{name: live, source: {name: s}}]\nretiredSecrets: [old, Bad_Name, live]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("retiredSecrets[1]: \"Bad_Name\" is not a valid Secret name"),
+            "{err}"
+        );
+        assert!(
+            err.contains("retiredSecrets[2]: \"live\" is in use at secrets[0]"),
+            "{err}"
+        );
+        let s = settings("namespace: infra\nsecrets: [{name: live, source: {name: s}}, {name: p, registries: [x.io]}]\nretiredSecrets: [old]")
+            .unwrap();
+        assert_eq!(
+            s.copy_names().into_iter().collect::<Vec<_>>(),
+            ["live", "old"]
+        );
+        assert!(settings("retiredSecrets: [old]").unwrap().needs_cluster());
+    }
+
+    #[test]
     fn empty_secret_name_is_refused() {
         let err = settings("secrets: [{name: '', registries: [x.io]}]").unwrap_err();
         assert!(
@@ -706,71 +509,6 @@ secrets:
                 .unwrap()
                 .needs_cluster()
         );
-    }
-
-    #[test]
-    fn replication_follows_the_opt_in_selector_the_entry_selector_and_exclusions() {
-        let s = settings(
-            r#"
-namespace: infra
-namespaceSelector: {matchLabels: {team: "yes"}}
-excludeNamespaces: [legacy]
-secrets:
-  - name: regcred
-    source: {name: src}
-    namespaceSelector:
-      matchExpressions: [{key: tier, operator: In, values: [prod]}]
-    excludeNamespaces: [prod-old]
-  - name: src
-    source: {name: src}
-"#,
-        )
-        .unwrap();
-        let labels = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        };
-        let entry = &s.secrets[0];
-        assert!(s.replicates_into(entry, "app", &labels(&[("team", "yes"), ("tier", "prod")])));
-        assert!(
-            !s.replicates_into(entry, "app", &labels(&[("tier", "prod")])),
-            "not opted in"
-        );
-        assert!(
-            !s.replicates_into(entry, "app", &labels(&[("team", "yes"), ("tier", "dev")])),
-            "entry selector"
-        );
-        assert!(
-            !s.replicates_into(
-                entry,
-                "legacy",
-                &labels(&[("team", "yes"), ("tier", "prod")])
-            ),
-            "global exclusion"
-        );
-        assert!(
-            !s.replicates_into(
-                entry,
-                "prod-old",
-                &labels(&[("team", "yes"), ("tier", "prod")])
-            ),
-            "entry exclusion"
-        );
-        // A copy never replaces its own source.
-        assert!(!s.replicates_into(&s.secrets[1], "infra", &labels(&[("team", "yes")])));
-    }
-
-    #[test]
-    fn the_default_opt_in_selector_is_the_charts_label() {
-        let s = settings("secrets: [{name: a, source: {name: b}}]").unwrap();
-        let on = std::collections::BTreeMap::from([(
-            DEFAULT_OPT_IN_LABEL.to_string(),
-            DEFAULT_OPT_IN_VALUE.to_string(),
-        )]);
-        assert!(s.replicates_into(&s.secrets[0], "app", &on));
-        assert!(!s.replicates_into(&s.secrets[0], "app", &Default::default()));
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! `mutate`: the webhook's decision applied offline to Pods, AdmissionReviews and workloads
-//! with pod templates, so a person can see what would happen before deploying.
+//! with pod templates, so a person can see what would happen before deploying: the same
+//! manifest out with the pull secrets the webhook would add (or only the patches).
+
+use std::io::{Read, Write};
 
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::admission::{self, Outcome};
+use super::{CommandError, Environment, keyring_with_sources, load_settings};
+use crate::admission::{self, ClusterView, Outcome, PodToDecide};
+use crate::cli::{MutateArgs, OutputFormat};
 use crate::config::Settings;
 use crate::matching::Keyring;
 
@@ -29,6 +34,58 @@ pub struct Previewed {
     pub document: Value,
     /// The JSON patch that turns the input into `document` (empty when nothing changes).
     pub patch: Patch,
+}
+
+pub fn mutate(args: MutateArgs, environment: &Environment) -> Result<(), CommandError> {
+    let settings = load_settings(&args.config, environment, |_| {})?;
+    let text = if args.file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| CommandError::Usage(format!("reading standard input: {e}")))?;
+        text
+    } else {
+        std::fs::read_to_string(&args.file)
+            .map_err(|e| CommandError::Usage(format!("reading {}: {e}", args.file)))?
+    };
+    let keyring = keyring_with_sources(&settings, args.kubeconfig.as_deref())?;
+    let previews =
+        preview_text(&settings, &keyring, &text).map_err(|e| CommandError::Usage(e.to_string()))?;
+    let mut out = String::new();
+    for (i, previewed) in previews.iter().enumerate() {
+        let rendered = match args.output {
+            OutputFormat::Yaml => {
+                let yaml = serde_saphyr::to_string(&previewed.document).map_err(|e| {
+                    CommandError::Render {
+                        what: "YAML",
+                        reason: e.to_string(),
+                    }
+                })?;
+                if i > 0 {
+                    out.push_str("---\n");
+                }
+                yaml
+            }
+            OutputFormat::Json => {
+                serde_json::to_string_pretty(&previewed.document).map_err(|e| {
+                    CommandError::Render {
+                        what: "JSON",
+                        reason: e.to_string(),
+                    }
+                })? + "\n"
+            }
+            OutputFormat::Patch => {
+                serde_json::to_string(&previewed.patch).map_err(|e| CommandError::Render {
+                    what: "the patch",
+                    reason: e.to_string(),
+                })? + "\n"
+            }
+        };
+        out.push_str(&rendered);
+    }
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(CommandError::io("writing standard output"))
 }
 
 /// Where the pod spec and its annotations live in each kind that has one.
@@ -95,13 +152,14 @@ pub fn preview_document(
     }
     if kind == "AdmissionReview" {
         let body = serde_json::to_vec(&document).map_err(|e| fail(e.to_string()))?;
-        let scope = admission::Scope {
+        // Offline: the keyring may hold the sources' patterns (--kubeconfig), no labels.
+        let view = ClusterView {
             keyring,
             namespace_labels: None,
         };
-        let decoded = admission::decode(&body).map_err(|e| fail(e.to_string()))?;
-        let reviewed =
-            admission::answer(settings, &scope, decoded).map_err(|e| fail(e.to_string()))?;
+        let reviewed = admission::decode(&body)
+            .and_then(|decoded| admission::review(settings, &view, decoded))
+            .map_err(|e| fail(e.to_string()))?;
         let patch = match reviewed.outcome {
             Outcome::Patched(p) => p.patch,
             _ => Patch(Vec::new()),
@@ -134,22 +192,23 @@ pub fn preview_document(
             ))
         })?),
     };
-    if admission::skip_reason(settings, annotations.as_ref()).is_some() {
-        return Ok(Previewed {
-            document,
-            patch: Patch(Vec::new()),
-        });
-    }
     let namespace = document
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    // Offline there are no namespace labels: entries narrowed by a selector do not apply.
-    let applies = |secret: &crate::config::SecretSpec| {
-        secret.namespace_selector.is_none() && !secret.exclude_namespaces.contains(&namespace)
+    let view = ClusterView {
+        keyring,
+        namespace_labels: None,
     };
-    let Some(patch) = admission::patch_for_spec(settings, keyring, &applies, spec_path, &spec)
+    let pod = PodToDecide {
+        namespace: &namespace,
+        annotations: annotations.as_ref(),
+        existing: spec.image_pull_secrets.as_deref(),
+        pointer: spec_path,
+    };
+    let Outcome::Patched(patch) =
+        admission::decide_pod(settings, &view, &pod, admission::pod_images(&spec))
     else {
         return Ok(Previewed {
             document,

@@ -1,13 +1,36 @@
-//! `match`: for a person asking "why did my pod get (or not get) this secret", and for a
-//! script asking the same (`-o json`).
+//! `match`: for a person asking "why did my pod get (or not get) this secret": which
+//! configured secret the kubelet would use for each image, and why; `-o json` for a script
+//! asking the same.
 
 use std::fmt::Write;
 
 use serde::Serialize;
 
+use super::{CommandError, Environment, keyring_with_sources, load_settings};
+use crate::cli::{MatchArgs, ReportFormat};
 use crate::config::Settings;
 use crate::image::ImageName;
 use crate::matching::{Keyring, MatchKind};
+
+/// Prints the report; `Ok(false)` when an image matches no secret (exit code 1), unless
+/// `--allow-unmatched`.
+pub fn match_images(args: MatchArgs, environment: &Environment) -> Result<bool, CommandError> {
+    let settings = load_settings(&args.config, environment, |_| {})?;
+    let keyring = keyring_with_sources(&settings, args.kubeconfig.as_deref())?;
+    let reports = reports(&settings, &keyring, &args.images);
+    match args.output {
+        ReportFormat::Text => print!("{}", render_text(&reports)),
+        ReportFormat::Json => {
+            let json =
+                serde_json::to_string_pretty(&reports).map_err(|e| CommandError::Render {
+                    what: "the report as JSON",
+                    reason: e.to_string(),
+                })?;
+            println!("{json}");
+        }
+    }
+    Ok(args.allow_unmatched || reports.iter().all(ImageReport::matched))
+}
 
 /// What `match` found for one image.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -21,7 +44,7 @@ pub struct ImageReport {
     /// Why it does not parse: the kubelet cannot pull it, so no secret applies.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The secrets the kubelet would use for it, in config order, with the pattern of each.
+    /// The secrets the kubelet would use for it, in the order it tries them.
     pub secrets: Vec<SecretMatch>,
 }
 
@@ -29,7 +52,7 @@ pub struct ImageReport {
 #[serde(rename_all = "camelCase")]
 pub struct SecretMatch {
     pub secret: String,
-    /// The pattern as written (config or the source's `auths` key).
+    /// The pattern as written (config or the source's `auths` key, redacted).
     pub pattern: String,
     /// The pattern as the keyring compares it.
     pub key: String,
@@ -69,10 +92,12 @@ fn report(settings: &Settings, keyring: &Keyring, image: &str) -> ImageReport {
         }
     };
     report.normalized = Some(name.to_string());
-    keyring.for_each_match(&name, |secret, pattern, kind| {
+    // In the order the kubelet tries them.
+    for found in keyring.lookup(&name) {
+        let (pattern, kind) = (found.pattern, found.kind);
         report.secrets.push(SecretMatch {
-            secret: settings.secrets[secret].name.clone(),
-            pattern: pattern.raw().to_string(),
+            secret: settings.secrets[found.secret].name.clone(),
+            pattern: pattern.shown().to_string(),
             key: pattern.key().to_string(),
             how: match kind {
                 MatchKind::Direct => "direct",
@@ -80,7 +105,7 @@ fn report(settings: &Settings, keyring: &Keyring, image: &str) -> ImageReport {
             },
             mid_segment: kind == MatchKind::Direct && pattern.matches_mid_segment(&name),
         });
-    });
+    }
     report
 }
 
@@ -170,6 +195,23 @@ secrets:
         );
         assert!(out.contains("normalized: docker.io/library/nginx"), "{out}");
         assert!(out.contains("secret \"hub\": pattern \"https://index.docker.io/v1/\" (key index.docker.io) applies through the Docker Hub fallback"), "{out}");
+    }
+
+    #[test]
+    fn lists_matches_in_the_order_the_kubelet_tries_them() {
+        let settings = Config::from_yaml(
+            "secrets: [{name: host, registries: [ghcr.io]}, {name: team, registries: [ghcr.io/acme/]}]",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let out = explain(&settings, &settings.keyring, &["ghcr.io/acme/app".into()]);
+        let team = out.find("secret \"team\"").expect("team listed");
+        let host = out.find("secret \"host\"").expect("host listed");
+        assert!(
+            team < host,
+            "the longer key sorts first in the kubelet's index:\n{out}"
+        );
     }
 
     #[test]

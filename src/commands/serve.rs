@@ -1,0 +1,120 @@
+//! `serve`: the config and the certificate files checked, the listeners bound, then
+//! `crate::run` until SIGTERM or SIGINT.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{CommandError, Environment, load_settings};
+use crate::cli::ServeArgs;
+use crate::config::{ServingCertificate, TlsConfig};
+use crate::metrics::Metrics;
+use crate::tls::CertificateFiles;
+use crate::{CertificateSource, Listeners, Service, run};
+
+pub fn serve(args: ServeArgs, environment: &Environment) -> Result<(), CommandError> {
+    let settings = load_settings(&args.config, environment, |config| {
+        if let Some(listen) = args.listen {
+            config.listen = listen.to_string();
+        }
+        if let Some(listen) = args.metrics_listen {
+            config.metrics_listen = listen.to_string();
+        }
+        if args.tls_cert_file.is_some() || args.tls_key_file.is_some() {
+            let tls = config.tls.get_or_insert_with(|| TlsConfig {
+                cert_file: Default::default(),
+                key_file: Default::default(),
+                reload_interval_seconds: 2,
+            });
+            if let Some(cert) = args.tls_cert_file {
+                tls.cert_file = cert;
+            }
+            if let Some(key) = args.tls_key_file {
+                tls.key_file = key;
+            }
+        }
+    })?;
+    let certificates = match settings
+        .check_serving_files()
+        .map_err(|e| CommandError::Usage(e.to_string()))?
+    {
+        ServingCertificate::Files(tls) => CertificateSource::Files {
+            files: Arc::new(
+                CertificateFiles::load(&tls.cert_file, &tls.key_file)
+                    .map_err(|e| CommandError::Usage(e.to_string()))?,
+            ),
+            reload_interval: settings.reload_interval(),
+        },
+        ServingCertificate::SelfManaged(config) => CertificateSource::SelfManaged(config.clone()),
+    };
+    let settings = Arc::new(settings);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CommandError::io("starting the async runtime"))?;
+    runtime.block_on(async move {
+        let webhook = crate::listen::bind(settings.listen)
+            .map_err(CommandError::io(format!(
+                "binding listen address {}",
+                settings.listen
+            )))?;
+        let admin = crate::listen::bind(settings.metrics_listen)
+            .map_err(CommandError::io(format!(
+                "binding metricsListen address {}",
+                settings.metrics_listen
+            )))?;
+        let local = |listener: &tokio::net::TcpListener| {
+            listener
+                .local_addr()
+                .map_err(CommandError::io("reading a bound address"))
+        };
+        tracing::info!(
+            listen = %local(&webhook)?,
+            metrics_listen = %local(&admin)?,
+            secrets = settings.secrets.len(),
+            patterns = settings.keyring.len(),
+            "serving"
+        );
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let client = if settings.needs_cluster() {
+            // In-cluster config, or $KUBECONFIG / ~/.kube/config outside a cluster.
+            Some(kube::Client::try_default().await.map_err(CommandError::kube(
+                "connecting to the Kubernetes API (needed for secret sources, namespace selectors and self-managed certificates)",
+            ))?)
+        } else {
+            None
+        };
+        let service = Service {
+            settings,
+            certificates,
+            metrics: Arc::new(Metrics::new()),
+            client,
+            identity: environment.identity(),
+        };
+        run(service, Listeners { webhook, admin }, shutdown).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = name,
+        "shutting down: no new connections, draining in-flight requests"
+    );
+    shutdown.cancel();
+}
