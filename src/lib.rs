@@ -14,6 +14,7 @@ pub mod image;
 pub mod kubelet_url;
 pub mod kubernetes;
 pub mod leader;
+pub mod listen;
 pub mod matching;
 pub mod metrics;
 pub mod patch;

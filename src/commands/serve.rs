@@ -57,14 +57,12 @@ pub fn serve(args: ServeArgs, environment: &Environment) -> Result<(), CommandEr
         .build()
         .map_err(CommandError::io("starting the async runtime"))?;
     runtime.block_on(async move {
-        let webhook = tokio::net::TcpListener::bind(settings.listen)
-            .await
+        let webhook = crate::listen::bind(settings.listen)
             .map_err(CommandError::io(format!(
                 "binding listen address {}",
                 settings.listen
             )))?;
-        let admin = tokio::net::TcpListener::bind(settings.metrics_listen)
-            .await
+        let admin = crate::listen::bind(settings.metrics_listen)
             .map_err(CommandError::io(format!(
                 "binding metricsListen address {}",
                 settings.metrics_listen

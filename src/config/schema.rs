@@ -30,7 +30,7 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     /// The injector's own namespace: the default for `source.namespace` and the Lease's.
-    /// `main` sets it from $POD_NAMESPACE when the file leaves it out; else `default`.
+    /// `main` sets it from $PULLSECRET_INJECTOR_POD_NAMESPACE when the file leaves it out; else `default`.
     #[serde(default)]
     pub namespace: Option<String>,
     /// Which namespaces get copies of source secrets: the webhook's own opt-in selector.
@@ -174,11 +174,12 @@ pub struct SecretConfig {
     pub overwrite_existing: bool,
 }
 
+/// `[::]`: IPv6 and IPv4 on one socket (see `listen::bind`).
 fn default_listen() -> String {
-    "0.0.0.0:8443".to_string()
+    "[::]:8443".to_string()
 }
 fn default_metrics_listen() -> String {
-    "0.0.0.0:8080".to_string()
+    "[::]:8080".to_string()
 }
 fn default_opt_out_annotation() -> String {
     DEFAULT_OPT_OUT_ANNOTATION.to_string()

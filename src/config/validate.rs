@@ -359,8 +359,9 @@ impl Settings {
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|_| format!("{s:?} is not an IP:port address (for example 0.0.0.0:8443)"))
+    s.parse().map_err(|_| {
+        format!("{s:?} is not an IP:port address (for example [::]:8443 or 127.0.0.1:8443)")
+    })
 }
 
 /// Kubernetes' IsDNS1123Subdomain, which Secret names must satisfy.
@@ -406,8 +407,8 @@ pub(super) mod tests {
     #[test]
     fn defaults_apply() {
         let s = settings("secrets: [{name: a, registries: [ghcr.io]}]").unwrap();
-        assert_eq!(s.listen.to_string(), "0.0.0.0:8443");
-        assert_eq!(s.metrics_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.listen.to_string(), "[::]:8443");
+        assert_eq!(s.metrics_listen.to_string(), "[::]:8080");
         assert_eq!(s.opt_out_annotation, DEFAULT_OPT_OUT_ANNOTATION);
         assert_eq!(s.limits.max_body_bytes, 7 * 1024 * 1024);
         assert_eq!(s.limits.max_buffered_body_bytes, 32 * 1024 * 1024);

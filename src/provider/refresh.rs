@@ -278,9 +278,9 @@ async fn write(
     let target = Target {
         namespace,
         api: &api,
-        regarding: secret_reference(plan),
         what: "credentials",
         from: format!("provider {}", plan.plugin.name),
+        is_copy: false,
     };
     write_managed(cluster, recorder, &target, spec, desired).await
 }

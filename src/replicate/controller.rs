@@ -18,6 +18,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
+use super::dockerconfig;
 use super::{Cluster, ReplicateError, copy_of, is_managed};
 use crate::config::{SecretSpec, SourceRef};
 use crate::kubernetes::{FIELD_MANAGER, watch_backoff};
@@ -44,6 +45,7 @@ pub async fn run(cluster: Arc<Cluster>, identity: String, stop: CancellationToke
         cluster: Arc::clone(&cluster),
         recorder,
     });
+    let reporter = tokio::spawn(report_source_problems(Arc::clone(&context), stop.clone()));
     let source_trigger =
         futures::stream::unfold(cluster.source_changes(), |mut changes| async move {
             changes.changed().await.ok()?;
@@ -72,6 +74,94 @@ pub async fn run(cluster: Arc<Cluster>, identity: String, stop: CancellationToke
         .run(reconcile, error_policy, context)
         .for_each(|_| async {})
         .await;
+    let _ = reporter.await;
+}
+
+/// A source that is missing or not a usable pull secret is reported once per change, as a
+/// Warning Event on that source Secret (in its namespace, where its owners look), by the
+/// leader alone.
+async fn report_source_problems(ctx: Arc<Context>, stop: CancellationToken) {
+    let mut changes = ctx.cluster.source_changes();
+    // Before the caches have listed, every source looks missing.
+    while !ctx.cluster.is_synced() {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    let mut reported: BTreeMap<SourceRef, String> = BTreeMap::new();
+    loop {
+        let settings = ctx.cluster.settings();
+        let sources: BTreeSet<&SourceRef> = settings
+            .secrets
+            .iter()
+            .filter_map(|s| s.source.as_ref())
+            .collect();
+        for source_ref in sources {
+            let source = ctx.cluster.source(source_ref);
+            let problem = source_problem(source.as_deref());
+            match problem {
+                None => {
+                    reported.remove(source_ref);
+                }
+                Some((reason, note)) => {
+                    if reported.get(source_ref) == Some(&note) {
+                        continue;
+                    }
+                    let reference = match &source {
+                        Some(secret) => secret.object_ref(&()),
+                        // Not there: an Event about its name, found by
+                        // `kubectl get events --field-selector involvedObject.name=...`.
+                        None => ObjectReference {
+                            api_version: Some("v1".into()),
+                            kind: Some("Secret".into()),
+                            namespace: Some(source_ref.namespace.clone()),
+                            name: Some(source_ref.name.clone()),
+                            ..Default::default()
+                        },
+                    };
+                    tracing::warn!(source = %source_ref, reason, %note, "source secret cannot be replicated");
+                    let event = Event {
+                        type_: EventType::Warning,
+                        reason: reason.into(),
+                        note: Some(note.clone()),
+                        action: "Replicate".into(),
+                        secondary: None,
+                    };
+                    match ctx.recorder.publish(&event, &reference).await {
+                        Ok(()) => {
+                            reported.insert(source_ref.clone(), note);
+                        }
+                        Err(error) => {
+                            tracing::warn!(source = %source_ref, %error, "cannot publish the source event")
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return; },
+        }
+    }
+}
+
+/// The Event reason and note for a source that cannot be replicated, or `None`. Never the
+/// Secret's data.
+fn source_problem(source: Option<&Secret>) -> Option<(&'static str, String)> {
+    let Some(secret) = source else {
+        return Some((
+            "SourceSecretMissing",
+            "not found: pullsecret-injector has nothing to copy, and existing copies are left as they are until it is back".into(),
+        ));
+    };
+    match dockerconfig::auth_patterns(secret.type_.as_deref(), secret.data.as_ref()) {
+        Ok(_) => None,
+        Err(error) => Some((
+            "SourceSecretInvalid",
+            format!("not a usable pull secret: {error}"),
+        )),
+    }
 }
 
 fn error_policy(namespace: Arc<Namespace>, error: &ReplicateError, ctx: Arc<Context>) -> Action {
@@ -145,22 +235,22 @@ async fn sync_copy(
     let target = Target {
         namespace: &ns,
         api,
-        regarding: namespace.object_ref(&()),
         what: "copy",
         from: source_ref.to_string(),
+        is_copy: true,
     };
     write_managed(&ctx.cluster, &ctx.recorder, &target, spec, desired).await?;
     Ok(())
 }
 
-/// Where [`write_managed`] writes, and how it reports: `what` it writes ("copy"), `from`
-/// what, and the object a conflict Event is about.
+/// Where [`write_managed`] writes, and how it reports: `what` it writes ("copy",
+/// "credentials") `from` what; a copy's write also counts as its source's sync.
 pub struct Target<'a> {
     pub namespace: &'a str,
     pub api: &'a Api<Secret>,
-    pub regarding: ObjectReference,
     pub what: &'static str,
     pub from: String,
+    pub is_copy: bool,
 }
 
 /// What [`write_managed`] did.
@@ -195,13 +285,20 @@ pub async fn write_managed(
         ..Default::default()
     };
     let metrics = cluster.metrics();
+    let synced = || {
+        if target.is_copy {
+            metrics.source_synced(from);
+        }
+    };
     let written = match api.get_opt(&spec.name).await? {
         None => match api.create(&params, &desired).await {
             Ok(_) => {
                 metrics.copy_changed("created");
+                synced();
                 tracing::info!(namespace = %ns, secret = %spec.name, source = %from, "{what} created");
                 Written::Created
             }
+            // Made at admission meanwhile: the next reconcile checks it.
             Err(kube::Error::Api(status)) if status.is_already_exists() => Written::Unchanged,
             Err(error) => return Err(error.into()),
         },
@@ -209,6 +306,7 @@ pub async fn write_managed(
             let ours = is_managed(&existing, owner);
             // The data too: a Secret edited by hand is put back.
             if ours && is_current(&existing, &desired) {
+                synced();
                 return Ok(Written::Unchanged);
             }
             if existing.type_ == desired.type_ {
@@ -234,10 +332,11 @@ pub async fn write_managed(
                 ("overwritten", Written::Overwritten)
             };
             metrics.copy_changed(action);
+            synced();
             tracing::info!(namespace = %ns, secret = %spec.name, source = %from, action, "{what} updated");
             written
         }
-        Some(_) => {
+        Some(existing) => {
             metrics.conflict();
             tracing::warn!(
                 namespace = %ns,
@@ -254,7 +353,10 @@ pub async fn write_managed(
                 action: "Replicate".into(),
                 secondary: None,
             };
-            if let Err(error) = recorder.publish(&event, &target.regarding).await {
+            // On the Secret in the way, in its namespace: where its owner looks. An Event about
+            // the (cluster-scoped) Namespace would be filed in `default`.
+            let reference: ObjectReference = existing.object_ref(&());
+            if let Err(error) = recorder.publish(&event, &reference).await {
                 tracing::warn!(%error, "cannot publish the conflict event");
             }
             Written::Conflict

@@ -79,12 +79,13 @@ app.kubernetes.io/component: webhook
 
 {{/*
 The injector's config file (see the top-level README), as YAML. The binary takes the
-namespace it runs in from POD_NAMESPACE, so it is not written here.
+namespace it runs in from PULLSECRET_INJECTOR_POD_NAMESPACE, so it is not written here.
 */}}
 {{- define "pullsecret-injector.config" -}}
 {{- $fullname := include "pullsecret-injector.fullname" . -}}
-listen: 0.0.0.0:8443
-metricsListen: 0.0.0.0:8080
+{{- /* Both families: the binary's [::] listener also accepts IPv4. */ -}}
+listen: {{ printf "[::]:%d" (.Values.containerPorts.webhook | int) | quote }}
+metricsListen: {{ printf "[::]:%d" (.Values.containerPorts.metrics | int) | quote }}
 {{- if eq .Values.certs.mode "self" }}
 {{- $certificates := dict
   "secretName" (include "pullsecret-injector.tlsSecretName" .)
@@ -99,12 +100,14 @@ metricsListen: 0.0.0.0:8080
 {{- end }}
 {{- dict "optOutAnnotation" .Values.optOutAnnotation | toYaml | nindent 0 }}
 {{- /* Copies go where the webhook injects: the same opt-in selector and exclusions. */}}
-{{- $selector := .Values.webhook.namespaceSelector }}
-{{- if eq $selector.mode "optIn" }}
-{{- dict "namespaceSelector" (dict "matchLabels" (dict $selector.optInLabel $selector.optInValue)) | toYaml | nindent 0 }}
-{{- else }}
-{{- dict "namespaceSelector" dict | toYaml | nindent 0 }}
+{{- $namespaceSelector := dict }}
+{{- with include "pullsecret-injector.namespaceMatchLabels" . | fromYaml }}
+{{- $_ := set $namespaceSelector "matchLabels" . }}
 {{- end }}
+{{- with .Values.webhook.namespaceSelector.matchExpressions }}
+{{- $_ := set $namespaceSelector "matchExpressions" . }}
+{{- end }}
+{{- dict "namespaceSelector" $namespaceSelector | toYaml | nindent 0 }}
 {{- dict "excludeNamespaces" (include "pullsecret-injector.excludedNamespaces" . | fromYamlArray) | toYaml | nindent 0 }}
 {{- dict "leaderElection" (dict "leaseName" $fullname) | toYaml | nindent 0 }}
 {{- with .Values.limits }}
@@ -120,6 +123,20 @@ metricsListen: 0.0.0.0:8080
 {{- with .Values.retiredSecrets }}
 {{- dict "retiredSecrets" . | toYaml | nindent 0 }}
 {{- end }}
+{{- end }}
+
+{{/* The labels a selected namespace has, as a YAML map (empty: `{}`): the opt-in label in
+optIn mode, and webhook.namespaceSelector.matchLabels. */}}
+{{- define "pullsecret-injector.namespaceMatchLabels" -}}
+{{- $selector := .Values.webhook.namespaceSelector }}
+{{- $labels := dict }}
+{{- if eq $selector.mode "optIn" }}
+{{- $_ := set $labels $selector.optInLabel $selector.optInValue }}
+{{- end }}
+{{- with $selector.matchLabels }}
+{{- $labels = merge $labels . }}
+{{- end }}
+{{- toYaml $labels }}
 {{- end }}
 
 {{/* The drain bound the binary uses after SIGTERM (limits.shutdownTimeoutSeconds, default 20). */}}
