@@ -606,6 +606,13 @@ async fn bad_plugin_output_is_refused_with_a_clear_error_and_the_injector_keeps_
             "{mode}: the injector exited"
         );
     }
+    // Only the refresher reports: no "source missing" for credentials not issued yet.
+    assert!(
+        secret_events(&client, &home, "SourceSecretMissing")
+            .await
+            .is_empty(),
+        "a SourceSecretMissing Event about credentials the plugin never issued"
+    );
     let metrics = replicator.injector.metrics().await;
     for (_, reason, ..) in cases {
         assert!(

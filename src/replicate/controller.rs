@@ -92,9 +92,12 @@ async fn report_source_problems(ctx: Arc<Context>, stop: CancellationToken) {
     let mut reported: BTreeMap<SourceRef, String> = BTreeMap::new();
     loop {
         let settings = ctx.cluster.settings();
+        // A provider's credentials are missing until its plugin first answers: the
+        // refresher reports its failures itself (CredentialProviderFailed, …).
         let sources: BTreeSet<&SourceRef> = settings
             .secrets
             .iter()
+            .filter(|s| s.provider.is_none())
             .filter_map(|s| s.source.as_ref())
             .collect();
         for source_ref in sources {
