@@ -8,9 +8,13 @@ pub enum LogFormat {
     Json,
 }
 
-/// `RUST_LOG` wins over `level` when set, so operators can turn on one module's debug logs.
-pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+/// The filter: `level` (from `--log-level` or `$PULLSECRET_INJECTOR_LOG_LEVEL`) when given,
+/// else `RUST_LOG`, else `info`. A flag always wins over the environment.
+pub fn init(format: LogFormat, level: Option<&str>) {
+    let filter = match level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -4,7 +4,7 @@
 //! one) and source changes (every namespace). A reconcile reads the Secret from the API
 //! before writing, so a stale cache can never make it overwrite a Secret it did not create.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,8 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{Cluster, HASH_ANNOTATION, ReplicateError, SOURCE_ANNOTATION, copy_of, is_managed};
+use super::dockerconfig;
+use super::{Cluster, ReplicateError, copy_of, is_managed};
 use crate::config::{SecretSpec, SourceRef};
 use crate::kubernetes::{FIELD_MANAGER, watch_backoff};
 
@@ -44,6 +45,7 @@ pub async fn run(cluster: Arc<Cluster>, identity: String, stop: CancellationToke
         cluster: Arc::clone(&cluster),
         recorder,
     });
+    let reporter = tokio::spawn(report_source_problems(Arc::clone(&context), stop.clone()));
     let source_trigger =
         futures::stream::unfold(cluster.source_changes(), |mut changes| async move {
             changes.changed().await.ok()?;
@@ -72,6 +74,97 @@ pub async fn run(cluster: Arc<Cluster>, identity: String, stop: CancellationToke
         .run(reconcile, error_policy, context)
         .for_each(|_| async {})
         .await;
+    let _ = reporter.await;
+}
+
+/// A source that is missing or not a usable pull secret is reported once per change, as a
+/// Warning Event on that source Secret (in its namespace, where its owners look), by the
+/// leader alone.
+async fn report_source_problems(ctx: Arc<Context>, stop: CancellationToken) {
+    let mut changes = ctx.cluster.source_changes();
+    // Before the caches have listed, every source looks missing.
+    while !ctx.cluster.is_synced() {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    let mut reported: BTreeMap<SourceRef, String> = BTreeMap::new();
+    loop {
+        let settings = ctx.cluster.settings();
+        // A provider's credentials are missing until its plugin first answers: the
+        // refresher reports its failures itself (CredentialProviderFailed, …).
+        let sources: BTreeSet<&SourceRef> = settings
+            .secrets
+            .iter()
+            .filter(|s| s.provider.is_none())
+            .filter_map(|s| s.source.as_ref())
+            .collect();
+        for source_ref in sources {
+            let source = ctx.cluster.source(source_ref);
+            let problem = source_problem(source.as_deref());
+            match problem {
+                None => {
+                    reported.remove(source_ref);
+                }
+                Some((reason, note)) => {
+                    if reported.get(source_ref) == Some(&note) {
+                        continue;
+                    }
+                    let reference = match &source {
+                        Some(secret) => secret.object_ref(&()),
+                        // Not there: an Event about its name, found by
+                        // `kubectl get events --field-selector involvedObject.name=...`.
+                        None => ObjectReference {
+                            api_version: Some("v1".into()),
+                            kind: Some("Secret".into()),
+                            namespace: Some(source_ref.namespace.clone()),
+                            name: Some(source_ref.name.clone()),
+                            ..Default::default()
+                        },
+                    };
+                    tracing::warn!(source = %source_ref, reason, %note, "source secret cannot be replicated");
+                    let event = Event {
+                        type_: EventType::Warning,
+                        reason: reason.into(),
+                        note: Some(note.clone()),
+                        action: "Replicate".into(),
+                        secondary: None,
+                    };
+                    match ctx.recorder.publish(&event, &reference).await {
+                        Ok(()) => {
+                            reported.insert(source_ref.clone(), note);
+                        }
+                        Err(error) => {
+                            tracing::warn!(source = %source_ref, %error, "cannot publish the source event")
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return; },
+        }
+    }
+}
+
+/// The Event reason and note for a source that cannot be replicated, or `None`. Never the
+/// Secret's data.
+fn source_problem(source: Option<&Secret>) -> Option<(&'static str, String)> {
+    let Some(secret) = source else {
+        return Some((
+            "SourceSecretMissing",
+            "not found: pullsecret-injector has nothing to copy, and existing copies are left as they are until it is back".into(),
+        ));
+    };
+    match dockerconfig::auth_patterns(secret.type_.as_deref(), secret.data.as_ref()) {
+        Ok(_) => None,
+        Err(error) => Some((
+            "SourceSecretInvalid",
+            format!("not a usable pull secret: {error}"),
+        )),
+    }
 }
 
 fn error_policy(namespace: Arc<Namespace>, error: &ReplicateError, ctx: Arc<Context>) -> Action {
@@ -118,7 +211,14 @@ async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Actio
         sync_copy(&ctx, &api, &namespace, spec, source_ref, &source).await?;
     }
     for copy in cluster.copies_in(&name) {
-        if !wanted.contains(copy.name_any().as_str()) {
+        // A provider's credentials are kept in our namespace under a copy's name: they are
+        // that entry's source, not a stray copy.
+        let is_source = settings.secrets.iter().any(|s| {
+            s.source
+                .as_ref()
+                .is_some_and(|r| r.namespace == name && r.name == copy.name_any())
+        });
+        if !wanted.contains(copy.name_any().as_str()) && !is_source {
             delete_copy(&ctx, &api, &copy).await?;
         }
     }
@@ -134,34 +234,83 @@ async fn sync_copy(
     source: &Secret,
 ) -> Result<(), ReplicateError> {
     let ns = namespace.name_any();
-    let owner = ctx.cluster.owner();
-    let desired = copy_of(spec, source_ref, source, &ns, owner);
+    let desired = copy_of(spec, source_ref, source, &ns, ctx.cluster.owner());
+    let target = Target {
+        namespace: &ns,
+        api,
+        what: "copy",
+        from: source_ref.to_string(),
+        is_copy: true,
+    };
+    write_managed(&ctx.cluster, &ctx.recorder, &target, spec, desired).await?;
+    Ok(())
+}
+
+/// Where [`write_managed`] writes, and how it reports: `what` it writes ("copy",
+/// "credentials") `from` what; a copy's write also counts as its source's sync.
+pub struct Target<'a> {
+    pub namespace: &'a str,
+    pub api: &'a Api<Secret>,
+    pub what: &'static str,
+    pub from: String,
+    pub is_copy: bool,
+}
+
+/// What [`write_managed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Created,
+    Updated,
+    Overwritten,
+    Unchanged,
+    /// A Secret of that name that is not ours, left alone (and reported).
+    Conflict,
+}
+
+/// Makes Secret `spec.name` in `target.api`'s namespace what `desired` says, under the
+/// ownership rules every write of ours follows (copies and a provider's credentials alike):
+/// created when missing; replaced when it is ours (our label and owner) or the entry says
+/// `overwriteExisting`; otherwise left alone and reported (log, metric, Event). The Secret
+/// is read from the API first, so a stale cache can never make it overwrite one it did not
+/// create.
+pub async fn write_managed(
+    cluster: &Cluster,
+    recorder: &Recorder,
+    target: &Target<'_>,
+    spec: &SecretSpec,
+    desired: Secret,
+) -> Result<Written, ReplicateError> {
+    let (api, ns) = (target.api, target.namespace);
+    let (what, from) = (target.what, target.from.as_str());
+    let owner = cluster.owner();
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    let metrics = ctx.cluster.metrics();
-    match api.get_opt(&spec.name).await? {
+    let metrics = cluster.metrics();
+    let synced = || {
+        if target.is_copy {
+            metrics.source_synced(from);
+        }
+    };
+    let written = match api.get_opt(&spec.name).await? {
         None => match api.create(&params, &desired).await {
             Ok(_) => {
                 metrics.copy_changed("created");
-                tracing::info!(namespace = %ns, secret = %spec.name, source = %source_ref, "copy created");
+                synced();
+                tracing::info!(namespace = %ns, secret = %spec.name, source = %from, "{what} created");
+                Written::Created
             }
-            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+            // Made at admission meanwhile: the next reconcile checks it.
+            Err(kube::Error::Api(status)) if status.is_already_exists() => Written::Unchanged,
             Err(error) => return Err(error.into()),
         },
         Some(existing) if is_managed(&existing, owner) || spec.overwrite_existing => {
             let ours = is_managed(&existing, owner);
-            // The data too: a copy edited by hand is put back.
-            let current = ours
-                && existing.annotations().get(HASH_ANNOTATION)
-                    == desired.annotations().get(HASH_ANNOTATION)
-                && existing.annotations().get(SOURCE_ANNOTATION)
-                    == desired.annotations().get(SOURCE_ANNOTATION)
-                && existing.type_ == desired.type_
-                && existing.data == desired.data;
-            if current {
-                return Ok(());
+            // The data too: a Secret edited by hand is put back.
+            if ours && is_current(&existing, &desired) {
+                synced();
+                return Ok(Written::Unchanged);
             }
             if existing.type_ == desired.type_ {
                 let mut replacement = desired;
@@ -180,11 +329,17 @@ async fn sync_copy(
                 api.delete(&spec.name, &delete).await?;
                 api.create(&params, &desired).await?;
             }
-            let action = if ours { "updated" } else { "overwritten" };
+            let (action, written) = if ours {
+                ("updated", Written::Updated)
+            } else {
+                ("overwritten", Written::Overwritten)
+            };
             metrics.copy_changed(action);
-            tracing::info!(namespace = %ns, secret = %spec.name, source = %source_ref, action, "copy updated");
+            synced();
+            tracing::info!(namespace = %ns, secret = %spec.name, source = %from, action, "{what} updated");
+            written
         }
-        Some(_) => {
+        Some(existing) => {
             metrics.conflict();
             tracing::warn!(
                 namespace = %ns,
@@ -195,19 +350,34 @@ async fn sync_copy(
                 type_: EventType::Warning,
                 reason: "PullSecretConflict".into(),
                 note: Some(format!(
-                    "Secret {} exists and is not managed by pullsecret-injector; not replaced with a copy of {source_ref}",
+                    "Secret {} exists and is not managed by pullsecret-injector; not replaced with a {what} of {from}",
                     spec.name
                 )),
                 action: "Replicate".into(),
                 secondary: None,
             };
-            let reference: ObjectReference = namespace.object_ref(&());
-            if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+            // On the Secret in the way, in its namespace: where its owner looks. An Event about
+            // the (cluster-scoped) Namespace would be filed in `default`.
+            let reference: ObjectReference = existing.object_ref(&());
+            if let Err(error) = recorder.publish(&event, &reference).await {
                 tracing::warn!(%error, "cannot publish the conflict event");
             }
+            Written::Conflict
         }
-    }
-    Ok(())
+    };
+    Ok(written)
+}
+
+/// Whether `existing` already is `desired`: type, data, and every label and annotation we
+/// set (others', such as kubectl's, may be there too).
+fn is_current(existing: &Secret, desired: &Secret) -> bool {
+    let includes = |have: &BTreeMap<String, String>, want: &BTreeMap<String, String>| {
+        want.iter().all(|(k, v)| have.get(k) == Some(v))
+    };
+    existing.type_ == desired.type_
+        && existing.data == desired.data
+        && includes(existing.labels(), desired.labels())
+        && includes(existing.annotations(), desired.annotations())
 }
 
 async fn delete_copy(

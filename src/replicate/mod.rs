@@ -343,6 +343,7 @@ impl Cluster {
         {
             Ok(_) => {
                 self.metrics.copy_changed("created");
+                self.metrics.source_synced(&source_ref.to_string());
                 tracing::info!(namespace, secret = %spec.name, source = %source_ref, "copy created at admission");
                 Ok("created")
             }
