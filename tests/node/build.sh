@@ -20,11 +20,14 @@
 #   NODE_BUILD_JOBS=N     go build -p N (default 2)
 set -euo pipefail
 
-MIN_GO="1.26.8" # tests/node/cni/go.mod says "go 1.26.8" (containernetworking/plugins v1.10.0)
 PAUSE_IMAGE="localhost/pullsecret-injector-node/pause:1"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+build_name=node
+# shellcheck source=../build-lib.sh
+source "$here/../build-lib.sh"
+parse_build_args 21 "$@"
 out="$repo/.cache/node"
 bin="$out/bin"
 cni="$out/cni"
@@ -34,46 +37,13 @@ registry_tools="$repo/.cache/registry/bin"
 binaries=(kubelet kube-scheduler containerd containerd-shim-runc-v2 ctr runc)
 plugins=(bridge host-local loopback)
 
-force=0
-for arg in "$@"; do
-    case "$arg" in
-    --force) force=1 ;;
-    -h | --help)
-        sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *)
-        echo "build.sh: unknown argument: $arg (try --help)" >&2
-        exit 2
-        ;;
-    esac
-done
-
-die() {
-    echo "node: $*" >&2
-    exit 1
-}
-
 for tool in runc sleeper; do
     [[ -x "$registry_tools/$tool" ]] ||
         die "$registry_tools/$tool not found: build the registry tools first (make registry-tools)"
 done
 
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-    PATH="/usr/local/go/bin:$PATH"
-fi
-command -v go >/dev/null 2>&1 ||
-    die "'go' not found in PATH: install Go >= $MIN_GO from https://go.dev/dl (or add /usr/local/go/bin to PATH)"
-go_version="$(go env GOVERSION)" # e.g. go1.26.8
-newest="$(printf '%s\n%s\n' "${go_version#go}" "$MIN_GO" | sort -V | tail -n1)"
-[[ "$newest" == "${go_version#go}" ]] || die "found $go_version, need Go >= $MIN_GO: install it from https://go.dev/dl"
-
-export GOMODCACHE="$repo/.cache/go/mod"
-export GOCACHE="$repo/.cache/go/build"
-export GOTMPDIR="$repo/.cache/go/tmp"
-export GOFLAGS="-mod=readonly -modcacherw -buildvcs=false"
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
+require_go 1.26.8 # tests/node/cni/go.mod says "go 1.26.8" (containernetworking/plugins v1.10.0)
+go_environment "$repo"
 jobs="${NODE_BUILD_JOBS:-2}"
 
 fingerprint() {
@@ -82,6 +52,7 @@ fingerprint() {
         sha256sum node/build.sh controlplane/kube/go.mod controlplane/kube/go.sum \
             node/containerd/go.mod node/containerd/go.sum node/cni/go.mod node/cni/go.sum
         sha256sum "$registry_tools/runc" "$registry_tools/sleeper" | cut -d' ' -f1
+        build_lib_digest
         echo "$go_version $(go env GOOS)/$(go env GOARCH)"
     ) | sha256sum | cut -d' ' -f1
 }
@@ -101,19 +72,14 @@ print_versions() {
 }
 
 want="$(fingerprint)"
-all_present=1
-for f in "${binaries[@]/#/$bin/}" "${plugins[@]/#/$cni/}"; do
-    [[ -x "$f" ]] || all_present=0
-done
-[[ -f "$images/pause.tar" ]] || all_present=0
-if ((!force && all_present)) && [[ -f "$stamp" ]] && grep -qx "fingerprint $want" "$stamp"; then
+if up_to_date "$stamp" "$want" "${binaries[@]/#/$bin/}" "${plugins[@]/#/$cni/}" "$images/pause.tar"; then
     echo "node: up to date ($stamp)"
     print_versions
     exit 0
 fi
 
 rm -f "$stamp"
-mkdir -p "$GOMODCACHE" "$GOCACHE" "$GOTMPDIR" "$bin" "$cni" "$images"
+mkdir -p "$bin" "$cni" "$images"
 start=$SECONDS
 
 build() { # build <module dir> <output file or dir/> <ldflags> [-tags t] <packages...>
