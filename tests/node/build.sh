@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the pinned parts of the test node (tests/support/node.rs starts them):
+# Builds the pinned parts of the test node (crates/test-support/src/node.rs starts them):
 #   kubelet and kube-scheduler  from tests/controlplane/kube/go.mod (the control plane's pin,
 #                               so versions agree and Go's build cache is shared with it)
 #   containerd, containerd-shim-runc-v2, ctr  from tests/node/containerd/go.mod
