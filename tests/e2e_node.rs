@@ -1901,7 +1901,13 @@ async fn pods_pull_with_the_plugins_current_token_refresh_after_refresh() {
              tokens refused",
             pulls
                 .iter()
-                .map(|p| format!("{} {} {:?}", p.method, p.uri, p.status))
+                .map(|p| format!(
+                    "{} {} user={} status={}",
+                    p.method,
+                    p.uri,
+                    p.user.as_deref().unwrap_or("-"),
+                    p.status.map_or("-".into(), |s| s.to_string())
+                ))
                 .collect::<Vec<_>>()
                 .join("; "),
             refused_during.len(),
