@@ -3,7 +3,8 @@
 //! pull private images from the registries of crates/test-support/src/registry.rs with the
 //! secrets the injector adds, and the injector itself runs from its image (`make image`'s
 //! image/build.sh) under its chart, installed with helm: issue 12's a–g, the negative control
-//! among them, the teardown, `make demo` and the pod start latency figure.
+//! among them, the teardown, `make demo` and the pod start latency figure; and issue 17's
+//! credential provider plugin, whose refreshed tokens pods pull with.
 //!
 //! Needs `make controlplane node registry-tools build` (all part of `make test`), and root
 //! (containers, mounts, a bridge).
