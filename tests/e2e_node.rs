@@ -3,7 +3,8 @@
 //! pull private images from the registries of crates/test-support/src/registry.rs with the
 //! secrets the injector adds, and the injector itself runs from its image (`make image`'s
 //! image/build.sh) under its chart, installed with helm: issue 12's a–g, the negative control
-//! among them, the teardown, `make demo` and the pod start latency figure.
+//! among them, the teardown, `make demo` and the pod start latency figure; and issue 17's
+//! credential provider plugin, whose refreshed tokens pods pull with.
 //!
 //! Needs `make controlplane node registry-tools build` (all part of `make test`), and root
 //! (containers, mounts, a bridge).
@@ -22,13 +23,20 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, ListParams, LogParams, ObjectMeta, Patch, PatchParams, PostParams};
+use test_support::access;
 use test_support::controlplane::{self, NamespaceName, eventually};
 use test_support::helm;
 use test_support::images::{self, Image};
 use test_support::logs::LogsOnFailure;
+use test_support::metrics::metric;
 use test_support::node::{self, NODE_NAME, PAUSE_IMAGE};
+use test_support::pki::TestCa;
 use test_support::pods;
+use test_support::providers::{FakeProvider, password_of};
 use test_support::registry::{self, Registries, Registry, Request};
+use test_support::replication::replication_config;
+use test_support::secrets::get_secret;
+use test_support::webhook::{self, register};
 
 /// Tests that load the machine (the race's 40 namespaces, the fault test's stream of
 /// admissions, a second node) run alone; the others share. On 2 busy cores, running them
@@ -1641,6 +1649,301 @@ async fn namespaced_names(client: &kube::Client, kind: &str, namespace: &str) ->
         "RoleBinding" => names!(k8s_openapi::api::rbac::v1::RoleBinding),
         other => panic!("no lister for {other}"),
     }
+}
+
+// ---------------------------------------------------------------------------
+// Credentials from a kubelet credential provider plugin (issue 17)
+// ---------------------------------------------------------------------------
+
+/// The fake plugin (crates/fake-credential-provider) as the provider of the entry.
+const PROVIDER: &str = "fake-registry-provider";
+/// The user the plugin's credentials name, and the registry's only htpasswd user.
+const PROVIDER_USER: &str = "fake";
+/// The label that opts in to the injector of the provider test (not the chart's release).
+const PROVIDER_OPT_IN: &str = "pullsecret-injector.io/e2e-node-provider";
+/// The plugin's `cacheDuration`: the injector refreshes at two thirds of it, about every 4 s.
+const PROVIDER_CACHE_DURATION: &str = "6s";
+const PROVIDER_ROUNDS: u64 = 3;
+/// Refreshes (tokens issued after the first) before each round of pods.
+const REFRESHES_PER_ROUND: u64 = 3;
+const PODS_PER_ROUND: usize = 2;
+
+/// `crane manifest <reference>` logged in to `registry` as the plugin's user with `token`.
+fn manifest_with_token(registry: &Registry, token: &str, reference: &str) -> std::process::Output {
+    registry
+        .crane(registry::Login::As(PROVIDER_USER, token))
+        .args(["manifest", reference])
+        .output()
+        .expect("running crane manifest")
+}
+
+/// The tokens the plugin issued after its first: the injector's refreshes.
+fn refreshes(provider: &FakeProvider) -> u64 {
+    provider.issued().saturating_sub(1)
+}
+
+/// Issue 17 on the real node: a registry of its own (TLS, htpasswd) whose only login is the
+/// plugin's newest token (the fake plugin rewrites the htpasswd file with the bcrypt of each
+/// token it issues, so the token before it is refused at once, harsher than a cloud's tokens,
+/// which stay valid until they expire). The injector runs on the host beside the node with its
+/// own webhook configuration, as in e2e_providers: the plugin must write the registry's
+/// htpasswd, a file of this machine. After every few refreshes, pods with `imagePullPolicy:
+/// Always` from that registry run, the registry logged their pulls as the plugin's user with
+/// status 200 (only the newest token logs in, so the kubelet pulled with the token current
+/// then), and the tokens of the earlier rounds are refused. The negative control: the same
+/// registry's image in a namespace that did not opt in is refused (401).
+#[tokio::test]
+async fn pods_pull_with_the_plugins_current_token_refresh_after_refresh() {
+    let _turn = HEAVY.read().await;
+    let node = node::shared();
+    let _logs = node.logs_on_failure();
+    let client = node.control_plane().client();
+    let ca = TestCa::new("node-provider CA");
+    let registry = Registry::start("node-provider", PROVIDER_USER, &ca).expect("the registry");
+    let _registry_log = registry.logs_on_failure();
+    registry::write_containerd_hosts(&node.registry_config_dir(), &[&registry])
+        .expect("writing containerd's hosts for the registry");
+    // Pushed with the registry's own password, which the plugin's first token replaces.
+    let app = images::push_test_image(&registry, "team/app", "v1");
+    let control = images::push_test_image(&registry, "team/control", "v1");
+
+    let htpasswd = registry.htpasswd_path();
+    let provider = FakeProvider::with_args(
+        PROVIDER,
+        &[registry.host()],
+        Some(PROVIDER_CACHE_DURATION),
+        "1h",
+        &[
+            "--username",
+            PROVIDER_USER,
+            "--htpasswd",
+            &htpasswd.display().to_string(),
+        ],
+    );
+    let home = controlplane::namespace(&client, "node-provider-home", &[]).await;
+    let entry = format!(
+        "  - name: regcred\n    provider: {{name: {PROVIDER}, images: [\"{}\"]}}\n",
+        app.reference
+    );
+    let config = format!(
+        "{}{}",
+        provider.config_block(10),
+        replication_config(&home, PROVIDER_OPT_IN, "e2e-node-provider", 4, &entry)
+    );
+    let replicator = access::replicator(&config, &[]).await;
+    let _injector_logs = replicator.injector.logs_on_failure();
+    replicator
+        .injector
+        .wait_leader(Duration::from_secs(20))
+        .await;
+    let registration = register(
+        &client,
+        &webhook::replicating(
+            "pullsecret-injector-e2e-node-provider",
+            PROVIDER_OPT_IN,
+            &replicator.url(),
+            &replicator.ca_pem,
+            10,
+        ),
+    )
+    .await;
+    let ns =
+        controlplane::namespace(&client, "node-provider", &[(PROVIDER_OPT_IN, "enabled")]).await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    pods::wait_dry_run(&pods, &app.reference, &["regcred"], Duration::from_secs(60)).await;
+
+    // The negative control, started now and checked at the end: no secret, no pull.
+    let elsewhere = controlplane::namespace(&client, "node-provider-not-opted-in", &[]).await;
+    let before_control = logged_before(&registry);
+    Api::<Pod>::namespaced(client.clone(), &elsewhere)
+        .create(
+            &PostParams::default(),
+            &always_pull(pods::pod("web", &[&control.reference])),
+        )
+        .await
+        .expect("creating the pod that did not opt in");
+
+    // The registry's password is gone once the plugin has issued a token.
+    let own = registry
+        .crane(registry::Login::Own)
+        .args(["manifest", &app.reference])
+        .output()
+        .expect("running crane manifest");
+    assert!(
+        !own.status.success(),
+        "the registry still takes its own password"
+    );
+
+    let refresh_series = format!(
+        "pullsecret_injector_provider_refreshes_total{{secret=\"regcred\",provider=\"{PROVIDER}\",result=\"success\"}}"
+    );
+    let mut earlier: Vec<String> = Vec::new();
+    let mut report = Vec::new();
+    for round in 1..=PROVIDER_ROUNDS {
+        let wanted = round * REFRESHES_PER_ROUND;
+        // Counted twice: the plugin's own counter and the injector's metric.
+        let (refreshed, successes) = eventually(
+            &format!("{wanted} refreshes of the plugin's token"),
+            Duration::from_secs(90),
+            || async {
+                let refreshed = refreshes(&provider);
+                let metrics = replicator.injector.metrics().await;
+                let successes = metric(&metrics, &refresh_series);
+                if refreshed >= wanted && successes >= (wanted + 1) as f64 {
+                    Ok((refreshed, successes))
+                } else {
+                    Err(format!(
+                        "{refreshed} refreshes, {successes} successful plugin calls counted"
+                    ))
+                }
+            },
+        )
+        .await;
+
+        // The copy holds the newest token, the one login the registry has.
+        let token = eventually(
+            "the copy to hold the plugin's newest token",
+            Duration::from_secs(20),
+            || async {
+                let copy = get_secret(&client, &ns, "regcred").await.ok_or("no copy")?;
+                let held = password_of(&copy, registry.host()).ok_or("no credentials")?;
+                match provider.token() {
+                    Some(newest) if newest == held => Ok(held),
+                    newest => Err(format!(
+                        "the copy holds {held}, the plugin issued {newest:?}"
+                    )),
+                }
+            },
+        )
+        .await;
+        let logins = std::fs::read_to_string(&htpasswd).expect("reading the htpasswd file");
+        assert_eq!(
+            logins
+                .lines()
+                .map(|l| l.split_once(':').map_or(l, |(user, _)| user))
+                .collect::<Vec<_>>(),
+            [PROVIDER_USER],
+            "one login, the plugin's user"
+        );
+        assert!(!earlier.contains(&token), "a new token in round {round}");
+
+        let before = logged_before(&registry);
+        let names: Vec<String> = (0..PODS_PER_ROUND)
+            .map(|i| format!("round-{round}-{i}"))
+            .collect();
+        for name in &names {
+            create_injected(
+                &pods,
+                &always_pull(pods::pod(name, &[&app.reference])),
+                &["regcred"],
+            )
+            .await;
+        }
+        for name in &names {
+            wait_running(&client, &ns, name).await;
+            let events = events_of(&client, &ns, name).await;
+            assert!(
+                events
+                    .iter()
+                    .any(|e| e.starts_with("Pulled: Successfully pulled image")
+                        && e.contains(&app.reference)),
+                "pod {name}: no pull event in {events:?}"
+            );
+        }
+        let pulls = pulls_since(&registry, "team/app", &before);
+        let as_plugin = pulls
+            .iter()
+            .filter(|p| p.user.as_deref() == Some(PROVIDER_USER))
+            .count();
+        assert!(
+            as_plugin >= PODS_PER_ROUND,
+            "round {round}: the registry logged {as_plugin} pulls as {PROVIDER_USER}: {pulls:?}"
+        );
+        // Refused logins during the pulls: the kubelet reads a pod's pull secrets when it
+        // starts syncing it, a second or more before the pull, and a refresh in between
+        // revokes what it read; it retries with the new token (the pod ran).
+        let refused_during: Vec<Request> = registry
+            .unauthorized("team/app")
+            .into_iter()
+            .filter(|r| {
+                !before.contains(&r.id) && r.auth_error.as_deref() == Some("authentication failure")
+            })
+            .collect();
+
+        // The tokens of the earlier rounds (what the earlier pods' secret held) are refused,
+        // and the registry logs why.
+        let before_old = logged_before(&registry);
+        for old in &earlier {
+            let pulled = manifest_with_token(&registry, old, &app.reference);
+            let stderr = String::from_utf8_lossy(&pulled.stderr);
+            assert!(
+                !pulled.status.success()
+                    && (stderr.contains("401") || stderr.contains("UNAUTHORIZED")),
+                "round {round}: an earlier token still pulls: {stderr}"
+            );
+        }
+        let logged_refusals = registry
+            .unauthorized("team/app")
+            .into_iter()
+            .filter(|r| {
+                !before_old.contains(&r.id)
+                    && r.auth_error.as_deref() == Some("authentication failure")
+            })
+            .count();
+        assert!(
+            logged_refusals >= earlier.len(),
+            "round {round}: the registry logged {logged_refusals} refused logins for {} earlier tokens",
+            earlier.len()
+        );
+        report.push(format!(
+            "round {round}: after {refreshed} refreshes ({successes} successful plugin calls \
+             counted by the injector), {PODS_PER_ROUND} pods Running, {as_plugin} pulls logged \
+             as {PROVIDER_USER} with 200 ({}), {} refused logins during the pulls, {} earlier \
+             tokens refused",
+            pulls
+                .iter()
+                .map(|p| format!(
+                    "{} {} user={} status={}",
+                    p.method,
+                    p.uri,
+                    p.user.as_deref().unwrap_or("-"),
+                    p.status.map_or("-".into(), |s| s.to_string())
+                ))
+                .collect::<Vec<_>>()
+                .join("; "),
+            refused_during.len(),
+            earlier.len()
+        ));
+        earlier.push(token);
+    }
+
+    // The negative control: no secret, the kubelet reports the registry's refusal, the
+    // registry answered 401 and served nothing.
+    let why = wait_pull_refused(&client, &elsewhere, "web").await;
+    let pod = Api::<Pod>::namespaced(client.clone(), &elsewhere)
+        .get("web")
+        .await
+        .expect("the pod");
+    assert!(pods::secret_names(&pod).is_empty());
+    assert!(
+        why.contains("authorization failed"),
+        "the kubelet reports the registry's refusal: {why}"
+    );
+    let refused: Vec<Request> = registry
+        .unauthorized("team/control")
+        .into_iter()
+        .filter(|r| !before_control.contains(&r.id))
+        .collect();
+    assert!(!refused.is_empty(), "the registry logged a 401");
+    let pulled = pulls_since(&registry, "team/control", &before_control);
+    assert!(pulled.is_empty(), "nothing pulled team/control: {pulled:?}");
+
+    registration.delete().await;
+    println!(
+        "{} tokens issued; {}; not opted in: {why}",
+        provider.issued(),
+        report.join("; ")
+    );
 }
 
 /// Pod start latency, create to Running as the test sees it, with and without the injector
