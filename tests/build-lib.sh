@@ -61,9 +61,17 @@ go_environment() {
     mkdir -p "$GOMODCACHE" "$GOCACHE" "$GOTMPDIR"
 }
 
-# build_lib_digest: what this file contributes to a script's fingerprint.
-build_lib_digest() {
+# build_environment: what, beside a script's own pins, decides its outputs: this file and
+# the Go toolchain. For the script's fingerprint.
+build_environment() {
     sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1
+    echo "$go_version $(go env GOOS)/$(go env GOARCH)"
+}
+
+# module_version <module dir, relative to the script's $here> <module path>: the version
+# that dir's go.mod pins.
+module_version() {
+    (cd "$here/$1" && go list -m -f '{{.Version}}' "$2")
 }
 
 # up_to_date <stamp> <fingerprint> <output>...: true when --force was not given, the stamp

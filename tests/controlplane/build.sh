@@ -36,13 +36,8 @@ fingerprint() {
     (
         cd "$here"
         sha256sum build.sh etcd/go.mod etcd/go.sum kube/go.mod kube/go.sum helm/go.mod helm/go.sum
-        build_lib_digest
-        echo "$go_version $(go env GOOS)/$(go env GOARCH)"
+        build_environment
     ) | sha256sum | cut -d' ' -f1
-}
-
-module_version() { # module_version <dir> <module path>
-    (cd "$here/$1" && go list -m -f '{{.Version}}' "$2")
 }
 
 print_versions() {

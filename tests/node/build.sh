@@ -52,13 +52,8 @@ fingerprint() {
         sha256sum node/build.sh controlplane/kube/go.mod controlplane/kube/go.sum \
             node/containerd/go.mod node/containerd/go.sum node/cni/go.mod node/cni/go.sum
         sha256sum "$registry_tools/runc" "$registry_tools/sleeper" | cut -d' ' -f1
-        build_lib_digest
-        echo "$go_version $(go env GOOS)/$(go env GOARCH)"
+        build_environment
     ) | sha256sum | cut -d' ' -f1
-}
-
-module_version() { # module_version <dir> <module path>
-    (cd "$here/$1" && go list -m -f '{{.Version}}' "$2")
 }
 
 print_versions() {

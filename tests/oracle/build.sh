@@ -34,8 +34,7 @@ want="$(
     cd "$here"
     {
         sha256sum build.sh main.go go.mod go.sum
-        build_lib_digest
-        echo "$go_version $(go env GOOS)/$(go env GOARCH)"
+        build_environment
     } | sha256sum | cut -d' ' -f1
 )"
 if up_to_date "$stamp" "$want" "$bin"; then
@@ -45,8 +44,8 @@ fi
 
 rm -f "$stamp"
 start=$SECONDS
-kube_version="$(cd "$here" && go list -m -f '{{.Version}}' k8s.io/kubernetes)"
-reference_version="$(cd "$here" && go list -m -f '{{.Version}}' github.com/distribution/reference)"
+kube_version="$(module_version . k8s.io/kubernetes)"
+reference_version="$(module_version . github.com/distribution/reference)"
 echo "oracle: building the kubelet keyring oracle (k8s.io/kubernetes $kube_version, go build -p $jobs)"
 (cd "$here" && go build -p "$jobs" -trimpath -ldflags "-s -w" -o "$bin" .)
 {

@@ -57,10 +57,6 @@ peer_up_to_date() { # peer_up_to_date <peer> <binaries...>
     up_to_date "$out/$peer.stamp" "$(fingerprint "$peer")" "${@/#/$bin/}"
 }
 
-module_version() { # module_version <peer dir> <module path>
-    (cd "$here/$1" && go list -m -f '{{.Version}}' "$2")
-}
-
 gobuild() { # gobuild <peer dir> <ldflags> <packages...>
     local dir="$1" ldflags="$2"
     shift 2

@@ -45,8 +45,7 @@ fingerprint() {
         cd "$here"
         sha256sum build.sh crane/go.mod crane/go.sum sleeper/go.mod sleeper/main.go
         printf '%s\n' "${DEBS[@]}"
-        build_lib_digest
-        echo "$go_version $(go env GOOS)/$(go env GOARCH)"
+        build_environment
     ) | sha256sum | cut -d' ' -f1
 }
 
@@ -77,7 +76,7 @@ echo "registry tools: building crane and sleeper"
 (cd "$here/crane" && go build -p 2 -trimpath -ldflags "-s -w" -o "$bin/crane" github.com/google/go-containerregistry/cmd/crane)
 (cd "$here/sleeper" && go build -trimpath -ldflags "-s -w" -o "$bin/sleeper" .)
 
-crane_version="$(cd "$here/crane" && go list -m -f '{{.Version}}' github.com/google/go-containerregistry)"
+crane_version="$(module_version crane github.com/google/go-containerregistry)"
 {
     echo "fingerprint $want"
     echo "go $go_version"
