@@ -10,7 +10,7 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format, &cli.log_level);
+    let logs = telemetry::init(cli.log_format, &cli.log_level);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let non_empty = |value: String| Some(value).filter(|v| !v.trim().is_empty());
     let environment = Environment {
@@ -25,6 +25,8 @@ fn main() -> ExitCode {
         Command::Mutate(args) => commands::mutate::mutate(args, &environment),
         Command::Match(args) => commands::match_images::match_images(args, &environment),
     };
+    // The last lines out before the error, if any.
+    drop(logs);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if error.is_usage() => {

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use schema::{
-    CertificatesConfig, Config, LeaderElectionConfig, Limits, SecretConfig, SourceConfig, TlsConfig,
+    ApiRate, CertificatesConfig, Config, LeaderElectionConfig, Limits, SecretConfig, SourceConfig,
+    TlsConfig,
 };
 pub use selection::{DEFAULT_OPT_IN_LABEL, DEFAULT_OPT_IN_VALUE};
 pub use validate::{SecretSpec, ServingCertificate, Settings, SourceRef};
