@@ -104,11 +104,35 @@ struct Proc {
     log: PathBuf,
 }
 
+/// How the shared control plane starts, when a test binary needs more than the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// More kube-apiserver flags (an audit policy, for instance).
+    pub apiserver_args: Vec<String>,
+    /// No kube-controller-manager: no ServiceAccount and ConfigMap are made in each new
+    /// namespace, so a benchmark that creates thousands of namespaces measures only its own
+    /// traffic. Pods cannot be created (the ServiceAccount admission plugin waits for the
+    /// namespace's `default` ServiceAccount).
+    pub without_controller_manager: bool,
+}
+
+static OPTIONS: OnceLock<Options> = OnceLock::new();
+static CP: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+
+/// [`shared`], started with `options`. Panics when the control plane was started or
+/// configured before: a test binary chooses its options once, before anything uses it.
+pub fn shared_with(options: Options) -> &'static ControlPlane {
+    assert!(
+        CP.get().is_none() && OPTIONS.set(options).is_ok(),
+        "the control plane's options are chosen once, before it starts"
+    );
+    shared()
+}
+
 /// Starts the control plane on first use (blocking, up to a few minutes on a
 /// cold machine) and returns it. Panics, in every test that calls it, if it
 /// could not be started; the message includes the servers' log tails.
 pub fn shared() -> &'static ControlPlane {
-    static CP: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
     let started = CP.get_or_init(|| {
         for name in BINARIES {
             binary(name);
@@ -504,6 +528,7 @@ where
 // ---------------------------------------------------------------------------
 
 fn start() -> Result<ControlPlane, String> {
+    let options = OPTIONS.get().cloned().unwrap_or_default();
     let started_at = Instant::now();
     let bin_dir = bin_dir();
     for name in BINARIES {
@@ -601,7 +626,10 @@ fn start() -> Result<ControlPlane, String> {
             "--service-cluster-ip-range=10.0.0.0/24".to_string(),
             "--profiling=false".to_string(),
             "--v=1".to_string(),
-        ];
+        ]
+        .into_iter()
+        .chain(options.apiserver_args.iter().cloned())
+        .collect::<Vec<_>>();
         spawn(
             &mut procs,
             "kube-apiserver",
@@ -627,7 +655,12 @@ fn start() -> Result<ControlPlane, String> {
 
     // kube-controller-manager
     let mut controller_manager_args = Vec::new();
-    for attempt in 1..=2 {
+    let attempts = if options.without_controller_manager {
+        0
+    } else {
+        2
+    };
+    for attempt in 1..=attempts {
         let [port] = free_ports();
         let p = |f: &str| pki.dir.join(f).display().to_string();
         let kcfg = kubeconfig.display().to_string();
