@@ -110,6 +110,9 @@ metricsListen: 0.0.0.0:8080
 {{- with .Values.limits }}
 {{- dict "limits" . | toYaml | nindent 0 }}
 {{- end }}
+{{- with .Values.replicationRateLimit }}
+{{- dict "replicationRateLimit" . | toYaml | nindent 0 }}
+{{- end }}
 {{- dict "secrets" .Values.secrets | toYaml | nindent 0 }}
 {{- with .Values.retiredSecrets }}
 {{- dict "retiredSecrets" . | toYaml | nindent 0 }}
