@@ -20,6 +20,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // Read at scrape time: whichever path swapped the certificate (files, the Secret), the
+    // gauge shows the one being served.
+    if let Some(not_after) = state.certificate.as_ref().and_then(|c| c.not_after()) {
+        state.metrics.set_certificate_expiry(not_after);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -49,24 +49,27 @@ impl ReviewError {
     }
 }
 
-/// Why a request passed through untouched.
+/// Why a request passed through untouched: what an operator reads in the log line and in
+/// `skipped_admissions_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SkipReason {
-    NotCreate,
-    NotPod,
-    NoObject,
+    /// Another operation, kind or subresource, or a request without an object.
+    NotPodCreate,
+    /// The pod's opt-out annotation is "false".
     OptedOut,
+    /// A static pod's mirror: the NodeRestriction plugin refuses it with any secret.
     MirrorPod,
+    /// No image matches a secret that applies in the namespace.
+    NoMatch,
 }
 
 impl SkipReason {
     pub fn metric_label(self) -> &'static str {
         match self {
-            Self::NotCreate => "not_create",
-            Self::NotPod => "not_pod",
-            Self::NoObject => "no_object",
+            Self::NotPodCreate => "not_pod_create",
             Self::OptedOut => "opted_out",
             Self::MirrorPod => "mirror_pod",
+            Self::NoMatch => "no_match",
         }
     }
 }
@@ -92,6 +95,13 @@ impl Outcome {
         match self {
             Self::Patched(p) => &p.added,
             _ => &[],
+        }
+    }
+
+    pub fn skip_reason(&self) -> Option<SkipReason> {
+        match self {
+            Self::Skipped(reason) => Some(*reason),
+            _ => None,
         }
     }
 }
@@ -330,7 +340,7 @@ pub fn review(
         Decoded::Pod(request) => respond(settings, view, &request),
         Decoded::Other(request) => Ok(Reviewed {
             response: AdmissionResponse::from(&*request).into(),
-            outcome: Outcome::Skipped(SkipReason::NotPod),
+            outcome: Outcome::Skipped(SkipReason::NotPodCreate),
             uid: request.uid,
             namespace: request.namespace.unwrap_or_default(),
             name: request.name,
@@ -450,20 +460,19 @@ fn decide(
     view: &ClusterView<'_>,
     request: &AdmissionRequest<PodView>,
 ) -> Outcome {
-    if request.operation != Operation::Create {
-        return Outcome::Skipped(SkipReason::NotCreate);
-    }
-    if !is_pod(&request.kind.group, &request.kind.kind) || request.sub_resource.is_some() {
-        return Outcome::Skipped(SkipReason::NotPod);
+    if request.operation != Operation::Create
+        || !is_pod(&request.kind.group, &request.kind.kind)
+        || request.sub_resource.is_some()
+    {
+        return Outcome::Skipped(SkipReason::NotPodCreate);
     }
     let Some(pod) = &request.object else {
-        return Outcome::Skipped(SkipReason::NoObject);
+        return Outcome::Skipped(SkipReason::NotPodCreate);
     };
     let Some(spec) = &pod.spec else {
-        return match skip_reason(settings, pod.metadata.annotations.as_ref()) {
-            Some(reason) => Outcome::Skipped(reason),
-            None => Outcome::Unchanged,
-        };
+        return Outcome::Skipped(
+            skip_reason(settings, pod.metadata.annotations.as_ref()).unwrap_or(SkipReason::NoMatch),
+        );
     };
     decide_pod(
         settings,
@@ -499,11 +508,16 @@ pub fn decide_pod<'a>(
     if let Some(reason) = skip_reason(settings, pod.annotations) {
         return Outcome::Skipped(reason);
     }
-    let wanted = wanted_secrets(settings, view.keyring, images)
+    let wanted: Vec<&str> = wanted_secrets(settings, view.keyring, images)
         .into_iter()
         .map(|i| &settings.secrets[i])
         .filter(|secret| view.applies(secret, pod.namespace))
-        .map(|secret| secret.name.as_str());
+        .map(|secret| secret.name.as_str())
+        .collect();
+    if wanted.is_empty() {
+        return Outcome::Skipped(SkipReason::NoMatch);
+    }
+    // Every wanted secret already referenced: unchanged, not skipped.
     match append_pull_secrets(pod.pointer, pod.existing, wanted) {
         Some(patch) => Outcome::Patched(patch),
         None => Outcome::Unchanged,
@@ -664,7 +678,7 @@ mod tests {
             review_offline(&settings(), &no_spec)
                 .expect("answered")
                 .outcome,
-            Outcome::Unchanged
+            Outcome::Skipped(SkipReason::NoMatch)
         );
     }
 
@@ -698,11 +712,11 @@ mod tests {
             json!({"group": "apps", "version": "v1", "kind": "Deployment"});
         let body = serde_json::to_vec(&deployment).expect("encodes");
         let reviewed = review_offline(&settings(), &body).expect("answered");
-        assert_eq!(reviewed.outcome, Outcome::Skipped(SkipReason::NotPod));
+        assert_eq!(reviewed.outcome, Outcome::Skipped(SkipReason::NotPodCreate));
         deployment["request"]["object"]["spec"]["containers"] = json!("a Deployment has none");
         let body = serde_json::to_vec(&deployment).expect("encodes");
         let reviewed = review_offline(&settings(), &body).expect("answered");
-        assert_eq!(reviewed.outcome, Outcome::Skipped(SkipReason::NotPod));
+        assert_eq!(reviewed.outcome, Outcome::Skipped(SkipReason::NotPodCreate));
         assert!(reviewed.response.response.admission.allowed);
     }
 
@@ -751,6 +765,62 @@ mod tests {
         assert!(!response.contains_key("patch"), "{wire}");
         assert!(!response.contains_key("patchType"), "{wire}");
         assert_eq!(response["allowed"], true);
+    }
+
+    #[test]
+    fn every_pod_left_alone_has_a_reason() {
+        let outcome = |object: Value, operation: &str| {
+            let mut body: Value = serde_json::from_slice(&pod_review(object)).expect("json");
+            body["request"]["operation"] = json!(operation);
+            review_offline(&settings(), &serde_json::to_vec(&body).expect("encodes"))
+                .expect("answered")
+                .outcome
+        };
+        let acme = json!({"containers": [{"name": "app", "image": "ghcr.io/acme/app"}]});
+        for (object, operation, expected) in [
+            (
+                json!({"spec": acme.clone()}),
+                "UPDATE",
+                Outcome::Skipped(SkipReason::NotPodCreate),
+            ),
+            (
+                json!({"metadata": {"annotations": {"pullsecret-injector.io/inject": "false"}}, "spec": acme.clone()}),
+                "CREATE",
+                Outcome::Skipped(SkipReason::OptedOut),
+            ),
+            (
+                json!({"metadata": {"annotations": {MIRROR_POD_ANNOTATION: "hash"}}, "spec": acme.clone()}),
+                "CREATE",
+                Outcome::Skipped(SkipReason::MirrorPod),
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "app", "image": "quay.io/other/app"}]}}),
+                "CREATE",
+                Outcome::Skipped(SkipReason::NoMatch),
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "app", "image": "ghcr.io/acme/app"}],
+                                "imagePullSecrets": [{"name": "acme"}]}}),
+                "CREATE",
+                Outcome::Unchanged,
+            ),
+        ] {
+            assert_eq!(
+                outcome(object.clone(), operation),
+                expected,
+                "{operation} {object}"
+            );
+        }
+        assert_eq!(
+            [
+                SkipReason::NotPodCreate,
+                SkipReason::OptedOut,
+                SkipReason::MirrorPod,
+                SkipReason::NoMatch
+            ]
+            .map(SkipReason::metric_label),
+            ["not_pod_create", "opted_out", "mirror_pod", "no_match"]
+        );
     }
 
     #[test]

@@ -1,4 +1,8 @@
 //! Command-line interface: `serve`, `mutate` and `match`.
+//!
+//! A flag wins over its environment variable, and every variable is prefixed
+//! `PULLSECRET_INJECTOR_`. A flag given twice takes its last value, so that the chart's
+//! `extraArgs` can override the arguments it sets.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,16 +12,29 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "pullsecret-injector", version, about, propagate_version = true)]
+#[command(
+    name = "pullsecret-injector",
+    version,
+    about,
+    propagate_version = true,
+    args_override_self = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "PULLSECRET_INJECTOR_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
-    /// Log level or filter (RUST_LOG, when set, wins).
-    #[arg(long, global = true, default_value = "info", env = "LOG_LEVEL")]
-    pub log_level: String,
+    /// Log level or tracing filter (`info`, `info,pullsecret_injector=debug`). Without it,
+    /// `RUST_LOG`, then `info`.
+    #[arg(long, global = true, env = "PULLSECRET_INJECTOR_LOG_LEVEL")]
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +67,12 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Yaml,
     Json,
@@ -67,7 +90,7 @@ pub struct MutateArgs {
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Yaml)]
     pub output: OutputFormat,
     /// Read source secrets through this kubeconfig, for entries whose patterns are their
-    /// sources' `auths` keys.
+    /// sources' `auths` keys. Default: `$KUBECONFIG`, then the in-cluster configuration.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
 }
@@ -79,8 +102,15 @@ pub struct MatchArgs {
     /// Image references, as written in a pod spec.
     #[arg(required = true)]
     pub images: Vec<String>,
+    /// `text` for people, `json` for scripts.
+    #[arg(short, long, value_enum, default_value_t = ReportFormat::Text)]
+    pub output: ReportFormat,
+    /// Exit 0 even when an image matches no secret (a check of the config alone, as the
+    /// chart's `helm test` does).
+    #[arg(long)]
+    pub allow_unmatched: bool,
     /// Read source secrets through this kubeconfig, for entries whose patterns are their
-    /// sources' `auths` keys.
+    /// sources' `auths` keys. Default: `$KUBECONFIG`, then the in-cluster configuration.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
 }

@@ -14,9 +14,11 @@ pub mod image;
 pub mod kubelet_url;
 pub mod kubernetes;
 pub mod leader;
+pub mod listen;
 pub mod matching;
 pub mod metrics;
 pub mod patch;
+pub mod provider;
 pub mod replicate;
 pub mod server;
 pub mod telemetry;
@@ -65,6 +67,9 @@ pub struct Service {
     pub clients: Option<kubernetes::Clients>,
     /// This replica's name in the leader-election Lease.
     pub identity: String,
+    /// What the Lease holder runs for entries with a `provider`
+    /// ([`Settings::credential_plans`]).
+    pub credential_plans: Vec<provider::CredentialPlan>,
 }
 
 #[derive(Debug, Error)]
@@ -93,6 +98,7 @@ pub async fn run(
         metrics,
         clients,
         identity,
+        credential_plans,
     } = service;
     let resolver = match &certificates {
         CertificateSource::Files { files, .. } => files.resolver(),
@@ -153,7 +159,12 @@ pub async fn run(
             identity.clone(),
             Arc::clone(&metrics),
             shutdown.clone(),
-            leader_duties(Arc::clone(cluster), identity, self_managed),
+            leader_duties(
+                Arc::clone(cluster),
+                identity,
+                self_managed,
+                credential_plans.into(),
+            ),
         ))
     });
 
@@ -183,15 +194,21 @@ pub async fn run(
 }
 
 /// What the Lease holder does each time it wins the Lease, until its term ends: keep the
-/// self-managed certificate, and replicate when an entry has a source.
+/// self-managed certificate, run the credential provider plugins, and replicate when an
+/// entry has a source (or a provider).
 fn leader_duties(
     cluster: Arc<Cluster>,
     identity: String,
     self_managed: Option<CertificatesConfig>,
+    credential_plans: Arc<[provider::CredentialPlan]>,
 ) -> impl Fn(CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
     move |term: CancellationToken| {
-        let (cluster, identity, self_managed) =
-            (Arc::clone(&cluster), identity.clone(), self_managed.clone());
+        let (cluster, identity, self_managed, plans) = (
+            Arc::clone(&cluster),
+            identity.clone(),
+            self_managed.clone(),
+            Arc::clone(&credential_plans),
+        );
         Box::pin(async move {
             let settings = Arc::clone(cluster.settings());
             let keeper = self_managed.map(|config| {
@@ -203,6 +220,14 @@ fn leader_duties(
                     term.clone(),
                 ))
             });
+            let refresher = (!plans.is_empty()).then(|| {
+                tokio::spawn(provider::refresh::keep_all(
+                    Arc::clone(&cluster),
+                    plans,
+                    identity.clone(),
+                    term.clone(),
+                ))
+            });
             if !settings.copy_names().is_empty() {
                 let replication = tokio::spawn(replicate::controller::run(
                     Arc::clone(&cluster),
@@ -210,6 +235,9 @@ fn leader_duties(
                     term,
                 ));
                 let _ = joined("replication", replication).await;
+            }
+            if let Some(refresher) = refresher {
+                let _ = joined("credential refresh", refresher).await;
             }
             if let Some(keeper) = keeper {
                 let _ = joined("certificate keeper", keeper).await;

@@ -3,39 +3,56 @@ use std::process::ExitCode;
 use clap::Parser;
 use pullsecret_injector::cli::{Cli, Command};
 use pullsecret_injector::commands::{self, Environment};
-use pullsecret_injector::telemetry;
+use pullsecret_injector::telemetry::{self, LogFormat};
 
 /// Exit code for input the user must fix: bad config, bad documents.
 const EXIT_USAGE: u8 = 2;
+/// `match`: an image matches no secret.
+const EXIT_UNMATCHED: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let logs = telemetry::init(cli.log_format, &cli.log_level);
+    let logs = telemetry::init(cli.log_format, cli.log_level.as_deref());
     let _ = rustls::crypto::ring::default_provider().install_default();
     let non_empty = |value: String| Some(value).filter(|v| !v.trim().is_empty());
+    // Every variable of ours is prefixed; the chart sets these two from the Downward API.
     let environment = Environment {
-        pod_namespace: std::env::var("POD_NAMESPACE").ok().and_then(non_empty),
-        pod_name: std::env::var("POD_NAME")
+        pod_namespace: std::env::var("PULLSECRET_INJECTOR_POD_NAMESPACE")
+            .ok()
+            .and_then(non_empty),
+        pod_name: std::env::var("PULLSECRET_INJECTOR_POD_NAME")
             .ok()
             .and_then(non_empty)
             .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok()),
     };
     let result = match cli.command {
-        Command::Serve(args) => commands::serve::serve(args, &environment),
-        Command::Mutate(args) => commands::mutate::mutate(args, &environment),
-        Command::Match(args) => commands::match_images::match_images(args, &environment),
+        Command::Serve(args) => {
+            commands::serve::serve(args, &environment).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Mutate(args) => {
+            commands::mutate::mutate(args, &environment).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Match(args) => {
+            commands::match_images::match_images(args, &environment).map(|all_matched| {
+                if all_matched {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_UNMATCHED)
+                }
+            })
+        }
     };
-    // The last lines out before the error, if any.
-    drop(logs);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) if error.is_usage() => {
-            eprintln!("error: {error}");
-            ExitCode::from(EXIT_USAGE)
-        }
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
+    let (message, code) = match result {
+        Ok(code) => return code,
+        Err(error) if error.is_usage() => (error.to_string(), ExitCode::from(EXIT_USAGE)),
+        Err(error) => (error.to_string(), ExitCode::FAILURE),
+    };
+    match cli.log_format {
+        // One JSON line, like every other: log pipelines parse what they are given.
+        LogFormat::Json => tracing::error!(error = %message, "fatal"),
+        LogFormat::Text => eprintln!("error: {message}"),
     }
+    // The last lines out, the fatal one among them.
+    drop(logs);
+    code
 }

@@ -302,6 +302,10 @@ async fn mutate_inner(
             for name in reviewed.outcome.injected() {
                 state.metrics.injected(name);
             }
+            let reason = reviewed.outcome.skip_reason().map(|r| r.metric_label());
+            if let Some(reason) = reason {
+                state.metrics.skipped(reason);
+            }
             tracing::info!(
                 uid = %reviewed.uid,
                 namespace = %reviewed.namespace,
@@ -309,6 +313,7 @@ async fn mutate_inner(
                 operation = reviewed.operation,
                 dry_run = reviewed.dry_run,
                 result = reviewed.outcome.metric_label(),
+                reason = reason.unwrap_or(""),
                 injected = %reviewed.outcome.injected().join(","),
                 duration_us = elapsed.as_micros() as u64,
                 http_version = ?transport.version,

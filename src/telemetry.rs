@@ -35,12 +35,16 @@ pub fn dropped_lines() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
-/// Installs the subscriber. `RUST_LOG` wins over `level` when set, so operators can turn on
-/// one module's debug logs. Keep the returned pipe until the end of `main`: dropping it
+/// Installs the subscriber. The filter: `level` (from `--log-level` or
+/// `$PULLSECRET_INJECTOR_LOG_LEVEL`) when given, else `RUST_LOG`, else `info`; a flag always
+/// wins over the environment. Keep the returned pipe until the end of `main`: dropping it
 /// writes out what is buffered.
-pub fn init(format: LogFormat, level: &str) -> LogPipe {
+pub fn init(format: LogFormat, level: Option<&str>) -> LogPipe {
     let pipe = LogPipe::spawn(io::stderr(), BUFFER_BYTES);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = match level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(pipe.writer());

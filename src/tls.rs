@@ -4,6 +4,7 @@
 //! path miss, so the files' contents are polled and compared instead.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -57,6 +58,8 @@ struct Loaded {
 #[derive(Debug)]
 pub struct CertResolver {
     current: RwLock<Option<Arc<CertifiedKey>>>,
+    /// The current leaf's notAfter, seconds since the Unix epoch; 0 when none or unreadable.
+    not_after: AtomicI64,
     provider: Arc<CryptoProvider>,
 }
 
@@ -70,8 +73,14 @@ impl CertResolver {
     pub fn empty() -> Self {
         Self {
             current: RwLock::new(None),
+            not_after: AtomicI64::new(0),
             provider: provider(),
         }
+    }
+
+    /// When the certificate being served expires, in seconds since the Unix epoch.
+    pub fn not_after(&self) -> Option<i64> {
+        Some(self.not_after.load(Ordering::Relaxed)).filter(|&t| t != 0)
     }
 
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
@@ -83,8 +92,14 @@ impl CertResolver {
     }
 
     fn swap(&self, key: Arc<CertifiedKey>) {
+        let not_after = key
+            .cert
+            .first()
+            .and_then(|leaf| not_after(leaf))
+            .unwrap_or(0);
         if let Ok(mut current) = self.current.write() {
             *current = Some(key);
+            self.not_after.store(not_after, Ordering::Relaxed);
         }
     }
 
@@ -111,6 +126,13 @@ impl CertResolver {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// The leaf certificate's notAfter, seconds since the Unix epoch.
+fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
+    x509_parser::parse_x509_certificate(der.as_ref())
+        .ok()
+        .map(|(_, cert)| cert.validity().not_after.timestamp())
 }
 
 /// The files to serve from, and the resolver that serves their latest good contents.

@@ -548,8 +548,8 @@ fn deployment_is_hardened_probed_and_spread() {
     let env = container.env.clone().unwrap();
     let pod_namespace = env
         .iter()
-        .find(|e| e.name == "POD_NAMESPACE")
-        .expect("POD_NAMESPACE");
+        .find(|e| e.name == "PULLSECRET_INJECTOR_POD_NAMESPACE")
+        .expect("PULLSECRET_INJECTOR_POD_NAMESPACE");
     assert_eq!(
         pod_namespace
             .value_from
@@ -1398,6 +1398,409 @@ fn helm_test_hook_runs_the_image_with_the_release_config_outside_the_service() {
 }
 
 // ---------------------------------------------------------------------------------------
+// values people reach for (issue 13 §8) and the dashboard (§9)
+// ---------------------------------------------------------------------------------------
+
+fn pod_spec(rendered: &Rendered) -> k8s_openapi::api::core::v1::PodSpec {
+    rendered
+        .one::<Deployment>()
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod spec")
+}
+
+#[test]
+fn extra_args_env_volumes_and_history_reach_the_pod() {
+    let rendered = render_mode(
+        "default",
+        &[
+            "--set",
+            "revisionHistoryLimit=2",
+            "--set-json",
+            r#"extraArgs=["--log-level=debug"]"#,
+            "--set-json",
+            r#"extraEnv=[{"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
+              {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]"#,
+            "--set-json",
+            r#"extraVolumes=[{"name": "corp-ca", "configMap": {"name": "corp-ca"}}]"#,
+            "--set-json",
+            r#"extraVolumeMounts=[{"name": "corp-ca", "mountPath": "/etc/ssl/corp", "readOnly": true}]"#,
+        ],
+    );
+    let deployment = rendered.one::<Deployment>().spec.unwrap();
+    assert_eq!(deployment.revision_history_limit, Some(2));
+    let container = rendered.container();
+    let args = container.args.clone().unwrap();
+    assert_eq!(
+        args[args.len() - 3..],
+        strings(&["--log-level", "info", "--log-level=debug"]),
+        "extra arguments come last, so that a repeated flag wins"
+    );
+    let env: Vec<String> = container
+        .env
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        env,
+        strings(&[
+            "PULLSECRET_INJECTOR_POD_NAMESPACE",
+            "PULLSECRET_INJECTOR_POD_NAME",
+            "HTTPS_PROXY",
+            "NODE"
+        ])
+    );
+    let node = container.env.unwrap().pop().unwrap();
+    assert_eq!(
+        node.value_from.unwrap().field_ref.unwrap().field_path,
+        "spec.nodeName"
+    );
+    let mounts: Vec<(String, String)> = container
+        .volume_mounts
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.name, m.mount_path))
+        .collect();
+    assert_eq!(
+        mounts,
+        vec![
+            ("config".to_string(), "/etc/pullsecret-injector".to_string()),
+            ("corp-ca".to_string(), "/etc/ssl/corp".to_string()),
+        ]
+    );
+    let volumes = pod_spec(&rendered).volumes.unwrap();
+    let corp = volumes
+        .iter()
+        .find(|v| v.name == "corp-ca")
+        .expect("corp-ca volume");
+    assert_eq!(corp.config_map.as_ref().unwrap().name, "corp-ca");
+
+    // In certManager mode the extra mount comes beside the certificate's.
+    let with_certs = render_mode(
+        "certManager",
+        &[
+            "--set-json",
+            r#"extraVolumes=[{"name": "scratch", "emptyDir": {}}]"#,
+            "--set-json",
+            r#"extraVolumeMounts=[{"name": "scratch", "mountPath": "/scratch"}]"#,
+        ],
+    );
+    let names: Vec<String> = pod_spec(&with_certs)
+        .volumes
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, strings(&["config", "certs", "scratch"]));
+}
+
+#[test]
+fn probes_are_values() {
+    let rendered = render_mode(
+        "default",
+        &[
+            "--set",
+            "readinessProbe.periodSeconds=3",
+            "--set",
+            "livenessProbe.failureThreshold=6",
+        ],
+    );
+    let container = rendered.container();
+    let readiness = container.readiness_probe.unwrap();
+    assert_eq!(readiness.period_seconds, Some(3));
+    assert_eq!(readiness.failure_threshold, Some(2), "the rest stays");
+    assert_eq!(readiness.http_get.unwrap().path.as_deref(), Some("/readyz"));
+    let liveness = container.liveness_probe.unwrap();
+    assert_eq!(liveness.failure_threshold, Some(6));
+    assert_eq!(liveness.http_get.unwrap().path.as_deref(), Some("/healthz"));
+
+    // A probe replaced whole: another handler, no HTTP left over.
+    let replaced = render_mode(
+        "default",
+        &[
+            "--set-json",
+            r#"livenessProbe={"tcpSocket": {"port": "https"}, "periodSeconds": 20}"#,
+            "--set-json",
+            "livenessProbe.httpGet=null",
+        ],
+    )
+    .container()
+    .liveness_probe
+    .unwrap();
+    assert_eq!(
+        replaced.tcp_socket.unwrap().port,
+        IntOrString::String("https".into())
+    );
+    assert!(replaced.http_get.is_none());
+    assert_eq!(replaced.period_seconds, Some(20));
+
+    // null drops a probe.
+    let container = render_mode("default", &["--set", "livenessProbe=null"]).container();
+    assert!(container.liveness_probe.is_none());
+    assert!(container.readiness_probe.is_some());
+
+    let err = render_error(&["--set", "readinessProbe.periodSeconds=0"]);
+    assert!(err.contains("/readinessProbe/periodSeconds"), "{err}");
+    let err = render_error(&["--set", "livenessProbe.periodSecs=5"]);
+    assert!(err.contains("/livenessProbe"), "{err}");
+}
+
+#[test]
+fn listens_on_both_families_at_the_container_ports_and_on_the_host_network() {
+    // Defaults: [::] (IPv4 and IPv6), no host network.
+    let rendered = render_mode("default", &[]);
+    let config: Value = serde_saphyr::from_str(&rendered.config_yaml()).unwrap();
+    assert_eq!(config["listen"], "[::]:8443");
+    assert_eq!(config["metricsListen"], "[::]:8080");
+    let pod = pod_spec(&rendered);
+    assert_eq!(pod.host_network, None);
+    assert_eq!(pod.dns_policy, None);
+
+    let rendered = render_mode(
+        "default",
+        &[
+            "--set",
+            "hostNetwork=true",
+            "--set",
+            "containerPorts.webhook=10443",
+            "--set",
+            "containerPorts.metrics=10080",
+        ],
+    );
+    let pod = pod_spec(&rendered);
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(
+        pod.dns_policy.as_deref(),
+        Some("ClusterFirstWithHostNet"),
+        "the API server's name still resolves through cluster DNS"
+    );
+    let ports: BTreeMap<String, i32> = rendered
+        .container()
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.unwrap(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        BTreeMap::from([("https".into(), 10443), ("metrics".into(), 10080)])
+    );
+    let config: Value = serde_saphyr::from_str(&rendered.config_yaml()).unwrap();
+    assert_eq!(config["listen"], "[::]:10443");
+    assert_eq!(config["metricsListen"], "[::]:10080");
+    // The Service and the probes follow by port name.
+    let service_ports: Vec<IntOrString> = rendered
+        .one::<Service>()
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| p.target_port.unwrap())
+        .collect();
+    assert_eq!(
+        service_ports,
+        vec![
+            IntOrString::String("https".into()),
+            IntOrString::String("metrics".into())
+        ]
+    );
+
+    let err = render_error(&["--set", "containerPorts.webhook=0"]);
+    assert!(err.contains("/containerPorts/webhook"), "{err}");
+    let err = render_error(&["--set", "hostNetwork=yes"]);
+    assert!(err.contains("/hostNetwork"), "{err}");
+}
+
+#[test]
+fn webhook_annotations_match_conditions_and_selectors_pass_through() {
+    let rendered = render_mode(
+        "default",
+        &[
+            "--set",
+            "webhook.annotations.team=platform",
+            "--set-json",
+            r#"webhook.matchConditions=[{"name": "not-from-ci",
+              "expression": "!request.userInfo.username.startsWith('system:serviceaccount:ci:')"}]"#,
+            "--set",
+            "webhook.namespaceSelector.matchLabels.tier=apps",
+            "--set-json",
+            r#"webhook.namespaceSelector.matchExpressions=[{"key": "environment", "operator": "In", "values": ["staging", "production"]}]"#,
+            "--set",
+            "webhook.objectSelector.matchLabels.pull-secrets=inject",
+            "--set-json",
+            r#"webhook.objectSelector.matchExpressions=[{"key": "job-name", "operator": "DoesNotExist"}]"#,
+        ],
+    );
+    let configuration = rendered.one::<MutatingWebhookConfiguration>();
+    assert_eq!(
+        configuration.metadata.annotations,
+        Some(BTreeMap::from([("team".into(), "platform".into())]))
+    );
+    let webhook = rendered.webhook();
+    let conditions = webhook.match_conditions.clone().expect("matchConditions");
+    assert_eq!(conditions.len(), 1);
+    assert_eq!(conditions[0].name, "not-from-ci");
+    assert!(conditions[0].expression.starts_with("!request.userInfo"));
+
+    let namespaces = webhook.namespace_selector.clone().unwrap();
+    assert_eq!(
+        namespaces.match_labels,
+        Some(BTreeMap::from([
+            (OPT_IN_LABEL.to_string(), "enabled".to_string()),
+            ("tier".to_string(), "apps".to_string()),
+        ])),
+        "added to the opt-in label"
+    );
+    let expressions = namespaces.match_expressions.unwrap();
+    assert_eq!(expressions.len(), 2);
+    assert_eq!(
+        expressions[0].key, "kubernetes.io/metadata.name",
+        "the exclusions stay"
+    );
+    assert_eq!(
+        expressions[1],
+        LabelSelectorRequirement {
+            key: "environment".into(),
+            operator: "In".into(),
+            values: Some(strings(&["staging", "production"])),
+        }
+    );
+
+    let pods = webhook.object_selector.unwrap();
+    assert_eq!(
+        pods.match_labels,
+        Some(BTreeMap::from([("pull-secrets".into(), "inject".into())]))
+    );
+    let keys: Vec<String> = pods
+        .match_expressions
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(
+        keys,
+        strings(&["pullsecret-injector.io/inject", "job-name"]),
+        "the opt-out stays"
+    );
+
+    // Copies go to the same namespaces: the config's selector is the webhook's.
+    let config: Value = serde_saphyr::from_str(&rendered.config_yaml()).unwrap();
+    assert_eq!(
+        config["namespaceSelector"],
+        serde_json::json!({
+            "matchLabels": {OPT_IN_LABEL: "enabled", "tier": "apps"},
+            "matchExpressions": [{"key": "environment", "operator": "In", "values": ["staging", "production"]}],
+        })
+    );
+
+    // cert-manager's annotation is kept beside the user's.
+    let annotations = render_mode(
+        "certManager",
+        &["--set", "webhook.annotations.team=platform"],
+    )
+    .one::<MutatingWebhookConfiguration>()
+    .metadata
+    .annotations
+    .unwrap();
+    assert_eq!(annotations["team"], "platform");
+    assert_eq!(
+        annotations["cert-manager.io/inject-ca-from"],
+        format!("{NAMESPACE}/{FULLNAME}-serving")
+    );
+
+    // Defaults: no matchConditions, no annotations.
+    let defaults = render_mode("default", &[]);
+    assert_eq!(defaults.webhook().match_conditions, None);
+    assert_eq!(
+        defaults
+            .one::<MutatingWebhookConfiguration>()
+            .metadata
+            .annotations,
+        None
+    );
+
+    for (set, field) in [
+        (
+            r#"webhook.matchConditions=[{"name": "x"}]"#,
+            "/webhook/matchConditions/0",
+        ),
+        (
+            r#"webhook.namespaceSelector.matchExpressions=[{"key": "a", "operator": "Near"}]"#,
+            "/webhook/namespaceSelector/matchExpressions/0/operator",
+        ),
+        (
+            r#"extraVolumeMounts=[{"name": "x"}]"#,
+            "/extraVolumeMounts/0",
+        ),
+        (r#"extraEnv=[{"value": "x"}]"#, "/extraEnv/0"),
+    ] {
+        let err = render_error(&["--set-json", set]);
+        assert!(err.contains(field), "--set-json {set}: {err}");
+    }
+}
+
+#[test]
+fn grafana_dashboard_is_an_optional_configmap_for_the_sidecar() {
+    let dashboard_of = |rendered: &Rendered| -> Vec<ConfigMap> {
+        rendered
+            .all::<ConfigMap>()
+            .into_iter()
+            .filter(|c| c.metadata.name.as_deref() == Some(&format!("{FULLNAME}-dashboard")))
+            .collect()
+    };
+    assert!(dashboard_of(&render_mode("default", &[])).is_empty());
+
+    let rendered = render_mode(
+        "default",
+        &["--set", "metrics.grafanaDashboard.enabled=true"],
+    );
+    let mut found = dashboard_of(&rendered);
+    assert_eq!(found.len(), 1);
+    let map = found.remove(0);
+    assert_eq!(map.metadata.namespace.as_deref(), Some(NAMESPACE));
+    assert_eq!(
+        map.metadata.labels.as_ref().unwrap()["grafana_dashboard"],
+        "1"
+    );
+    let json = &map.data.as_ref().unwrap()["pullsecret-injector.json"];
+    let file =
+        std::fs::read_to_string(Path::new(CHART).join("dashboards/pullsecret-injector.json"))
+            .unwrap();
+    assert_eq!(json.trim(), file.trim(), "the dashboard file, unchanged");
+    let dashboard: Value = serde_json::from_str(json).expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "pullsecret-injector");
+    assert!(dashboard["panels"].as_array().unwrap().len() > 10);
+
+    let rendered = render_mode(
+        "default",
+        &[
+            "--set",
+            "metrics.grafanaDashboard.enabled=true",
+            "--set",
+            "metrics.grafanaDashboard.namespace=monitoring",
+            "--set-json",
+            r#"metrics.grafanaDashboard.labels={"dashboards": "platform"}"#,
+            "--set",
+            "metrics.grafanaDashboard.annotations.grafana_folder=Kubernetes",
+        ],
+    );
+    let map = dashboard_of(&rendered).remove(0);
+    assert_eq!(map.metadata.namespace.as_deref(), Some("monitoring"));
+    let labels = map.metadata.labels.unwrap();
+    assert_eq!(labels["dashboards"], "platform");
+    assert_eq!(labels["app.kubernetes.io/instance"], RELEASE);
+    assert_eq!(
+        map.metadata.annotations.unwrap()["grafana_folder"],
+        "Kubernetes"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // the binary reads what the chart writes
 // ---------------------------------------------------------------------------------------
 
@@ -1407,19 +1810,31 @@ fn helm_test_hook_runs_the_image_with_the_release_config_outside_the_service() {
 fn rendered_config_is_accepted_by_the_binary() {
     let mut failures = Vec::new();
     for mode in ["certManager", "external", "self"] {
+        let providers = with_init_container();
         for extra in [
             &[][..],
             &["--set-json", SECRETS, "--set", "limits.maxConnections=100"][..],
             &REPLICATED[..],
+            &providers[..],
+            &[
+                "--set",
+                "webhook.namespaceSelector.matchLabels.tier=apps",
+                "--set-json",
+                r#"webhook.namespaceSelector.matchExpressions=[{"key": "env", "operator": "NotIn", "values": ["dev"]}]"#,
+                "--set",
+                "containerPorts.webhook=10443",
+            ][..],
         ] {
             let config = render_mode(mode, extra).config_yaml();
             let file = tempfile::NamedTempFile::new().unwrap();
             std::fs::write(file.path(), &config).unwrap();
+            // The config is what is checked here, not whether the image matches.
             let out = Command::new(injector::binary())
-                .args(["match", "--config"])
+                .args(["match", "--allow-unmatched", "--config"])
                 .arg(file.path())
                 .arg("ghcr.io/acme/web:1")
-                .env("POD_NAMESPACE", NAMESPACE)
+                .env("PULLSECRET_INJECTOR_POD_NAMESPACE", NAMESPACE)
+                .env_remove("KUBECONFIG")
                 .output()
                 .expect("running pullsecret-injector");
             if !out.status.success() {
@@ -1445,7 +1860,14 @@ fn rendered_config_is_accepted_by_the_binary() {
 /// Every key of values.yaml down to the leaves the README documents: maps are descended,
 /// except the structured Kubernetes fields, which are documented whole.
 fn value_keys(prefix: &str, value: &Value, out: &mut Vec<String>) {
-    const WHOLE: [&str; 3] = ["podSecurityContext", "securityContext", "resources"];
+    const WHOLE: [&str; 6] = [
+        "podSecurityContext",
+        "securityContext",
+        "resources",
+        "readinessProbe",
+        "livenessProbe",
+        "metrics.grafanaDashboard.labels",
+    ];
     match value {
         Value::Object(map) if !map.is_empty() && !WHOLE.contains(&prefix) => {
             for (k, v) in map {
@@ -1508,4 +1930,203 @@ fn chart_readme_documents_every_value_with_its_default() {
         "the values table of charts/pullsecret-injector/README.md is out of date:\n{}",
         problems.join("\n")
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// credential provider plugins
+// ---------------------------------------------------------------------------------------
+
+/// An ECR entry whose credentials come from ecr-credential-provider, as on EKS nodes.
+const PROVIDERS: [&str; 6] = [
+    "--set-json",
+    r#"secrets=[
+  {"name": "ecr", "provider": {"name": "ecr-credential-provider",
+   "images": ["123456789012.dkr.ecr.eu-west-1.amazonaws.com/app"]}},
+  {"name": "regcred", "source": {"name": "regcred-source"}}
+]"#,
+    "--set-json",
+    r#"credentialProviders.providers=[{"name": "ecr-credential-provider",
+  "matchImages": ["*.dkr.ecr.*.amazonaws.com"], "defaultCacheDuration": "12h",
+  "apiVersion": "credentialprovider.kubelet.k8s.io/v1", "args": ["get-credentials"],
+  "env": [{"name": "AWS_PROFILE", "value": "default"}]}]"#,
+    "--set-json",
+    r#"extraEnv=[{"name": "AWS_REGION", "value": "eu-west-1"}]"#,
+];
+
+fn with_init_container() -> Vec<&'static str> {
+    let mut args = PROVIDERS.to_vec();
+    args.extend([
+        "--set",
+        "credentialProviders.initContainer.image=example.com/plugins:1.0",
+        "--set-json",
+        r#"credentialProviders.initContainer.command=["cp", "/ecr-credential-provider", "/plugins/"]"#,
+    ]);
+    args
+}
+
+#[test]
+fn credential_providers_render_the_kubelet_config_and_an_init_container_for_the_plugins() {
+    let rendered = render_mode("self", &with_init_container());
+    let config: Value = serde_saphyr::from_str(&rendered.config_yaml()).unwrap();
+    assert_eq!(
+        config["credentialProviders"],
+        serde_json::json!({
+            "configFile": "/etc/pullsecret-injector/credential-providers.yaml",
+            "binDir": "/var/lib/pullsecret-injector/plugins",
+            "timeoutSeconds": 60,
+        })
+    );
+    assert_eq!(
+        config["secrets"][0]["provider"]["name"],
+        "ecr-credential-provider"
+    );
+    // The kubelet's own file, as the binary reads it.
+    let kubelet = rendered
+        .one::<ConfigMap>()
+        .data
+        .and_then(|mut d| d.remove("credential-providers.yaml"))
+        .expect("the ConfigMap holds the CredentialProviderConfig");
+    let providers = pullsecret_injector::provider::kubelet::ConfigFile::from_yaml(&kubelet)
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(
+        providers["ecr-credential-provider"].args,
+        ["get-credentials"]
+    );
+
+    let deployment = rendered.one::<Deployment>();
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let init = pod.init_containers.expect("an init container");
+    assert_eq!(init.len(), 1);
+    assert_eq!(init[0].image.as_deref(), Some("example.com/plugins:1.0"));
+    assert_eq!(
+        init[0].command.as_deref(),
+        Some(&strings(&["cp", "/ecr-credential-provider", "/plugins/"])[..])
+    );
+    let container = &pod.containers[0];
+    // The init container is as locked down as the injector.
+    assert_eq!(init[0].security_context, container.security_context);
+    let init_mount = &init[0].volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (init_mount.name.as_str(), init_mount.mount_path.as_str()),
+        ("plugins", "/plugins")
+    );
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "plugins")
+        .expect("the plugins are mounted");
+    assert_eq!(mount.mount_path, "/var/lib/pullsecret-injector/plugins");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "plugins")
+        .expect("a plugins volume");
+    assert!(volume.empty_dir.is_some(), "{volume:?}");
+    let env = container.env.as_ref().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "AWS_REGION" && e.value.as_deref() == Some("eu-west-1")),
+        "{env:?}"
+    );
+
+    // The credentials are kept under the entry's name: granted and allowed like a copy.
+    let cluster = rendered.one::<ClusterRole>().rules.unwrap();
+    assert_eq!(
+        rule_for(&cluster, "", "secrets")[0]
+            .resource_names
+            .as_deref(),
+        Some(&strings(&["ecr", "regcred"])[..])
+    );
+    assert!(
+        rendered.text.contains(r#"["ecr","regcred"]"#),
+        "the Secret policy's copy names"
+    );
+}
+
+#[test]
+fn credential_provider_plugins_may_come_from_an_image_volume() {
+    let mut args = PROVIDERS.to_vec();
+    args.extend([
+        "--set",
+        "credentialProviders.imageVolume.reference=example.com/plugins:1.0",
+        "--set",
+        "credentialProviders.imageVolume.subPath=bin",
+    ]);
+    let rendered = render_mode("self", &args);
+    let pod = rendered
+        .one::<Deployment>()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    assert!(pod.init_containers.is_none());
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "plugins")
+        .expect("a plugins volume");
+    let image = volume.image.as_ref().expect("an image volume");
+    assert_eq!(image.reference.as_deref(), Some("example.com/plugins:1.0"));
+    assert_eq!(image.pull_policy.as_deref(), Some("IfNotPresent"));
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "plugins")
+        .unwrap();
+    assert_eq!(mount.sub_path.as_deref(), Some("bin"));
+    assert_eq!(mount.read_only, Some(true));
+}
+
+#[test]
+fn credential_providers_refuse_what_would_leave_the_plugins_unusable() {
+    // An entry with a provider and no providers.
+    let err = render_error(&[
+        "--set-json",
+        r#"secrets=[{"name": "ecr", "provider": {"name": "p", "images": ["r.io/a"]}}]"#,
+    ]);
+    assert!(
+        err.contains(
+            "secrets entry ecr has a provider, but credentialProviders.providers is empty"
+        ),
+        "{err}"
+    );
+    // Providers, and no way to put the plugins in the pod, or two.
+    let err = render_error(&PROVIDERS);
+    assert!(err.contains("needs their plugins in the pod"), "{err}");
+    let mut both = with_init_container();
+    both.extend([
+        "--set",
+        "credentialProviders.imageVolume.reference=example.com/p:1",
+    ]);
+    assert!(render_error(&both).contains("not both"));
+    let mut no_command = PROVIDERS.to_vec();
+    no_command.extend([
+        "--set",
+        "credentialProviders.initContainer.image=example.com/p:1",
+    ]);
+    assert!(render_error(&no_command).contains("initContainer.command must copy"));
+    // The schema: source and provider together, a provider without images, a bad provider.
+    let err = render_error(&[
+        "--set-json",
+        r#"secrets=[{"name": "x", "source": {"name": "s"}, "provider": {"name": "p", "images": ["r.io/a"]}}]"#,
+    ]);
+    assert!(err.contains("/secrets/0"), "{err}");
+    let err = render_error(&[
+        "--set-json",
+        r#"secrets=[{"name": "x", "provider": {"name": "p", "images": []}}]"#,
+    ]);
+    assert!(err.contains("/secrets/0"), "{err}");
+    let err = render_error(&[
+        "--set-json",
+        r#"credentialProviders.providers=[{"name": "p", "matchImages": ["r.io"], "defaultCacheDuration": "12 hours", "apiVersion": "credentialprovider.kubelet.k8s.io/v1"}]"#,
+    ]);
+    assert!(err.contains("defaultCacheDuration"), "{err}");
 }

@@ -176,7 +176,12 @@ fn match_explains_which_secret_matches_and_why() {
         ],
         "",
     );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "two images match no secret: {}",
+        text(&out.stderr)
+    );
     let report = text(&out.stdout);
     assert!(report.contains("ghcr.io/acme/web:1\n  normalized: ghcr.io/acme/web\n  secret \"acme-ghcr\": pattern \"ghcr.io/acme/\""), "{report}");
     assert!(
@@ -192,6 +197,152 @@ fn match_explains_which_secret_matches_and_why() {
     assert!(
         report.contains("Nginx\n  invalid image reference"),
         "{report}"
+    );
+}
+
+#[test]
+fn match_exits_1_when_an_image_matches_no_secret_and_reports_json() {
+    let matched = run(
+        &[
+            "match",
+            "--config",
+            EXAMPLE_CONFIG,
+            "ghcr.io/acme/web:1",
+            "docker.io/corp/api",
+        ],
+        "",
+    );
+    assert_eq!(matched.status.code(), Some(0), "{}", text(&matched.stderr));
+    let unmatched = run(
+        &[
+            "match",
+            "--config",
+            EXAMPLE_CONFIG,
+            "ghcr.io/acme/web:1",
+            "quay.io/x/y",
+        ],
+        "",
+    );
+    assert_eq!(
+        unmatched.status.code(),
+        Some(1),
+        "{}",
+        text(&unmatched.stderr)
+    );
+    let allowed = run(
+        &[
+            "match",
+            "--allow-unmatched",
+            "--config",
+            EXAMPLE_CONFIG,
+            "quay.io/x/y",
+        ],
+        "",
+    );
+    assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed.stderr));
+
+    let json = run(
+        &[
+            "match",
+            "-o",
+            "json",
+            "--config",
+            EXAMPLE_CONFIG,
+            "ghcr.io/acme/web:1",
+            "quay.io/x/y",
+            "Nginx",
+        ],
+        "",
+    );
+    assert_eq!(json.status.code(), Some(1));
+    let report: serde_json::Value =
+        serde_json::from_slice(&json.stdout).expect("one JSON document");
+    assert_eq!(
+        report[0],
+        serde_json::json!({
+            "image": "ghcr.io/acme/web:1",
+            "normalized": "ghcr.io/acme/web",
+            "secrets": [{"secret": "acme-ghcr", "pattern": "ghcr.io/acme/", "key": "ghcr.io/acme/",
+                         "how": "direct", "midSegment": false}],
+        })
+    );
+    assert_eq!(report[1]["secrets"], serde_json::json!([]));
+    assert!(
+        report[2]["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{report}"
+    );
+}
+
+/// A fatal error under `--log-format json` is one JSON line; the flag wins over
+/// `PULLSECRET_INJECTOR_LOG_LEVEL`, which wins over `RUST_LOG`.
+#[test]
+fn flags_win_over_the_environment_and_a_fatal_error_is_a_json_line() {
+    let fatal = |args: &[&str], env: &[(&str, &str)]| -> (Option<i32>, String) {
+        let out = Command::new(BIN)
+            .args(["serve", "--config", "/missing/config.yaml"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("PULLSECRET_INJECTOR_LOG_LEVEL")
+            .env_remove("PULLSECRET_INJECTOR_LOG_FORMAT")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        (out.status.code(), text(&out.stderr))
+    };
+    let (code, err) = fatal(&["--log-format", "json"], &[]);
+    assert_eq!(code, Some(2));
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    let line: serde_json::Value = serde_json::from_str(lines[0]).expect("a JSON line");
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert_eq!(line["message"], "fatal", "{line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/missing/config.yaml")),
+        "{line}"
+    );
+
+    // The format from the environment, and the flag over it.
+    let (_, err) = fatal(&[], &[("PULLSECRET_INJECTOR_LOG_FORMAT", "json")]);
+    assert!(err.starts_with('{'), "{err}");
+    let (_, err) = fatal(
+        &["--log-format", "text"],
+        &[("PULLSECRET_INJECTOR_LOG_FORMAT", "json")],
+    );
+    assert!(err.starts_with("error: cannot read config file"), "{err}");
+
+    // Levels: an `off` filter hides the fatal line, so who wins shows.
+    let json = ["--log-format", "json"];
+    let shown = |err: &str| err.contains("\"fatal\"");
+    let (code, err) = fatal(&json, &[("RUST_LOG", "off")]);
+    assert_eq!(code, Some(2));
+    assert!(!shown(&err), "RUST_LOG applies without a flag: {err}");
+    let (_, err) = fatal(
+        &[&json[..], &["--log-level", "error"]].concat(),
+        &[("RUST_LOG", "off")],
+    );
+    assert!(shown(&err), "--log-level wins over RUST_LOG: {err}");
+    let (_, err) = fatal(
+        &json,
+        &[
+            ("RUST_LOG", "off"),
+            ("PULLSECRET_INJECTOR_LOG_LEVEL", "error"),
+        ],
+    );
+    assert!(shown(&err), "our variable wins over RUST_LOG: {err}");
+    let (_, err) = fatal(
+        &[&json[..], &["--log-level", "error"]].concat(),
+        &[("PULLSECRET_INJECTOR_LOG_LEVEL", "off")],
+    );
+    assert!(shown(&err), "the flag wins over our variable: {err}");
+    let (_, err) = fatal(
+        &[&json[..], &["--log-level", "off", "--log-level", "error"]].concat(),
+        &[],
+    );
+    assert!(
+        shown(&err),
+        "a flag given twice takes its last value: {err}"
     );
 }
 
@@ -229,4 +380,33 @@ fn serve_refuses_missing_certificate_files_and_unknown_keys_with_exit_2() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn serve_refuses_unusable_credential_providers_with_exit_2_naming_each_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    test_support::injector::certificates(dir.path());
+    let kubelet = dir.path().join("providers.yaml");
+    std::fs::write(
+        &kubelet,
+        "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: ecr-credential-provider\n    matchImages: [\"*.dkr.ecr.*.amazonaws.com\"]\n    defaultCacheDuration: 12h\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n",
+    )
+    .unwrap();
+    let config = config_file(&format!(
+        "tls: {{certFile: {0}/tls.crt, keyFile: {0}/tls.key}}\ncredentialProviders: {{configFile: {1}, binDir: {0}/plugins}}\nsecrets:\n  - name: ecr\n    provider: {{name: ecr-credential-provider, images: [ghcr.io/acme/app]}}\n  - name: gcr\n    provider: {{name: gcp, images: [gcr.io/p/app]}}\n",
+        dir.path().display(),
+        kubelet.display()
+    ));
+    let out = run(&["serve", "--config", config.path().to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    for expected in [
+        "secrets[0].provider.images[0]: \"ghcr.io/acme/app\" matches none of provider \"ecr-credential-provider\"'s matchImages",
+        "credentialProviders.binDir: ",
+        "/plugins/ecr-credential-provider is not an executable file",
+        "secrets[1].provider.name: ",
+        "has no provider \"gcp\"",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in {err}");
+    }
 }

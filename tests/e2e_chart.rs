@@ -303,7 +303,10 @@ async fn chart_installs_in_external_mode_with_every_optional_object() {
             "the injector's own pods are not mutated"
         );
         let env = spec.containers[0].env.clone().unwrap();
-        assert!(env.iter().any(|e| e.name == "POD_NAMESPACE"));
+        assert!(
+            env.iter()
+                .any(|e| e.name == "PULLSECRET_INJECTOR_POD_NAMESPACE")
+        );
     }
 
     // No webhook-configuration rights outside self mode.

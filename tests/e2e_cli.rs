@@ -35,17 +35,25 @@ async fn match_reads_patterns_from_the_source_through_kubeconfig() {
     );
     std::fs::write(&config, &config_text).unwrap();
     let access = ChartAccess::for_config(&client, &config_text, dir.path()).await;
-    let run = |extra: &[&str]| {
-        let out = Command::new(injector::binary())
+    let kubeconfig = access.kubeconfig.display().to_string();
+    let run_with = |extra: &[&str], env_kubeconfig: Option<&str>| {
+        let mut command = Command::new(injector::binary());
+        command
             .args(["match", "--config"])
             .arg(&config)
             .args(extra)
             .args(["registry.example.com:5000/team/app:1", "ghcr.io/other/app"])
-            .output()
-            .expect("run match");
-        assert!(
-            out.status.success(),
-            "{}",
+            // Not inside a cluster: no in-cluster configuration to fall back to.
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBECONFIG");
+        if let Some(path) = env_kubeconfig {
+            command.env("KUBECONFIG", path);
+        }
+        let out = command.output().expect("run match");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "ghcr.io/other/app matches no secret: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         (
@@ -53,7 +61,7 @@ async fn match_reads_patterns_from_the_source_through_kubeconfig() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let kubeconfig = access.kubeconfig.display().to_string();
+    let run = |extra: &[&str]| run_with(extra, None);
     let (report, notes) = run(&["--kubeconfig", &kubeconfig]);
     assert!(
         report.contains("registry.example.com:5000/team/app\n  secret \"regcred\": pattern \"registry.example.com:5000\""),
@@ -69,6 +77,9 @@ async fn match_reads_patterns_from_the_source_through_kubeconfig() {
         !report.contains("hunter2") && !notes.contains("dXNlcjpodW50ZXIy"),
         "secret data leaked"
     );
+    // $KUBECONFIG when there is no flag: the same report.
+    let (from_env, _) = run_with(&[], Some(&kubeconfig));
+    assert_eq!(from_env, report);
     let (report, notes) = run(&[]);
     assert!(
         notes.contains("regcred take their patterns from source secrets; pass --kubeconfig"),

@@ -124,7 +124,7 @@ async fn no_password_or_auth_in_any_log_line_or_metric_of_a_full_run() {
     let config = replication_config(&source_ns, LABEL, "leaks", LEASE_SECONDS, secrets);
 
     // Two replicas, debug logs for everything (kube, hyper, rustls included).
-    let debug = [("LOG_LEVEL", "debug")];
+    let debug = [("PULLSECRET_INJECTOR_LOG_LEVEL", "debug")];
     let a = access::replicator(&config, &debug).await;
     a.injector.wait_leader(LEADER).await;
     let b = access::replicator(&config, &debug).await;

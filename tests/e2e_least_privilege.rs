@@ -134,8 +134,11 @@ async fn chart_rbac_token_does_every_job_and_nothing_else() {
         tls_files: false,
         kubeconfig: Some(&kubeconfig),
         env: vec![
-            ("POD_NAMESPACE".into(), namespace.clone()),
-            ("POD_NAME".into(), POD_NAME.into()),
+            (
+                "PULLSECRET_INJECTOR_POD_NAMESPACE".into(),
+                namespace.clone(),
+            ),
+            ("PULLSECRET_INJECTOR_POD_NAME".into(), POD_NAME.into()),
         ],
         ..Options::new(&config, dir.path())
     });

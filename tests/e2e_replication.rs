@@ -19,14 +19,16 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
-use serde_json::json;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
 use test_support::access::{self, ChartAccess};
 use test_support::controlplane::{self, NamespaceName, eventually, set_label};
 use test_support::injector::{Injector, Instance, Options};
-use test_support::metrics::{conflicts_metric, copies_metric, ensured_metric, leader_metric};
+use test_support::metrics::{
+    conflicts_metric, copies_metric, ensured_metric, leader_metric, metric,
+};
 use test_support::pods::{dry_run_secrets, pod, secret_names, wait_dry_run};
 use test_support::ports::free_port;
 use test_support::replication::{
@@ -584,7 +586,7 @@ async fn user_owned_secret_of_the_same_name_is_never_touched() {
     let snapshot_after = Snapshot::of(&user_after);
 
     // The controller ran: a namespace labelled after these got its copy, the conflicts were
-    // counted, logged and reported as Events on the namespaces.
+    // counted, logged and reported as Events on the Secrets in the way.
     let control = controlplane::namespace(&client, "e2e-repl-user-control", &[]).await;
     set_label(&client, &control, &key, Some("enabled")).await;
     wait_copy(&client, &control, "regcred", &source, CONVERGE).await;
@@ -595,14 +597,32 @@ async fn user_owned_secret_of_the_same_name_is_never_touched() {
             || async {
                 let events = conflict_events(&client, ns).await;
                 match events.first() {
-                    Some(e) if e.type_.as_deref() == Some("Warning") => Ok(()),
-                    Some(e) => Err(format!("event of type {:?}", e.type_)),
+                    Some(e) if e.type_.as_deref() != Some("Warning") => {
+                        Err(format!("event of type {:?}", e.type_))
+                    }
+                    Some(e) if e.involved_object.name.as_deref() != Some("regcred") => {
+                        Err(format!("event about {:?}", e.involved_object))
+                    }
+                    Some(_) => Ok(()),
                     None => Err("no event yet".to_string()),
                 }
             },
         )
         .await;
     }
+    // Never an Event about a Namespace, which would be filed in `default`.
+    let about_namespaces = Api::<Event>::all(client.clone())
+        .list(
+            &ListParams::default()
+                .fields("involvedObject.kind=Namespace,reason=PullSecretConflict"),
+        )
+        .await
+        .expect("list events")
+        .items;
+    assert!(
+        about_namespaces.is_empty(),
+        "conflict Events about namespaces: {about_namespaces:?}"
+    );
     let metrics = replicator.injector.metrics().await;
     assert!(conflicts_metric(&metrics) >= 2.0, "{metrics}");
     let logs = replicator.injector.json_logs();
@@ -1068,4 +1088,329 @@ async fn removed_entry_or_unlabelled_namespace_loses_only_its_own_copies() {
     assert_untouched(&client, &one, "regcred-foreign", &Snapshot::of(&foreign)).await;
     let metrics = second.metrics().await;
     assert!(copies_metric(&metrics, "deleted") >= 3.0, "{metrics}");
+}
+
+/// Warning Events about `name` in `namespace` with `reason`.
+async fn source_events(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+) -> Vec<Event> {
+    Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.kind=Secret,involvedObject.name={name},reason={reason}"
+        )))
+        .await
+        .expect("list events")
+        .items
+}
+
+/// A missing or unusable source is reported where its owners look: an Event on the source
+/// Secret, in its namespace. Once it is fixed, its copies' last sync shows in the metrics.
+#[tokio::test]
+async fn missing_or_invalid_source_is_reported_on_the_source_secret() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let id = "srcevents";
+    let key = opt_in_label(id);
+    let source_ns = controlplane::namespace(&client, "e2e-repl-srcevents-src", &[]).await;
+    let replicator = start_leader(&config(id, &source_ns, REGCRED)).await;
+    let _injector_logs = replicator.injector.logs_on_failure();
+
+    let missing = eventually("a SourceSecretMissing Event", CONVERGE, || async {
+        source_events(&client, &source_ns, "regcred-source", "SourceSecretMissing")
+            .await
+            .into_iter()
+            .next()
+            .ok_or("no Event yet")
+    })
+    .await;
+    assert_eq!(missing.type_.as_deref(), Some("Warning"));
+    assert_eq!(missing.involved_object.kind.as_deref(), Some("Secret"));
+    assert_eq!(
+        missing.involved_object.namespace.as_deref(),
+        Some(source_ns.as_str())
+    );
+    println!("missing source: {:?}", missing.message);
+
+    // An Opaque Secret of that name is not a pull secret.
+    let opaque = create_secret(
+        &client,
+        &source_ns,
+        &secret("regcred-source", "Opaque", &[("token", b"hunter2")]),
+    )
+    .await;
+    let invalid = eventually("a SourceSecretInvalid Event", CONVERGE, || async {
+        source_events(&client, &source_ns, "regcred-source", "SourceSecretInvalid")
+            .await
+            .into_iter()
+            .next()
+            .ok_or("no Event yet")
+    })
+    .await;
+    assert_eq!(
+        invalid.involved_object.uid, opaque.metadata.uid,
+        "about the Secret that is there"
+    );
+    let note = invalid.message.clone().unwrap_or_default();
+    assert!(note.contains("Opaque"), "{note}");
+    assert!(!note.contains("hunter2"), "never the data: {note}");
+    println!("invalid source: {note}");
+
+    // Fixed: copies follow, and the last sync of the source is in the metrics.
+    Api::<Secret>::namespaced(client.clone(), &source_ns)
+        .delete("regcred-source", &DeleteParams::default())
+        .await
+        .expect("delete the Opaque Secret");
+    let source = create_source(
+        &client,
+        &source_ns,
+        "regcred-source",
+        &[Credentials::new("registry.example.com", "robot", "s3cret")],
+    )
+    .await;
+    let source_ref = format!("{source_ns}/regcred-source");
+    let ns = controlplane::namespace(&client, "e2e-repl-srcevents", &[(&key, "enabled")]).await;
+    wait_copy(&client, &ns, "regcred", &source, CONVERGE).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    let synced = metric(
+        &replicator.injector.metrics().await,
+        &format!(
+            "pullsecret_injector_source_last_sync_timestamp_seconds{{source=\"{source_ref}\"}}"
+        ),
+    );
+    assert!(
+        (now - 60.0..=now + 1.0).contains(&synced),
+        "last sync {synced}, now {now}"
+    );
+
+    // Nothing about a Namespace, ever.
+    for reason in [
+        "SourceSecretMissing",
+        "SourceSecretInvalid",
+        "PullSecretConflict",
+    ] {
+        let about_namespaces = Api::<Event>::all(client.clone())
+            .list(
+                &ListParams::default()
+                    .fields(&format!("involvedObject.kind=Namespace,reason={reason}")),
+            )
+            .await
+            .expect("list events")
+            .items;
+        assert!(
+            about_namespaces.is_empty(),
+            "{reason}: {about_namespaces:?}"
+        );
+    }
+}
+
+/// The sample names a scrape allows: each `# TYPE` family's series (`_total` of a counter,
+/// `_bucket`/`_sum`/`_count` of a histogram, `_info` of an info), so that a family with no
+/// sample yet (no error counted so far) still counts as exported.
+fn exported_series(scrape: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in scrape.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let (Some(family), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{family}{s}")));
+        } else if !line.starts_with('#')
+            && let Some(name) = line.split(['{', ' ']).next().filter(|n| !n.is_empty())
+        {
+            names.insert(name.to_string());
+        }
+    }
+    names
+}
+
+/// The metric names a PromQL expression selects: every identifier before a `{` selector,
+/// and every identifier of our families or the process collector's wherever it stands.
+fn selected_metrics(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i] as char;
+        if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < bytes.len()
+                && ((bytes[i] as char).is_ascii_alphanumeric()
+                    || bytes[i] == b'_'
+                    || bytes[i] == b':')
+            {
+                i += 1;
+            }
+            let word = &expr[start..i];
+            let before_selector = bytes.get(i) == Some(&b'{');
+            let ours = word.starts_with("pullsecret_injector_") || word.starts_with("process_");
+            // `$job`, `$__rate_interval`: variables, not metrics.
+            let variable = start > 0 && bytes[start - 1] == b'$';
+            if (before_selector || ours) && !variable {
+                names.push(word.to_string());
+            }
+        } else if c == '"' {
+            // Label values are not metric names.
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                i += 1;
+            }
+            i += 1;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// The Grafana dashboard of the chart reads only metrics the binary exports: a replicating
+/// leader that has admitted a pod and refused a request is scraped, and every name in every
+/// panel's query and variable must be in the scrape.
+#[tokio::test]
+async fn every_dashboard_query_names_a_metric_the_binary_exports() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let id = "dashboard";
+    let key = opt_in_label(id);
+    let (source_ns, source) = regcred_source(
+        &client,
+        "e2e-repl-dashboard-src",
+        &[Credentials::new(
+            "registry.example.com:5000",
+            "robot",
+            "s3cret",
+        )],
+    )
+    .await;
+    let replicator = start_leader(&config(id, &source_ns, REGCRED)).await;
+    let _injector_logs = replicator.injector.logs_on_failure();
+    let registration = register(&client, &registration(id, &replicator)).await;
+    let ns = controlplane::namespace(&client, "e2e-repl-dashboard", &[(&key, "enabled")]).await;
+    wait_copy(&client, &ns, "regcred", &source, CONVERGE).await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    wait_dry_run(
+        &pods,
+        "registry.example.com:5000/app:1",
+        &["regcred"],
+        PROPAGATION,
+    )
+    .await;
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &pod("web", &["registry.example.com:5000/app:1"]),
+        )
+        .await
+        .expect("create pod");
+    assert_eq!(secret_names(&created), ["regcred"]);
+    let refused = test_support::client::TlsClient::new(&replicator.ca_pem)
+        .post(
+            replicator.injector.addr,
+            "/mutate",
+            "application/json",
+            "not json",
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+
+    let scrape = replicator.injector.metrics().await;
+    let exported = exported_series(&scrape);
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/pullsecret-injector/dashboards/pullsecret-injector.json"
+    );
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("a PromQL expr");
+            queries.push((
+                panel["title"].as_str().unwrap_or("?").to_string(),
+                expr.to_string(),
+            ));
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+    {
+        if let Some(query) = variable["query"]["query"].as_str() {
+            queries.push((
+                format!("${}", variable["name"].as_str().unwrap_or("?")),
+                query.to_string(),
+            ));
+        }
+    }
+    let mut named = std::collections::BTreeSet::new();
+    let mut missing = Vec::new();
+    for (title, expr) in &queries {
+        let metrics = selected_metrics(expr);
+        assert!(!metrics.is_empty(), "{title}: no metric found in {expr}");
+        for name in metrics {
+            if !exported.contains(&name) {
+                missing.push(format!("{title}: {name} (in {expr})"));
+            }
+            named.insert(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the dashboard names metrics the binary does not export:\n{}\nexported: {exported:?}",
+        missing.join("\n")
+    );
+    // What the dashboard is for: each of these is on it.
+    for needed in [
+        "pullsecret_injector_admissions_total",
+        "pullsecret_injector_skipped_admissions_total",
+        "pullsecret_injector_injected_secrets_total",
+        "pullsecret_injector_admission_duration_seconds_bucket",
+        "pullsecret_injector_replicated_copies_total",
+        "pullsecret_injector_replication_conflicts_total",
+        "pullsecret_injector_certificate_expiry_timestamp_seconds",
+        "pullsecret_injector_source_last_sync_timestamp_seconds",
+        "pullsecret_injector_certificate_errors_total",
+        "pullsecret_injector_leader",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(
+            named.contains(needed),
+            "the dashboard does not show {needed}"
+        );
+    }
+    println!(
+        "dashboard: {} queries over {} metrics, every one exported by the binary",
+        queries.len(),
+        named.len()
+    );
+
+    // The checker itself: it finds names where they stand, and a misspelt one fails.
+    assert_eq!(
+        selected_metrics(
+            "histogram_quantile(0.9, sum by (le) (rate(pullsecret_injector_x_bucket{job=~\"$job\"}[$__rate_interval])))"
+        ),
+        ["pullsecret_injector_x_bucket"]
+    );
+    assert_eq!(
+        selected_metrics("up{job=\"a\"} + process_open_fds"),
+        ["up", "process_open_fds"]
+    );
+    assert!(!exported.contains("pullsecret_injector_admission_total"));
+    registration.delete().await;
 }

@@ -494,6 +494,35 @@ async fn stopped_injector_with_failure_policy_ignore_lets_pods_through_and_fail_
     )
     .await;
     println!("kube-apiserver with failurePolicy Ignore: {failing_open}");
+    // What the README tells operators to watch: the apiserver counts every fail-open.
+    let counted = eventually(
+        "the apiserver to count the fail-open",
+        Duration::from_secs(15),
+        || async {
+            let request = axum::http::Request::get("/metrics")
+                .body(Vec::new())
+                .map_err(|e| e.to_string())?;
+            let text = client
+                .request_text(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            text.lines()
+                .find(|l| {
+                    l.starts_with("apiserver_admission_webhook_fail_open_count{")
+                        && l.contains(&format!("name=\"{}\"", webhook_name(id)))
+                })
+                .map(str::to_string)
+                .ok_or_else(|| "not counted yet".to_string())
+        },
+    )
+    .await;
+    let count: f64 = counted
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(count >= 1.0, "{counted}");
+    println!("kube-apiserver metric: {counted}");
 
     // Fail: refused, with the webhook named in the error.
     registration.set_failure_policy("Fail").await;

@@ -254,3 +254,104 @@ fn reference_matches(pattern: &str, image: &str) -> bool {
             .all(|(p, i)| *p == "*" || p == i)
         && format!("/{repo}").starts_with(p_path)
 }
+
+// A credential provider plugin's stdout is input from outside the process: whatever it
+// writes is parsed or refused, never a panic, and a refusal never quotes a password.
+
+/// A response-shaped JSON document with each field present, missing or of the wrong kind.
+fn plugin_response() -> impl Strategy<Value = Value> {
+    let text = prop_oneof![
+        Just(Value::Null),
+        Just(json!(7)),
+        "[ -~]{0,50}".prop_map(Value::from),
+        Just(json!("credentialprovider.kubelet.k8s.io/v1")),
+        Just(json!("CredentialProviderResponse")),
+        Just(json!("Registry")),
+        Just(json!("12h")),
+        Just(json!("0s")),
+    ];
+    let auth = prop_oneof![
+        Just(Value::Null),
+        Just(json!("p4ssw0rd-secret")),
+        prop::collection::btree_map(
+            prop_oneof![
+                "[a-z*.:/@-]{0,20}",
+                Just("r.io".to_string()),
+                Just("https://u:p4ssw0rd-secret@r.io".to_string())
+            ],
+            prop_oneof![
+                Just(json!({"username": "u", "password": "p4ssw0rd-secret"})),
+                Just(json!({"password": 5})),
+                Just(json!("p4ssw0rd-secret")),
+            ],
+            0..3,
+        )
+        .prop_map(|m| Value::Object(m.into_iter().collect())),
+    ];
+    (
+        text.clone(),
+        text.clone(),
+        text.clone(),
+        text,
+        auth,
+        prop::bool::ANY,
+    )
+        .prop_map(
+            |(api_version, kind, key_type, duration, auth, drop_nulls)| {
+                let mut doc = serde_json::Map::new();
+                for (k, v) in [
+                    ("apiVersion", api_version),
+                    ("kind", kind),
+                    ("cacheKeyType", key_type),
+                    ("cacheDuration", duration),
+                    ("auth", auth),
+                ] {
+                    if !(drop_nulls && v.is_null()) {
+                        doc.insert(k.to_string(), v);
+                    }
+                }
+                Value::Object(doc)
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn plugin_output_is_parsed_or_refused_without_quoting_a_password(
+        response in plugin_response(),
+        cut in 0usize..400,
+    ) {
+        use pullsecret_injector::provider::kubelet::parse_response;
+        let bytes = serde_json::to_vec(&response).unwrap();
+        let default = std::time::Duration::from_secs(60);
+        for input in [&bytes[..], &bytes[..cut.min(bytes.len())]] {
+            match parse_response(input, "credentialprovider.kubelet.k8s.io/v1", default) {
+                Ok(issued) => {
+                    prop_assert!(!issued.auths.is_empty());
+                    prop_assert!(!issued.valid_for.is_zero());
+                    for key in issued.auths.keys() {
+                        prop_assert!(Pattern::parse(key).is_ok(), "{key}");
+                    }
+                }
+                Err(error) => {
+                    let text = error.to_string();
+                    prop_assert!(!text.contains("p4ssw0rd"), "{text}");
+                    prop_assert!(text.len() < 400, "{text}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn go_durations_never_panic_and_read_back_what_they_say(
+        hours in 0u64..1000, minutes in 0u64..60, millis in 0u64..60_000, noise in "[0-9a-zµ.+-]{0,12}",
+    ) {
+        use pullsecret_injector::provider::kubelet::parse_go_duration;
+        let text = format!("{hours}h{minutes}m{}.{:03}s", millis / 1000, millis % 1000);
+        prop_assert_eq!(
+            parse_go_duration(&text).unwrap(),
+            std::time::Duration::from_millis(((hours * 60 + minutes) * 60) * 1000 + millis)
+        );
+        let _ = parse_go_duration(&noise);
+    }
+}

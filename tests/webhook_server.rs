@@ -874,3 +874,223 @@ async fn metrics_and_probes_are_served_on_the_plain_listener() {
         .unwrap();
     assert_eq!(conn.send(ready).await.status, 200);
 }
+
+// ---------------------------------------------------------------------------------------
+// what an operator sees (issue 13 §4, §6, §9)
+// ---------------------------------------------------------------------------------------
+
+/// GET `path` on the plain listener at `addr`.
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.expect("read");
+    out
+}
+
+/// A Pod review built from its parts.
+fn pod_review(uid: &str, operation: &str, annotations: Value, image: &str) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "team",
+            "operation": operation,
+            "userInfo": {"username": "someone"},
+            "object": {
+                "metadata": {"name": uid, "annotations": annotations},
+                "spec": {"containers": [{"name": "app", "image": image}]}
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn one_listener_on_the_unspecified_ipv6_address_serves_ipv6_and_ipv4() {
+    let Instance {
+        injector,
+        ca_pem,
+        dir: _dir,
+    } = Instance::start(|dir| {
+        Injector::start(Options {
+            listen: "[::]:0",
+            metrics_listen: "[::]:0",
+            ..Options::new(CONFIG, dir)
+        })
+    });
+    assert!(
+        injector.addr.ip().is_unspecified() && injector.addr.is_ipv6(),
+        "{}",
+        injector.addr
+    );
+    let client = TlsClient::new(&ca_pem);
+    let review = fixture("01_kube-rs_kube-core_admission_rs_pod_create_v1.json");
+    for host in ["::1", "127.0.0.1"] {
+        let ip: std::net::IpAddr = host.parse().expect("address");
+        let webhook = std::net::SocketAddr::new(ip, injector.addr.port());
+        let response = client
+            .post(
+                webhook,
+                "/mutate",
+                JSON,
+                serde_json::to_vec(&review).expect("encode"),
+            )
+            .await;
+        assert_eq!(response.status, 200, "{host}");
+        let patch = decode_patch(&response.json()).expect("a patch");
+        assert!(!patch.0.is_empty(), "{host}");
+        let admin = std::net::SocketAddr::new(ip, injector.admin.port());
+        let metrics = admin_get(admin, "/metrics").await;
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{host}: {metrics}");
+        println!("served over {host}: /mutate 200 with a patch, /metrics 200");
+    }
+    let metrics = admin_get(injector.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "pullsecret_injector_admissions_total{operation=\"CREATE\",result=\"patched\"}"
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn every_pod_left_alone_is_logged_and_counted_with_its_reason() {
+    let h = start();
+    let cases = [
+        (
+            "opted-out",
+            "CREATE",
+            json!({"pullsecret-injector.io/inject": "false"}),
+            "docker.io/jmalloc/echo",
+            "opted_out",
+        ),
+        (
+            "mirror",
+            "CREATE",
+            json!({"kubernetes.io/config.mirror": "abc"}),
+            "docker.io/jmalloc/echo",
+            "mirror_pod",
+        ),
+        (
+            "update",
+            "UPDATE",
+            json!({}),
+            "docker.io/jmalloc/echo",
+            "not_pod_create",
+        ),
+        (
+            "no-match",
+            "CREATE",
+            json!({}),
+            "quay.io/other/app",
+            "no_match",
+        ),
+    ];
+    for (uid, operation, annotations, image, _) in &cases {
+        let (answer, _) = h
+            .mutate(&pod_review(uid, operation, annotations.clone(), image))
+            .await;
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(answer["response"].get("patch").is_none(), "{uid}: {answer}");
+    }
+    let (patched, _) = h
+        .mutate(&pod_review(
+            "patched",
+            "CREATE",
+            json!({}),
+            "docker.io/jmalloc/echo",
+        ))
+        .await;
+    assert!(decode_patch(&patched).is_some());
+    let metrics = h.injector.metrics().await;
+    for (uid, _, _, _, reason) in &cases {
+        let line = h
+            .injector
+            .wait_for_log(Duration::from_secs(5), |l| {
+                l["message"] == "admission reviewed" && l["uid"] == *uid
+            })
+            .await;
+        assert_eq!(line["result"], "skipped", "{line}");
+        assert_eq!(line["reason"], *reason, "{line}");
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!("pullsecret_injector_skipped_admissions_total{{reason=\"{reason}\"}}")
+            ),
+            1.0,
+            "{reason}"
+        );
+    }
+    let line = h
+        .injector
+        .wait_for_log(Duration::from_secs(5), |l| {
+            l["message"] == "admission reviewed" && l["uid"] == "patched"
+        })
+        .await;
+    assert_eq!(line["result"], "patched");
+    assert_eq!(line["reason"], "", "a patched pod has no skip reason");
+}
+
+#[tokio::test]
+async fn metrics_carry_the_version_the_certificate_expiry_process_figures_and_30_s_buckets() {
+    let h = start();
+    h.mutate(&fixture(
+        "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
+    ))
+    .await;
+    let metrics = h.injector.metrics().await;
+    let build = format!(
+        "pullsecret_injector_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(metric(&metrics, &build), 1.0, "{metrics}");
+
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(h.injector.dir.join("tls.crt")).expect("served certificate");
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem).expect("PEM");
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).expect("X.509");
+    let not_after = cert.validity().not_after.timestamp() as f64;
+    assert_eq!(
+        metric(
+            &metrics,
+            "pullsecret_injector_certificate_expiry_timestamp_seconds"
+        ),
+        not_after
+    );
+
+    assert_eq!(
+        metric(
+            &metrics,
+            "pullsecret_injector_admission_duration_seconds_bucket{le=\"30.0\"}"
+        ),
+        1.0,
+        "the last bucket before +Inf is the 30 s webhook timeout"
+    );
+    // CPU time comes in 10 ms ticks: a young, idle process may have none yet.
+    assert!(
+        metrics.contains("\nprocess_cpu_seconds_total "),
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "process_resident_memory_bytes") > 1e6,
+        "{metrics}"
+    );
+    assert!(metric(&metrics, "process_open_fds") >= 5.0, "{metrics}");
+    assert!(metric(&metrics, "process_max_fds") >= 5.0, "{metrics}");
+    println!(
+        "rss {} B, open fds {}, cpu {} s",
+        metric(&metrics, "process_resident_memory_bytes"),
+        metric(&metrics, "process_open_fds"),
+        metric(&metrics, "process_cpu_seconds_total")
+    );
+}

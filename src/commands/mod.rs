@@ -64,10 +64,10 @@ impl CommandError {
 /// What the process environment says, read once by `main`.
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
-    /// `$POD_NAMESPACE` (the chart sets it from the downward API): the injector's namespace
-    /// when the config file does not name one.
+    /// `$PULLSECRET_INJECTOR_POD_NAMESPACE` (the chart sets it from the downward API): the
+    /// injector's namespace when the config file does not name one.
     pub pod_namespace: Option<String>,
-    /// `$POD_NAME`, else the hostname (a pod's hostname is its name).
+    /// `$PULLSECRET_INJECTOR_POD_NAME`, else the hostname (a pod's hostname is its name).
     pub pod_name: Option<String>,
 }
 
@@ -85,7 +85,7 @@ impl Environment {
     }
 }
 
-/// Reads and validates the config file, with `$POD_NAMESPACE` as the default namespace and
+/// Reads and validates the config file, with the pod's namespace as the default namespace and
 /// `overrides` (command-line flags) applied.
 fn load_settings(
     path: &Path,
@@ -102,8 +102,47 @@ fn load_settings(
         .map_err(|e| CommandError::Usage(e.to_string()))
 }
 
+/// Where `match` and `mutate` read source secrets from: `--kubeconfig`, else `$KUBECONFIG`,
+/// else the in-cluster configuration (`kubectl exec` into an injector pod).
+enum ClusterAccess {
+    Kubeconfig(Box<kube::config::Kubeconfig>, String),
+    InCluster(Box<kube::Config>),
+    None,
+}
+
+fn cluster_access(kubeconfig: Option<&Path>) -> Result<ClusterAccess, CommandError> {
+    if let Some(path) = kubeconfig {
+        let config = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+            CommandError::Kubeconfig {
+                what: format!("reading kubeconfig {}", path.display()),
+                source,
+            }
+        })?;
+        return Ok(ClusterAccess::Kubeconfig(
+            Box::new(config),
+            path.display().to_string(),
+        ));
+    }
+    let from_env =
+        kube::config::Kubeconfig::from_env().map_err(|source| CommandError::Kubeconfig {
+            what: "reading the kubeconfig in $KUBECONFIG".into(),
+            source,
+        })?;
+    if let Some(from_env) = from_env {
+        return Ok(ClusterAccess::Kubeconfig(
+            Box::new(from_env),
+            "$KUBECONFIG".into(),
+        ));
+    }
+    Ok(
+        kube::Config::incluster().map_or(ClusterAccess::None, |config| {
+            ClusterAccess::InCluster(Box::new(config))
+        }),
+    )
+}
+
 /// The keyring for `match` and `mutate`: config patterns, plus the sources' `auths` keys
-/// read through `kubeconfig` when given.
+/// read from the cluster when there is one to read from.
 fn keyring_with_sources(
     settings: &Settings,
     kubeconfig: Option<&Path>,
@@ -114,32 +153,34 @@ fn keyring_with_sources(
         .filter(|s| s.patterns_from_source())
         .map(|s| s.name.as_str())
         .collect();
-    let Some(path) = kubeconfig else {
-        if !from_sources.is_empty() {
-            eprintln!(
-                "note: {} take their patterns from source secrets; pass --kubeconfig to read them (they match nothing here)",
-                from_sources.join(", ")
-            );
-        }
+    if from_sources.is_empty() {
         return Ok(settings.keyring.clone());
-    };
+    }
+    let access = cluster_access(kubeconfig)?;
+    if let ClusterAccess::None = access {
+        eprintln!(
+            "note: {} take their patterns from source secrets; pass --kubeconfig (or set $KUBECONFIG) to read them (they match nothing here)",
+            from_sources.join(", ")
+        );
+        return Ok(settings.keyring.clone());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(CommandError::io("starting the async runtime"))?;
     let sources = runtime.block_on(async {
-        let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-            CommandError::Kubeconfig {
-                what: format!("reading kubeconfig {}", path.display()),
-                source,
+        let config = match access {
+            ClusterAccess::Kubeconfig(kubeconfig, origin) => {
+                kube::Config::from_custom_kubeconfig(*kubeconfig, &Default::default())
+                    .await
+                    .map_err(|source| CommandError::Kubeconfig {
+                        what: format!("loading the kubeconfig from {origin}"),
+                        source,
+                    })?
             }
-        })?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .map_err(|source| CommandError::Kubeconfig {
-                what: "loading the kubeconfig".into(),
-                source,
-            })?;
+            ClusterAccess::InCluster(config) => *config,
+            ClusterAccess::None => return Ok(BTreeMap::new()),
+        };
         let client = kube::Client::try_from(config)
             .map_err(CommandError::kube("creating the Kubernetes client"))?;
         let mut sources = BTreeMap::new();

@@ -1,5 +1,5 @@
-//! `serve`: the config and the certificate files checked, the listeners bound, then
-//! `crate::run` until SIGTERM or SIGINT.
+//! `serve`: the config, the certificate files and the credential provider plugins checked,
+//! the listeners bound, then `crate::run` until SIGTERM or SIGINT.
 
 use std::sync::Arc;
 
@@ -48,6 +48,9 @@ pub fn serve(args: ServeArgs, environment: &Environment) -> Result<(), CommandEr
         },
         ServingCertificate::SelfManaged(config) => CertificateSource::SelfManaged(config.clone()),
     };
+    let credential_plans = settings
+        .credential_plans()
+        .map_err(|e| CommandError::Usage(e.to_string()))?;
     let settings = Arc::new(settings);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -55,14 +58,12 @@ pub fn serve(args: ServeArgs, environment: &Environment) -> Result<(), CommandEr
         .build()
         .map_err(CommandError::io("starting the async runtime"))?;
     runtime.block_on(async move {
-        let webhook = tokio::net::TcpListener::bind(settings.listen)
-            .await
+        let webhook = crate::listen::bind(settings.listen)
             .map_err(CommandError::io(format!(
                 "binding listen address {}",
                 settings.listen
             )))?;
-        let admin = tokio::net::TcpListener::bind(settings.metrics_listen)
-            .await
+        let admin = crate::listen::bind(settings.metrics_listen)
             .map_err(CommandError::io(format!(
                 "binding metricsListen address {}",
                 settings.metrics_listen
@@ -101,6 +102,7 @@ pub fn serve(args: ServeArgs, environment: &Environment) -> Result<(), CommandEr
             metrics: Arc::new(Metrics::new()),
             clients,
             identity: environment.identity(),
+            credential_plans,
         };
         run(service, Listeners { webhook, admin }, shutdown).await?;
         tracing::info!("stopped");

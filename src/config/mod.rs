@@ -2,6 +2,7 @@
 //! as the hot path wants it, every problem reported with its field path) and `selection`
 //! (which namespaces an entry serves).
 
+pub mod providers;
 pub mod schema;
 pub mod selection;
 pub mod validate;
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+pub use providers::{CredentialProvidersConfig, ProviderConfig};
 pub use schema::{
     ApiRate, CertificatesConfig, Config, LeaderElectionConfig, Limits, SecretConfig, SourceConfig,
     TlsConfig,

@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::providers::{CredentialProvidersConfig, ProviderConfig};
 
 pub const DEFAULT_OPT_OUT_ANNOTATION: &str = "pullsecret-injector.io/inject";
 /// Two 3 MiB objects (object and oldObject) plus the review envelope, as controller-runtime.
@@ -29,7 +30,7 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     /// The injector's own namespace: the default for `source.namespace` and the Lease's.
-    /// `main` sets it from $POD_NAMESPACE when the file leaves it out; else `default`.
+    /// `main` sets it from $PULLSECRET_INJECTOR_POD_NAMESPACE when the file leaves it out; else `default`.
     #[serde(default)]
     pub namespace: Option<String>,
     /// Which namespaces get copies of source secrets: the webhook's own opt-in selector.
@@ -47,6 +48,9 @@ pub struct Config {
     /// of `tls` files.
     #[serde(default)]
     pub certificates: Option<CertificatesConfig>,
+    /// Kubelet credential provider plugins, for entries with a `provider`.
+    #[serde(default)]
+    pub credential_providers: Option<CredentialProvidersConfig>,
     #[serde(default)]
     pub secrets: Vec<SecretConfig>,
     /// Names of entries taken out of `secrets` whose copies this installation still deletes:
@@ -182,6 +186,10 @@ pub struct SecretConfig {
     /// A `kubernetes.io/dockerconfigjson` Secret copied into every namespace the entry applies to.
     #[serde(default)]
     pub source: Option<SourceConfig>,
+    /// A credential provider plugin whose credentials are kept in a Secret named like the
+    /// entry in `namespace`, which is then copied as a `source` is.
+    #[serde(default)]
+    pub provider: Option<ProviderConfig>,
     #[serde(default)]
     pub namespace_selector: Option<LabelSelector>,
     #[serde(default)]
@@ -191,11 +199,12 @@ pub struct SecretConfig {
     pub overwrite_existing: bool,
 }
 
+/// `[::]`: IPv6 and IPv4 on one socket (see `listen::bind`).
 fn default_listen() -> String {
-    "0.0.0.0:8443".to_string()
+    "[::]:8443".to_string()
 }
 fn default_metrics_listen() -> String {
-    "0.0.0.0:8080".to_string()
+    "[::]:8080".to_string()
 }
 fn default_opt_out_annotation() -> String {
     DEFAULT_OPT_OUT_ANNOTATION.to_string()

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use kube::core::Selector;
 
+use super::providers::{self, CredentialProvidersConfig, ProviderConfig};
 use super::schema::{ApiRate, CertificatesConfig, Config, LeaderElectionConfig, Limits, TlsConfig};
 use super::selection::{DEFAULT_OPT_IN_LABEL, DEFAULT_OPT_IN_VALUE};
 use super::{ConfigError, FieldError};
@@ -32,7 +33,9 @@ pub struct SecretSpec {
     pub name: String,
     /// Patterns from config; empty when they come from the source's `auths`.
     pub patterns: Vec<Pattern>,
+    /// For an entry with a `provider`, the Secret its credentials are kept in.
     pub source: Option<SourceRef>,
+    pub provider: Option<ProviderConfig>,
     pub namespace_selector: Option<Selector>,
     pub exclude_namespaces: Vec<String>,
     pub overwrite_existing: bool,
@@ -66,6 +69,7 @@ pub struct Settings {
     pub leader_election: LeaderElectionConfig,
     pub replication_rate_limit: ApiRate,
     pub certificates: Option<CertificatesConfig>,
+    pub credential_providers: Option<CredentialProvidersConfig>,
     pub secrets: Vec<SecretSpec>,
     /// Copies to delete wherever this installation made them (`retiredSecrets`).
     pub retired_secrets: Vec<String>,
@@ -198,16 +202,40 @@ impl Config {
                     format!("duplicate name {:?}, also at secrets[{first}]", secret.name),
                 );
             }
-            if secret.registries.is_empty() && secret.source.is_none() {
+            if secret.registries.is_empty() && secret.source.is_none() && secret.provider.is_none()
+            {
                 error(
                     format!("secrets[{i}].registries"),
-                    "must list at least one registry pattern (or name a source whose auths keys are the patterns)".into(),
+                    "must list at least one registry pattern (or name a source or provider whose auths keys are the patterns)".into(),
                 );
             }
-            let source = secret.source.as_ref().map(|s| SourceRef {
-                namespace: s.namespace.clone().unwrap_or_else(|| namespace.clone()),
-                name: s.name.clone(),
-            });
+            if let Some(provider) = &secret.provider {
+                if secret.source.is_some() {
+                    error(
+                        format!("secrets[{i}].provider"),
+                        "set either source (a Secret) or provider (a credential provider plugin), not both".into(),
+                    );
+                }
+                providers::check_entry(
+                    &format!("secrets[{i}]"),
+                    provider,
+                    self.credential_providers.is_some(),
+                    &mut error,
+                );
+            }
+            // A provider's credentials are kept in a Secret of the entry's name in our
+            // namespace: its source, to every replica and to replication.
+            let source = match (&secret.source, &secret.provider) {
+                (Some(s), _) => Some(SourceRef {
+                    namespace: s.namespace.clone().unwrap_or_else(|| namespace.clone()),
+                    name: s.name.clone(),
+                }),
+                (None, Some(_)) => Some(SourceRef {
+                    namespace: namespace.clone(),
+                    name: secret.name.clone(),
+                }),
+                (None, None) => None,
+            };
             if let Some(source) = &source
                 && let Err(reason) = check_dns1123_subdomain(&source.name)
             {
@@ -235,12 +263,16 @@ impl Config {
                 name: secret.name.clone(),
                 patterns,
                 source,
+                provider: secret.provider.clone(),
                 namespace_selector: selector,
                 exclude_namespaces: secret.exclude_namespaces.clone(),
                 overwrite_existing: secret.overwrite_existing,
             });
         }
 
+        if let Some(credential_providers) = &self.credential_providers {
+            providers::check_top_level(credential_providers, &mut error);
+        }
         for (i, name) in self.retired_secrets.iter().enumerate() {
             if let Err(reason) = check_dns1123_subdomain(name) {
                 error(format!("retiredSecrets[{i}]"), reason);
@@ -272,6 +304,7 @@ impl Config {
                     leader_election: self.leader_election,
                     replication_rate_limit: self.replication_rate_limit,
                     certificates: self.certificates,
+                    credential_providers: self.credential_providers,
                     secrets,
                     retired_secrets: self.retired_secrets,
                     keyring,
@@ -341,8 +374,9 @@ impl Settings {
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|_| format!("{s:?} is not an IP:port address (for example 0.0.0.0:8443)"))
+    s.parse().map_err(|_| {
+        format!("{s:?} is not an IP:port address (for example [::]:8443 or 127.0.0.1:8443)")
+    })
 }
 
 /// Kubernetes' IsDNS1123Subdomain, which Secret names must satisfy.
@@ -388,8 +422,8 @@ pub(super) mod tests {
     #[test]
     fn defaults_apply() {
         let s = settings("secrets: [{name: a, registries: [ghcr.io]}]").unwrap();
-        assert_eq!(s.listen.to_string(), "0.0.0.0:8443");
-        assert_eq!(s.metrics_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.listen.to_string(), "[::]:8443");
+        assert_eq!(s.metrics_listen.to_string(), "[::]:8080");
         assert_eq!(s.opt_out_annotation, DEFAULT_OPT_OUT_ANNOTATION);
         assert_eq!(s.limits.max_body_bytes, 7 * 1024 * 1024);
         assert_eq!(s.limits.max_buffered_body_bytes, 32 * 1024 * 1024);

@@ -79,6 +79,8 @@ pub struct Cluster {
     owner: String,
     keyring: RwLock<Arc<Keyring>>,
     changes: broadcast::Sender<Change>,
+    /// Bumped whenever a source changes: the leader's reporter of unusable sources waits on it.
+    source_changes: watch::Sender<u64>,
     synced: watch::Sender<bool>,
 }
 
@@ -121,6 +123,7 @@ impl Cluster {
             sources,
             copies,
             changes: broadcast::Sender::new(CHANGE_BUFFER),
+            source_changes: watch::Sender::new(0),
             synced: watch::Sender::new(false),
         });
 
@@ -334,6 +337,11 @@ impl Cluster {
         &self.owner
     }
 
+    /// Changes each time a source does.
+    pub fn source_changes(&self) -> watch::Receiver<u64> {
+        self.source_changes.subscribe()
+    }
+
     /// A namespace from the cache, or from the API when the cache has not seen it yet (a
     /// namespace created an instant before its first pod). `None` when it cannot be read.
     pub async fn namespace(&self, namespace: &str) -> Option<Arc<NamespaceMeta>> {
@@ -368,6 +376,7 @@ impl Cluster {
         }
         self.rebuild_keyring();
         self.update_cache_gauges();
+        self.source_changes.send_modify(|n| *n += 1);
         let _ = self.changes.send(Change::All);
     }
 
@@ -464,6 +473,7 @@ impl Cluster {
         {
             Ok(_) => {
                 self.metrics.copy_changed("created");
+                self.metrics.source_synced(&source_ref.to_string());
                 tracing::info!(namespace, secret = %spec.name, source = %source_ref, "copy created at admission");
                 Ok("created")
             }

@@ -79,12 +79,13 @@ app.kubernetes.io/component: webhook
 
 {{/*
 The injector's config file (see the top-level README), as YAML. The binary takes the
-namespace it runs in from POD_NAMESPACE, so it is not written here.
+namespace it runs in from PULLSECRET_INJECTOR_POD_NAMESPACE, so it is not written here.
 */}}
 {{- define "pullsecret-injector.config" -}}
 {{- $fullname := include "pullsecret-injector.fullname" . -}}
-listen: 0.0.0.0:8443
-metricsListen: 0.0.0.0:8080
+{{- /* Both families: the binary's [::] listener also accepts IPv4. */ -}}
+listen: {{ printf "[::]:%d" (.Values.containerPorts.webhook | int) | quote }}
+metricsListen: {{ printf "[::]:%d" (.Values.containerPorts.metrics | int) | quote }}
 {{- if eq .Values.certs.mode "self" }}
 {{- $certificates := dict
   "secretName" (include "pullsecret-injector.tlsSecretName" .)
@@ -99,12 +100,14 @@ metricsListen: 0.0.0.0:8080
 {{- end }}
 {{- dict "optOutAnnotation" .Values.optOutAnnotation | toYaml | nindent 0 }}
 {{- /* Copies go where the webhook injects: the same opt-in selector and exclusions. */}}
-{{- $selector := .Values.webhook.namespaceSelector }}
-{{- if eq $selector.mode "optIn" }}
-{{- dict "namespaceSelector" (dict "matchLabels" (dict $selector.optInLabel $selector.optInValue)) | toYaml | nindent 0 }}
-{{- else }}
-{{- dict "namespaceSelector" dict | toYaml | nindent 0 }}
+{{- $namespaceSelector := dict }}
+{{- with include "pullsecret-injector.namespaceMatchLabels" . | fromYaml }}
+{{- $_ := set $namespaceSelector "matchLabels" . }}
 {{- end }}
+{{- with .Values.webhook.namespaceSelector.matchExpressions }}
+{{- $_ := set $namespaceSelector "matchExpressions" . }}
+{{- end }}
+{{- dict "namespaceSelector" $namespaceSelector | toYaml | nindent 0 }}
 {{- dict "excludeNamespaces" (include "pullsecret-injector.excludedNamespaces" . | fromYamlArray) | toYaml | nindent 0 }}
 {{- dict "leaderElection" (dict "leaseName" $fullname) | toYaml | nindent 0 }}
 {{- with .Values.limits }}
@@ -113,10 +116,30 @@ metricsListen: 0.0.0.0:8080
 {{- with .Values.replicationRateLimit }}
 {{- dict "replicationRateLimit" . | toYaml | nindent 0 }}
 {{- end }}
+{{- if include "pullsecret-injector.credentialProviders" . }}
+{{- dict "credentialProviders" (dict
+  "configFile" (include "pullsecret-injector.credentialProvidersPath" .)
+  "binDir" (include "pullsecret-injector.pluginDir" .)
+  "timeoutSeconds" (.Values.credentialProviders.timeoutSeconds | int)) | toYaml | nindent 0 }}
+{{- end }}
 {{- dict "secrets" .Values.secrets | toYaml | nindent 0 }}
 {{- with .Values.retiredSecrets }}
 {{- dict "retiredSecrets" . | toYaml | nindent 0 }}
 {{- end }}
+{{- end }}
+
+{{/* The labels a selected namespace has, as a YAML map (empty: `{}`): the opt-in label in
+optIn mode, and webhook.namespaceSelector.matchLabels. */}}
+{{- define "pullsecret-injector.namespaceMatchLabels" -}}
+{{- $selector := .Values.webhook.namespaceSelector }}
+{{- $labels := dict }}
+{{- if eq $selector.mode "optIn" }}
+{{- $_ := set $labels $selector.optInLabel $selector.optInValue }}
+{{- end }}
+{{- with $selector.matchLabels }}
+{{- $labels = merge $labels . }}
+{{- end }}
+{{- toYaml $labels }}
 {{- end }}
 
 {{/* The drain bound the binary uses after SIGTERM (limits.shutdownTimeoutSeconds, default 20). */}}
@@ -130,12 +153,13 @@ deadlock its own rollout, and the system namespaces are not ours to change. */}}
 {{- concat (list "kube-system" "kube-node-lease" .Release.Namespace) (.Values.webhook.namespaceSelector.excludeNamespaces | default list) | uniq | toYaml }}
 {{- end }}
 
-{{/* The copies' names (entries with a source), as a JSON list: with retiredSecrets, the
-only Secret names the injector may read or write outside its own namespace. */}}
+{{/* The copies' names (entries with a source or a provider), as a JSON list: with
+retiredSecrets, the only Secret names the injector may read or write outside its own
+namespace. A provider's credentials are kept under the same name in the release namespace. */}}
 {{- define "pullsecret-injector.copyNames" -}}
 {{- $names := list }}
 {{- range .Values.secrets }}
-{{- if .source }}
+{{- if or .source .provider }}
 {{- $names = append $names .name }}
 {{- end }}
 {{- end }}
@@ -155,12 +179,13 @@ found and deleted. */}}
 {{- $names | uniq | toJson }}
 {{- end }}
 
-{{/* Names of entries with a source and overwriteExisting, as a JSON list: a same-named
-Secret the injector did not make may be replaced (updated, or deleted and re-created). */}}
+{{/* Names of entries with a source or a provider and overwriteExisting, as a JSON list: a
+same-named Secret the injector did not make may be replaced (updated, or deleted and
+re-created). */}}
 {{- define "pullsecret-injector.overwriteNames" -}}
 {{- $names := list }}
 {{- range .Values.secrets }}
-{{- if and .source .overwriteExisting }}
+{{- if and (or .source .provider) .overwriteExisting }}
 {{- $names = append $names .name }}
 {{- end }}
 {{- end }}
@@ -203,4 +228,42 @@ its certificate Secret. */}}
     && {{ $x }}.metadata.annotations["pullsecret-injector.io/owner"] == variables.owner)
   || (variables.certificate && {{ $x }}.type == "kubernetes.io/tls")
 )
+{{- end }}
+
+{{/*
+"true" when the release runs credential provider plugins: credentialProviders.providers is
+set. Fails on what would leave them unusable: an entry naming a provider without providers,
+or providers without a way to put the plugins in the pod (or with two).
+*/}}
+{{- define "pullsecret-injector.credentialProviders" -}}
+{{- $cp := .Values.credentialProviders }}
+{{- range .Values.secrets }}
+{{- if and .provider (not $cp.providers) }}
+{{- fail (printf "secrets entry %s has a provider, but credentialProviders.providers is empty: list the kubelet CredentialProviderConfig's providers there" .name) }}
+{{- end }}
+{{- end }}
+{{- if $cp.providers }}
+{{- $init := $cp.initContainer.image }}
+{{- $volume := $cp.imageVolume.reference }}
+{{- if and (not $init) (not $volume) }}
+{{- fail "credentialProviders.providers needs their plugins in the pod: set credentialProviders.initContainer.image (with its command) or credentialProviders.imageVolume.reference" }}
+{{- end }}
+{{- if and $init $volume }}
+{{- fail "set either credentialProviders.initContainer.image or credentialProviders.imageVolume.reference, not both" }}
+{{- end }}
+{{- if and $init (not $cp.initContainer.command) }}
+{{- fail "credentialProviders.initContainer.command must copy the plugins into /plugins (for example [cp, /ecr-credential-provider, /plugins/])" }}
+{{- end }}
+true
+{{- end }}
+{{- end }}
+
+{{/* Where the kubelet CredentialProviderConfig is mounted (a key of the ConfigMap). */}}
+{{- define "pullsecret-injector.credentialProvidersPath" -}}
+/etc/pullsecret-injector/credential-providers.yaml
+{{- end }}
+
+{{/* Where the plugins are in the injector's container. */}}
+{{- define "pullsecret-injector.pluginDir" -}}
+/var/lib/pullsecret-injector/plugins
 {{- end }}

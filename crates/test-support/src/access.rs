@@ -140,7 +140,8 @@ impl ChartAccess {
 
     /// The access an installation whose chart values match `config` (an injector config file)
     /// would have: the release namespace is `namespace`, the full name `leaderElection.leaseName`,
-    /// and `secrets`, `retiredSecrets` and self-managed certificates come from the config.
+    /// and `secrets`, `retiredSecrets`, the credential providers and self-managed certificates
+    /// come from the config.
     /// Panics when the config names what the chart cannot: a certificate Secret or webhook
     /// configuration named otherwise than the chart names them.
     pub async fn for_config(admin: &kube::Client, config: &str, dir: &Path) -> Self {
@@ -161,6 +162,21 @@ impl ChartAccess {
                     .unwrap_or(Value::Array(vec![]))
             ),
         ];
+        // Entries with a provider: the chart wants the kubelet file's providers and a way to
+        // put the plugins in the pod, neither of which changes what it grants.
+        if let Some(file) = config["credentialProviders"]["configFile"].as_str() {
+            let text = std::fs::read_to_string(file)
+                .unwrap_or_else(|e| panic!("reading the kubelet config {file}: {e}"));
+            let kubelet: Value = serde_saphyr::from_str(&text).expect("the kubelet config is YAML");
+            args.extend([
+                "--set-json".to_string(),
+                format!("credentialProviders.providers={}", kubelet["providers"]),
+                "--set".to_string(),
+                "credentialProviders.initContainer.image=unused".to_string(),
+                "--set-json".to_string(),
+                r#"credentialProviders.initContainer.command=["unused"]"#.to_string(),
+            ]);
+        }
         if let Some(retired) = config.get("retiredSecrets") {
             args.extend([
                 "--set-json".to_string(),

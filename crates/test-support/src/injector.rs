@@ -56,6 +56,8 @@ pub struct Injector {
 pub struct Options<'a> {
     pub config: &'a str,
     pub listen: &'a str,
+    /// `127.0.0.1:0` unless set.
+    pub metrics_listen: &'a str,
     pub dir: &'a Path,
     pub env: Vec<(String, String)>,
     /// Serve `dir/tls.crt` and `dir/tls.key` (re-read every second); false when the config
@@ -72,6 +74,7 @@ impl<'a> Options<'a> {
         Self {
             config,
             listen: "127.0.0.1:0",
+            metrics_listen: "127.0.0.1:0",
             dir,
             env: Vec::new(),
             tls_files: true,
@@ -125,9 +128,10 @@ impl Injector {
         } else {
             String::new()
         };
+        // Quoted: `[::]:0` unquoted is a YAML flow sequence.
         let config = format!(
-            "listen: {}\nmetricsListen: 127.0.0.1:0\n{tls}{}",
-            options.listen, options.config
+            "listen: \"{}\"\nmetricsListen: \"{}\"\n{tls}{}",
+            options.listen, options.metrics_listen, options.config
         );
         let config_file = dir.join("config.yaml");
         std::fs::write(&config_file, config).expect("write config");

@@ -17,6 +17,7 @@
 //! | Pods, dry-run creates, AdmissionReviews | [`pods`] |
 //! | Secrets and registry credentials | [`secrets`] |
 //! | copies made by replication, and the config that asks for them | [`replication`] |
+//! | credential provider plugins: the fake plugin, its directory and kubelet config | [`providers`] |
 //! | MutatingWebhookConfigurations | [`webhook`] |
 //! | ServiceAccount tokens and the kubeconfigs that use them | [`accounts`] |
 //! | the chart's RBAC and Secret policy for an injector under test, and its token | [`access`] |
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod pki;
 pub mod pods;
 pub mod ports;
+pub mod providers;
 pub mod registry;
 pub mod replication;
 pub mod secrets;

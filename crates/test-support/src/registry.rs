@@ -196,6 +196,13 @@ impl Registry {
         Err(last_error)
     }
 
+    /// The htpasswd file (bcrypt) the registry checks logins against. The registry re-reads
+    /// it when it changes, so replacing it (write a temporary file, rename it over) changes
+    /// who may log in, as rotating a credential does.
+    pub fn htpasswd_path(&self) -> PathBuf {
+        self.state_dir.join("htpasswd")
+    }
+
     /// The registry's name (its htpasswd realm).
     pub fn name(&self) -> &str {
         &self.name

@@ -192,12 +192,12 @@ pub async fn wait_absent(client: &kube::Client, namespace: &str, name: &str, tim
     .await
 }
 
-/// The PullSecretConflict Events about namespace `ns` (Events about a cluster-scoped object
-/// are stored in `default`; searched in all namespaces).
+/// The PullSecretConflict Events in namespace `ns`: about the Secret in the way, where its
+/// owner looks.
 pub async fn conflict_events(client: &kube::Client, ns: &str) -> Vec<Event> {
-    Api::<Event>::all(client.clone())
+    Api::<Event>::namespaced(client.clone(), ns)
         .list(&ListParams::default().fields(&format!(
-            "involvedObject.kind=Namespace,involvedObject.name={ns},reason=PullSecretConflict"
+            "involvedObject.kind=Secret,involvedObject.namespace={ns},reason=PullSecretConflict"
         )))
         .await
         .expect("list events")
