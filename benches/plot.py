@@ -5,6 +5,8 @@ benches/plot-requirements.txt, installed by `make plot-tools` into .cache/tools/
   plot.py latency target/bench/load.json OUT.png     # ours vs the floor, latency by percentile
   plot.py scale target/scale OUT.png                 # convergence time and memory vs namespaces
   plot.py race target/bench/peers.json OUT.png       # the race, per tool
+  plot.py race COMPARISON.md OUT.png                 # the same, from the race table a
+                                                     # document records (a run not at hand)
 
 benches/run.sh, benches/scale.sh and tests/peers/run.sh call it after their reports, into
 target/; the pictures in docs/plots/ are copies of those of the runs the documents report.
@@ -113,9 +115,32 @@ def scale(directory, out):
     save(fig, out)
 
 
+def race_table(markdown):
+    """The race rows of COMPARISON.md's table ("## 1. The race"): tool, Pods without a usable
+    pull secret (n/runs), no reference, reference to a Secret created after the Pod."""
+    section = markdown.split("## 1. The race", 1)[-1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+        if len(cells) < 4 or "/" not in cells[1]:
+            continue
+        failed, runs = cells[1].split("/")
+        if not (failed.isdigit() and runs.isdigit()):
+            continue
+        rows.append({"tool": cells[0], "runs": int(runs), "no_reference": int(cells[2]),
+                     "missing_at_creation": int(cells[3])})
+    if not rows:
+        sys.exit("plot race: no race table in the document")
+    return rows
+
+
 def race(peers_path, out):
-    peers = json.loads(Path(peers_path).read_text())
-    rows = [r for r in peers["race"] if not r.get("skipped")]
+    if str(peers_path).endswith(".md"):
+        rows = race_table(Path(peers_path).read_text())
+        peers = {"title": f"The race, per tool (the make peers run {Path(peers_path).name} records)"}
+    else:
+        peers = json.loads(Path(peers_path).read_text())
+        rows = [r for r in peers["race"] if not r.get("skipped")]
     names = [r["tool"] for r in rows]
     no_reference = [r["no_reference"] for r in rows]
     later = [r["missing_at_creation"] for r in rows]
@@ -130,7 +155,7 @@ def race(peers_path, out):
     ax.set_yticks(list(y), names)
     ax.invert_yaxis()
     ax.set_xlabel(f"pods, of {rows[0]['runs']} races (a namespace, then at once a pod)")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=2)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     ax.set_title(peers.get("title", "The race, per tool (make peers)"), fontsize=10)
     save(fig, out)
 
