@@ -174,12 +174,12 @@ impl Cluster {
         }
         let waiter = Arc::clone(&cluster);
         tokio::spawn(async move {
-            let mut ok = waiter.namespaces.wait_until_ready().await.is_ok();
-            for store in waiter.copies.values() {
-                ok &= store.wait_until_ready().await.is_ok();
+            let mut ok = listed("namespaces", &waiter.namespaces).await;
+            for (name, store) in &waiter.copies {
+                ok &= listed(&format!("copies {name}"), store).await;
             }
-            for store in waiter.sources.values() {
-                ok &= store.wait_until_ready().await.is_ok();
+            for (source, store) in &waiter.sources {
+                ok &= listed(&format!("source {source}"), store).await;
             }
             if ok {
                 waiter.source_changed();
@@ -480,6 +480,32 @@ impl Cluster {
             // A copy made by the leader meanwhile, or a Secret of the user's: either way it exists.
             Err(kube::Error::Api(status)) if status.is_already_exists() => Ok("exists"),
             Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+/// How often a cache that has not listed yet is reported.
+const LISTING_REPORT: Duration = Duration::from_secs(10);
+
+/// Waits until `store` has listed (false if its watch ended first), saying which cache keeps
+/// `/readyz` failing while it has not.
+async fn listed<K>(what: &str, store: &Store<K>) -> bool
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let mut waited = Duration::ZERO;
+    loop {
+        match tokio::time::timeout(LISTING_REPORT, store.wait_until_ready()).await {
+            Ok(result) => return result.is_ok(),
+            Err(_) => {
+                waited += LISTING_REPORT;
+                tracing::warn!(
+                    cache = what,
+                    waited_seconds = waited.as_secs(),
+                    "a cache has not listed yet; not ready"
+                );
+            }
         }
     }
 }
