@@ -126,13 +126,23 @@ fn audit_policy() -> String {
     )
 }
 
+/// The injector's config: the binary's defaults, but for SCALE_REPLICATION_RATE
+/// (`<qps>,<burst>`), which sets `replicationRateLimit`.
 fn config() -> String {
     let mut config = format!(
         "namespace: {SYSTEM_NAMESPACE}\n\
          namespaceSelector:\n  matchLabels: {{\"{OPT_IN_LABEL}\": \"true\"}}\n\
-         leaderElection: {{leaseName: {FULLNAME}, leaseDurationSeconds: 15}}\n\
-         secrets:\n"
+         leaderElection: {{leaseName: {FULLNAME}, leaseDurationSeconds: 15}}\n"
     );
+    if let Ok(rate) = std::env::var("SCALE_REPLICATION_RATE") {
+        let (qps, burst) = rate
+            .split_once(',')
+            .expect("SCALE_REPLICATION_RATE is <qps>,<burst>");
+        config.push_str(&format!(
+            "replicationRateLimit: {{qps: {qps}, burst: {burst}}}\n"
+        ));
+    }
+    config.push_str("secrets:\n");
     for (name, _) in COPIES {
         config.push_str(&format!(
             "  - {{name: {name}, source: {{name: {name}-source}}}}\n"

@@ -9,7 +9,8 @@
 #      (benches/plot.py, with the matplotlib of `make plot-tools`)
 #
 # FLOOR_CONCURRENCY (32) and ADMISSION_RATE (100 reviews/s) override the sizes of the run;
-# SCALE_PHASES=handover,rotation runs those phases at every size.
+# SCALE_PHASES=handover,rotation runs those phases at every size; SCALE_REPLICATION_RATE=<qps>,<burst>
+# sets the injector's replicationRateLimit (default: the binary's).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
