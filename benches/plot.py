@@ -95,6 +95,10 @@ def scale(directory, out):
               label="floor: a bare client creating the same copies")
     left.plot(n, [1.5 * r["floor"]["seconds"] for r in runs], linestyle=":",
               color=FLOOR_COLOR, label="1.5x the floor (target)")
+    rate = runs[0]["replication_rate_limit"]
+    left.plot(n, [max(r["copies_expected"] - rate["burst"], 0) / rate["qps"] for r in runs],
+              linestyle="--", color="#cf222e",
+              label=f"the rate limit alone ({rate['qps']:g}/s, burst {rate['burst']})")
     left.set_xlabel("namespaces (half opted in, 3 copies each)")
     left.set_ylabel("seconds until every copy exists")
     left.set_title("Convergence")
