@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Turns one `make scale` run (target/scale/scale-<namespaces>.json, benches/scale.rs) into
-target/scale/report.md: convergence beside the floor, cost per namespace, requests by verb
+target/scale/report.md (or DIR/report.md: scale.py DIR): convergence beside the floor, cost per namespace, requests by verb
 from the apiserver's audit log, the second start and the hand-over, the source rotation, and
 the targets of issue 16 checked. Prints the report too."""
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -49,10 +50,11 @@ def verbs(requests):
 
 
 def main():
-    runs = sorted((json.loads(p.read_text()) for p in OUT.glob("scale-*.json")),
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else OUT
+    runs = sorted((json.loads(p.read_text()) for p in out.glob("scale-*.json")),
                   key=lambda r: r["namespaces"])
     if not runs:
-        raise SystemExit(f"no scale-*.json in {OUT}: run make scale")
+        raise SystemExit(f"no scale-*.json in {out}: run make scale")
     lines = [f"# Replication at scale ({time.strftime('%Y-%m-%d %H:%M %Z')})", ""]
     rate = runs[0]["replication_rate_limit"]
     lines += [f"Replication rate limit: {rate['qps']:g} requests/s, burst {rate['burst']}. "
@@ -171,9 +173,9 @@ def main():
                      f"| ≤ {rr['most_in_1s']} in 1 s, ≤ {rr['most_in_10s']} in 10 s "
                      f"(qps {limit['qps']:g}, burst {limit['burst']}) | {verdict(ok)} |")
     text = "\n".join(lines) + "\n"
-    (OUT / "report.md").write_text(text)
+    (out / "report.md").write_text(text)
     print(text)
-    print(f"written to {OUT / 'report.md'}")
+    print(f"written to {out / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -238,7 +238,7 @@ async fn measure(cp: &ControlPlane, namespaces: usize, phases: &str, audit_log: 
     ));
 
     let copies = CopyTracker::start(admin.clone());
-    copies.expect(&sources);
+    let _ = copies.expect(&sources);
 
     // The floor: the same copies, created by a bare client as fast as the apiserver takes them.
     let floor = floor(&access, &settings, &sources, namespaces, audit_log).await;
@@ -670,9 +670,14 @@ async fn rotation(
             .expect("rotate a source");
         sources.insert(name.to_string(), replaced);
     }
-    copies.expect(sources);
+    // Counted against the new bytes only: until the watch's next event, `current` still
+    // counts the copies that carry the old ones.
+    let generation = copies.expect(sources);
     let done = copies
-        .wait(|p| p.current >= expected, CONVERGE_TIMEOUT)
+        .wait(
+            |p| p.generation == generation && p.current >= expected,
+            CONVERGE_TIMEOUT,
+        )
         .await;
     let took = done.at.duration_since(started);
     let during = load.stop().await;
@@ -705,15 +710,17 @@ async fn rotation(
 struct Progress {
     /// Copies that exist.
     total: usize,
-    /// Copies whose data is their source's current data.
+    /// Copies whose data is their source's current data, as of `generation`.
     current: usize,
+    /// Which [`CopyTracker::expect`] `current` was counted against.
+    generation: u64,
     at: Instant,
 }
 
 struct CopyTracker {
     progress: watch::Receiver<Progress>,
-    /// Source data hash by copy name.
-    expected: Arc<Mutex<HashMap<String, String>>>,
+    /// Source data hash by copy name, and how many times it was set.
+    expected: Arc<Mutex<(u64, HashMap<String, String>)>>,
 }
 
 impl CopyTracker {
@@ -721,9 +728,10 @@ impl CopyTracker {
         let (sender, progress) = watch::channel(Progress {
             total: 0,
             current: 0,
+            generation: 0,
             at: Instant::now(),
         });
-        let expected = Arc::new(Mutex::new(HashMap::<String, String>::new()));
+        let expected = Arc::new(Mutex::new((0, HashMap::<String, String>::new())));
         let wanted = Arc::clone(&expected);
         tokio::spawn(async move {
             let config = watcher::Config::default()
@@ -752,7 +760,7 @@ impl CopyTracker {
                     watcher::Event::Init => seen.clear(),
                     watcher::Event::InitDone => {}
                 }
-                let wanted = wanted.lock().expect("lock").clone();
+                let (generation, wanted) = wanted.lock().expect("lock").clone();
                 let current = seen
                     .values()
                     .filter(|(name, hash)| wanted.get(name) == Some(hash))
@@ -760,6 +768,7 @@ impl CopyTracker {
                 sender.send_replace(Progress {
                     total: seen.len(),
                     current,
+                    generation,
                     at: Instant::now(),
                 });
             }
@@ -767,15 +776,18 @@ impl CopyTracker {
         Self { progress, expected }
     }
 
-    /// The copies' data from now on: their sources'.
-    fn expect(&self, sources: &BTreeMap<String, Secret>) {
+    /// The copies' data from now on: their sources'. Returns the generation from which
+    /// `Progress::current` counts against it.
+    fn expect(&self, sources: &BTreeMap<String, Secret>) -> u64 {
         let mut expected = self.expected.lock().expect("lock");
+        expected.0 += 1;
         for (name, source) in sources {
-            expected.insert(
+            expected.1.insert(
                 name.clone(),
                 dockerconfig::data_hash(source.type_.as_deref(), source.data.as_ref()),
             );
         }
+        expected.0
     }
 
     async fn wait(&self, done: impl Fn(&Progress) -> bool, timeout: Duration) -> Progress {

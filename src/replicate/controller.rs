@@ -59,6 +59,17 @@ pub async fn run(cluster: Arc<Cluster>, identity: String, stop: CancellationToke
         recorder,
     });
     let reporter = tokio::spawn(report_source_problems(Arc::clone(&context), stop.clone()));
+    // The applier waits for the namespace store to list, but the store's readiness wakes
+    // only the last task that waited on it: with the cluster's own waiter also waiting, one
+    // of the two would sleep until polled again. So the store has one waiter, the cluster's,
+    // and this waits on what that one sets; the applier then finds the store ready.
+    tokio::select! {
+        () = cluster.wait_synced() => {}
+        () = stop.cancelled() => {
+            let _ = reporter.await;
+            return;
+        }
+    }
     // Ending the queue lets the syncs in flight finish, then ends the applier.
     let queue = cluster
         .namespaces_to_sync()

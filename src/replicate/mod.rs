@@ -488,7 +488,8 @@ impl Cluster {
 const LISTING_REPORT: Duration = Duration::from_secs(10);
 
 /// Waits until `store` has listed (false if its watch ended first), saying which cache keeps
-/// `/readyz` failing while it has not.
+/// `/readyz` failing while it has not. The only task that waits on a store's readiness
+/// (kube's wakes only the last waiter): everything else waits for [`Cluster::wait_synced`].
 async fn listed<K>(what: &str, store: &Store<K>) -> bool
 where
     K: kube::runtime::reflector::Lookup + Clone + 'static,
