@@ -106,6 +106,10 @@ plot-tools: $(PLOT_VENV)/requirements.txt ## Install (or reuse) the pinned matpl
 controlplane: ## Build (or reuse) etcd, kube-apiserver, kube-controller-manager and helm from pinned Go modules
 	tests/controlplane/build.sh
 
+.PHONY: node
+node: registry-tools ## Build (or reuse) the test node: kubelet, kube-scheduler, containerd, CNI plugins, sandbox image
+	tests/node/build.sh
+
 .PHONY: oracle
 oracle: ## Build (or reuse) the kubelet keyring oracle: the kubelet's own matching code, pinned like the control plane
 	tests/oracle/build.sh
@@ -152,12 +156,16 @@ image: build registry-tools ## Assemble the image from the release binary withou
 docker-build: ## docker build the image (IMAGE=name:tag; needs a Docker engine, not available here)
 	docker build --tag $(IMAGE) .
 
+.PHONY: demo
+demo: controlplane node registry-tools build ## A real node, a private registry, the chart: a private-image Pod Running beside the same Pod refused, then torn down
+	cargo test --locked --test e2e_node -- --ignored --exact demo --nocapture
+
 .PHONY: install
 install: $(HELM_DEPS) ## helm upgrade --install into the current kube context (NAMESPACE, HELM_ARGS="-f my-values.yaml")
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --create-namespace $(HELM_ARGS)
 
 .PHONY: test
-test: lint deny controlplane registry-tools build oracle fuzz-smoke ## The whole gate CI runs: lint, deny, fuzz smoke, benches checked, every test (with the kubelet oracle check)
+test: lint deny controlplane node registry-tools build oracle fuzz-smoke ## The whole gate CI runs: lint, deny, fuzz smoke, benches checked, every test (with the kubelet oracle check)
 	@rm -f $(ORACLE_SUMMARY)
 	cargo check --locked --benches
 	cargo test --locked --lib --bins --tests

@@ -86,7 +86,7 @@ fn main() {
     let policy = out.join("audit-policy.yaml");
     std::fs::write(&policy, audit_policy()).expect("write the audit policy");
     let started = Instant::now();
-    let cp = controlplane::shared_with(ControlPlaneOptions {
+    let cp = controlplane::shared_with(|| ControlPlaneOptions {
         apiserver_args: vec![
             format!("--audit-policy-file={}", policy.display()),
             format!("--audit-log-path={}", audit_log.display()),
@@ -95,6 +95,7 @@ fn main() {
             "--audit-log-maxsize=4096".into(),
         ],
         without_controller_manager: true,
+        ..ControlPlaneOptions::default()
     });
     let control_plane_seconds = started.elapsed().as_secs_f64();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -39,10 +39,9 @@ repository="pullsecret-injector"
 tag="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1)"
 binary="$repo/target/release/pullsecret-injector"
 
-die() {
-    echo "image: $*" >&2
-    exit 1
-}
+build_name=image
+# shellcheck source=../tests/build-lib.sh
+source "$repo/tests/build-lib.sh"
 usage() {
     sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
@@ -118,31 +117,6 @@ done < <(instruction LABEL | xargs -n1 printf '%s\n')
 # Base layer.
 # ---------------------------------------------------------------------------------------
 mkdir -p "$debs"
-deb_file() { # deb_file name=version: the cached .deb, downloaded if missing
-    local pin="$1" name version arch file
-    name="${pin%%=*}"
-    version="${pin#*=}"
-    for arch in "$(dpkg --print-architecture)" all; do
-        file="$debs/${name}_${version//:/%3a}_$arch.deb"
-        [[ -f "$file" ]] && echo "$file" && return
-    done
-    # Into a directory of its own, then moved: a concurrent build never sees half a file.
-    local download
-    download="$(mktemp -d "$debs/download.XXXXXX")"
-    if ! (cd "$download" && apt-get download -q "$pin" >&2); then
-        ((EUID == 0)) || die "apt-get download $pin failed; run 'apt-get update' as root and try again"
-        apt-get update -q >&2
-        (cd "$download" && apt-get download -q "$pin" >&2) ||
-            die "apt-get download $pin failed: 'apt-cache policy $name' shows what Debian serves; update BASE_DEBS in ${BASH_SOURCE[0]}"
-    fi
-    mv "$download"/*.deb "$debs/"
-    rmdir "$download"
-    for arch in "$(dpkg --print-architecture)" all; do
-        file="$debs/${name}_${version//:/%3a}_$arch.deb"
-        [[ -f "$file" ]] && echo "$file" && return
-    done
-    die "apt-get download $pin wrote no .deb into $debs"
-}
 
 rm -rf "$work"
 mkdir -p "$work/unpacked"
@@ -151,7 +125,7 @@ rootfs="$work/rootfs"
 mkdir -p "$rootfs"/{etc/ssl/certs,lib,lib64,tmp,root,home/nonroot,var/lib/dpkg/status.d,usr/share/doc}
 for pin in "${BASE_DEBS[@]}"; do
     name="${pin%%=*}"
-    file="$(deb_file "$pin")"
+    file="$(deb_file "$debs" "$pin")"
     dpkg-deb -x "$file" "$work/unpacked/$name"
     # Like distroless: each package's control record, for scanners, and its copyright.
     dpkg-deb -f "$file" >"$rootfs/var/lib/dpkg/status.d/$name"

@@ -423,6 +423,13 @@ fn linger(mut body: Body, mut response: Response) -> Response {
     response
 }
 
+/// How long a draining server keeps idle keep-alive connections open. Clients pool them and
+/// reuse them whatever the endpoints say (the apiserver dials a webhook Service's endpoint
+/// only for a new connection): closing one at once can break a request being written on it,
+/// and with `failurePolicy: Fail` that is a refused pod. Within this time a connection in use
+/// carries its next request, answered with `Connection: close`, and ends cleanly.
+const KEEP_ALIVE_GRACE: Duration = Duration::from_secs(2);
+
 /// Accepts TLS connections until `shutdown` fires, then drains in-flight requests for at
 /// most `limits.shutdown_timeout_seconds`.
 pub async fn serve_tls(
@@ -499,8 +506,15 @@ pub async fn serve_tls(
     drop(listener);
     state.draining.store(true, Ordering::Relaxed);
     let drain = Duration::from_secs(limits.shutdown_timeout_seconds);
+    let deadline = tokio::time::Instant::now() + drain;
     tracing::info!(connections = graceful.count(), "draining connections");
-    if tokio::time::timeout(drain, graceful.shutdown())
+    // Busy keep-alive connections end with their next answer (`Connection: close`); only
+    // then are the idle ones closed, which races with a request a client is writing on one.
+    let grace_ends = tokio::time::Instant::now() + KEEP_ALIVE_GRACE.min(drain);
+    while graceful.count() > 0 && tokio::time::Instant::now() < grace_ends {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if tokio::time::timeout_at(deadline, graceful.shutdown())
         .await
         .is_err()
     {

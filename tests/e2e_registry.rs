@@ -1,8 +1,8 @@
 //! The private registries and the images of the node tests, checked without a node: a push
 //! needs credentials, an anonymous pull gets 401, neither registry lets the other one's user
 //! in, the registry's log tells who pulled; the injector's image (`make image`) carries the
-//! Dockerfile's config and serves as nonroot on a read-only root under runc; the pause image
-//! and the test image's entrypoint behave.
+//! Dockerfile's config and serves as nonroot on a read-only root under runc; the test image's
+//! entrypoint behaves.
 //!
 //! Needs `make registry-tools` (registry, crane, runc, sleeper) and `make build` (the release
 //! binary the injector image is made from).
@@ -628,44 +628,8 @@ fn the_injector_image_serves_as_nonroot_on_a_read_only_root() {
 }
 
 // ---------------------------------------------------------------------------
-// The pause image and the sleeper
+// The sleeper (the node's pause image is assembled by `make node`; e2e_node runs it)
 // ---------------------------------------------------------------------------
-
-#[test]
-fn the_pause_archive_is_named_for_containerd_and_runs_the_sleeper() {
-    let a = &registry::shared().a;
-    let archive = images::pause_archive(a);
-    let read = |member: &str| -> Vec<u8> {
-        let output = Command::new("tar")
-            .arg("--extract")
-            .arg("--to-stdout")
-            .arg("--file")
-            .arg(archive)
-            .arg(member)
-            .output()
-            .expect("tar");
-        assert!(output.status.success(), "{member}: {}", stderr(&output));
-        output.stdout
-    };
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&read("manifest.json")).expect("manifest.json");
-    assert_eq!(
-        manifest[0]["RepoTags"],
-        serde_json::json!([images::PAUSE_IMAGE])
-    );
-    let config_file = manifest[0]["Config"].as_str().expect("Config");
-    let config: serde_json::Value = serde_json::from_slice(&read(config_file)).expect("config");
-    assert_eq!(
-        config["config"]["Entrypoint"],
-        serde_json::json!(["/sleeper"])
-    );
-    assert_eq!(config["architecture"], "amd64");
-    assert_eq!(
-        manifest[0]["Layers"].as_array().map(Vec::len),
-        Some(1),
-        "{manifest}"
-    );
-}
 
 #[test]
 fn the_sleeper_prints_its_arguments_and_exits_0_on_sigterm() {

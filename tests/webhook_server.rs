@@ -803,6 +803,47 @@ async fn sigterm_answers_in_flight_requests_with_connection_close_and_exits_zero
     assert!(status.success(), "exit status {status}");
 }
 
+/// A client reuses its pooled keep-alive connection right after SIGTERM, as the apiserver
+/// does with a terminating webhook pod whatever the endpoints say: the request is answered,
+/// with `Connection: close`, instead of meeting a closed connection (a refused pod under
+/// `failurePolicy: Fail`).
+#[tokio::test]
+async fn a_keep_alive_connection_reused_while_draining_is_answered_then_closed() {
+    let h = start();
+    let body = serde_json::to_vec(&fixture(
+        "01_kube-rs_kube-core_admission_rs_pod_create_v1.json",
+    ))
+    .unwrap();
+    let mut connection = h.client.connect(h.injector.addr).await;
+    let first = connection
+        .post("/mutate?timeout=10s", JSON, body.clone())
+        .await;
+    assert_eq!(first.status, 200);
+    assert!(
+        first.headers.get("connection").is_none(),
+        "{:?}",
+        first.headers
+    );
+
+    h.injector.signal("TERM");
+    h.injector
+        .wait_for_log(Duration::from_secs(5), |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("draining"))
+        })
+        .await;
+    let second = connection.post("/mutate?timeout=10s", JSON, body).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        second.headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+    let status = h.injector.wait(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+    assert!(!connection.is_open(), "closed after the answer");
+}
+
 #[tokio::test]
 async fn every_admission_is_logged_as_one_json_line_with_the_fields_operators_need() {
     let h = start();

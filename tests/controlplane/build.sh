@@ -13,57 +13,22 @@
 #                               needs ~3 GiB per job)
 set -euo pipefail
 
-MIN_GO_MINOR=26 # go.mod files say "go 1.26.0"
-
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+build_name=controlplane
+# shellcheck source=../build-lib.sh
+source "$here/../build-lib.sh"
+parse_build_args 13 "$@"
+require_go 1.26 # go.mod files say "go 1.26.0"
+go_environment "$repo"
+
 out="$repo/.cache/controlplane"
 bin="$out/bin"
 stamp="$out/stamp"
 binaries=(etcd kube-apiserver kube-controller-manager helm)
 
-force=0
-for arg in "$@"; do
-    case "$arg" in
-    --force) force=1 ;;
-    -h | --help)
-        sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *)
-        echo "build.sh: unknown argument: $arg (try --help)" >&2
-        exit 2
-        ;;
-    esac
-done
-
-die() {
-    echo "controlplane: $*" >&2
-    exit 1
-}
-
-# The official tarball's default location, for shells that lack it in PATH.
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-    PATH="/usr/local/go/bin:$PATH"
-fi
-command -v go >/dev/null 2>&1 ||
-    die "'go' not found in PATH: install Go >= 1.$MIN_GO_MINOR from https://go.dev/dl (or add /usr/local/go/bin to PATH)"
-
-go_version="$(go env GOVERSION)" # e.g. go1.26.8
-if [[ ! "$go_version" =~ ^go1\.([0-9]+) ]] || ((BASH_REMATCH[1] < MIN_GO_MINOR)); then
-    die "found $go_version, need Go >= 1.$MIN_GO_MINOR: install it from https://go.dev/dl"
-fi
-
-export GOMODCACHE="$repo/.cache/go/mod"
-export GOCACHE="$repo/.cache/go/build"
-export GOTMPDIR="$repo/.cache/go/tmp"
-# Ignore GOFLAGS/GOTOOLCHAIN from the user's environment: the build must use
-# exactly what go.mod/go.sum pin, and never rewrite them.
-export GOFLAGS="-mod=readonly -modcacherw -buildvcs=false" # -modcacherw: `rm -rf .cache` works
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
 jobs="${CONTROLPLANE_BUILD_JOBS:-2}"
-mkdir -p "$GOMODCACHE" "$GOCACHE" "$GOTMPDIR" "$bin"
+mkdir -p "$bin"
 
 # Everything that determines the output: the pinned modules, this script
 # (flags, ldflags) and the Go toolchain.
@@ -71,6 +36,7 @@ fingerprint() {
     (
         cd "$here"
         sha256sum build.sh etcd/go.mod etcd/go.sum kube/go.mod kube/go.sum helm/go.mod helm/go.sum
+        build_lib_digest
         echo "$go_version $(go env GOOS)/$(go env GOARCH)"
     ) | sha256sum | cut -d' ' -f1
 }
@@ -88,11 +54,7 @@ print_versions() {
 }
 
 want="$(fingerprint)"
-all_present=1
-for b in "${binaries[@]}"; do
-    [[ -x "$bin/$b" ]] || all_present=0
-done
-if ((!force && all_present)) && [[ -f "$stamp" ]] && grep -qx "fingerprint $want" "$stamp"; then
+if up_to_date "$stamp" "$want" "${binaries[@]/#/$bin/}"; then
     echo "controlplane: up to date ($stamp)"
     print_versions
     exit 0

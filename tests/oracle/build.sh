@@ -13,62 +13,32 @@
 #   ORACLE_BUILD_JOBS=N     go build -p N (default 2)
 set -euo pipefail
 
-MIN_GO_MINOR=26 # go.mod says "go 1.26.0"
-
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+build_name=oracle
+# shellcheck source=../build-lib.sh
+source "$here/../build-lib.sh"
+parse_build_args 13 "$@"
+require_go 1.26 # go.mod says "go 1.26.0"
+# The same environment as the control-plane build, so that compiled packages are shared.
+go_environment "$repo"
+
 out="$repo/.cache/oracle"
 bin="$out/bin/kubelet-keyring-oracle"
 stamp="$out/stamp"
 
-force=0
-for arg in "$@"; do
-    case "$arg" in
-    --force) force=1 ;;
-    -h | --help)
-        sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *)
-        echo "build.sh: unknown argument: $arg (try --help)" >&2
-        exit 2
-        ;;
-    esac
-done
-
-die() {
-    echo "oracle: $*" >&2
-    exit 1
-}
-
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-    PATH="/usr/local/go/bin:$PATH"
-fi
-command -v go >/dev/null 2>&1 ||
-    die "'go' not found in PATH: install Go >= 1.$MIN_GO_MINOR from https://go.dev/dl (or add /usr/local/go/bin to PATH)"
-go_version="$(go env GOVERSION)"
-if [[ ! "$go_version" =~ ^go1\.([0-9]+) ]] || ((BASH_REMATCH[1] < MIN_GO_MINOR)); then
-    die "found $go_version, need Go >= 1.$MIN_GO_MINOR: install it from https://go.dev/dl"
-fi
-
-# The same environment as the control-plane build, so that compiled packages are shared.
-export GOMODCACHE="$repo/.cache/go/mod"
-export GOCACHE="$repo/.cache/go/build"
-export GOTMPDIR="$repo/.cache/go/tmp"
-export GOFLAGS="-mod=readonly -modcacherw -buildvcs=false"
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
 jobs="${ORACLE_BUILD_JOBS:-2}"
-mkdir -p "$GOMODCACHE" "$GOCACHE" "$GOTMPDIR" "$(dirname "$bin")"
+mkdir -p "$(dirname "$bin")"
 
 want="$(
     cd "$here"
     {
         sha256sum build.sh main.go go.mod go.sum
+        build_lib_digest
         echo "$go_version $(go env GOOS)/$(go env GOARCH)"
     } | sha256sum | cut -d' ' -f1
 )"
-if ((!force)) && [[ -x "$bin" && -f "$stamp" ]] && grep -qx "fingerprint $want" "$stamp"; then
+if up_to_date "$stamp" "$want" "$bin"; then
     echo "oracle: up to date ($bin, $(sed -n 's/^kubernetes //p' "$stamp"))"
     exit 0
 fi

@@ -28,38 +28,17 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+build_name=peers
+# shellcheck source=../build-lib.sh
+source "$here/../build-lib.sh"
+parse_build_args 26 "$@"
+require_go 1.26.6
+go_environment "$repo"
 out="$repo/.cache/peers"
 bin="$out/bin"
 
-force=0
-for arg in "$@"; do
-    case "$arg" in
-    --force) force=1 ;;
-    -h | --help)
-        sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *)
-        echo "peers/build.sh: unknown argument: $arg (try --help)" >&2
-        exit 2
-        ;;
-    esac
-done
-
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-    PATH="/usr/local/go/bin:$PATH"
-fi
-command -v go >/dev/null 2>&1 || { echo "peers: 'go' not found in PATH (install Go >= 1.26.6)" >&2; exit 1; }
-
-export GOMODCACHE="$repo/.cache/go/mod"
-export GOCACHE="$repo/.cache/go/build"
-export GOTMPDIR="$repo/.cache/go/tmp"
-export GOFLAGS="-mod=readonly -modcacherw -buildvcs=false"
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
 jobs="${PEERS_BUILD_JOBS:-2}"
-mkdir -p "$GOMODCACHE" "$GOCACHE" "$GOTMPDIR" "$bin"
-go_version="$(go env GOVERSION)"
+mkdir -p "$bin"
 
 fingerprint() { # fingerprint <peer dir>; also hashes $pin_<peer dir> (a pin outside go.mod)
     local pin="pin_$1"
@@ -72,12 +51,10 @@ fingerprint() { # fingerprint <peer dir>; also hashes $pin_<peer dir> (a pin out
     ) | sha256sum | cut -d' ' -f1
 }
 
-up_to_date() { # up_to_date <peer> <binaries...>
-    local peer="$1" b
+peer_up_to_date() { # peer_up_to_date <peer> <binaries...>
+    local peer="$1"
     shift
-    ((force)) && return 1
-    for b in "$@"; do [[ -x "$bin/$b" ]] || return 1; done
-    grep -qx "fingerprint $(fingerprint "$peer")" "$out/$peer.stamp" 2>/dev/null
+    up_to_date "$out/$peer.stamp" "$(fingerprint "$peer")" "${@/#/$bin/}"
 }
 
 module_version() { # module_version <peer dir> <module path>
@@ -94,7 +71,7 @@ gobuild() { # gobuild <peer dir> <ldflags> <packages...>
 # --- Kyverno -----------------------------------------------------------------------------
 build_kyverno() {
     local module=github.com/kyverno/kyverno version start=$SECONDS
-    if up_to_date kyverno kyverno background-controller; then
+    if peer_up_to_date kyverno kyverno background-controller; then
         echo "peers: kyverno up to date ($(sed -n 's/^version //p' "$out/kyverno.stamp"))"
         return 0
     fi
@@ -185,7 +162,7 @@ patcher_from_git() (
 
 build_patcher() {
     local start=$SECONDS version err source
-    if up_to_date patcher imagepullsecret-patcher; then
+    if peer_up_to_date patcher imagepullsecret-patcher; then
         echo "peers: patcher up to date ($(sed -n 's/^version //p' "$out/patcher.stamp"))"
         return 0
     fi

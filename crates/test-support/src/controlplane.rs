@@ -38,7 +38,7 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::logs::LogsOnFailure;
-use crate::pki::{self, TestCa};
+use crate::pki::{self, CertifiedKey, TestCa};
 use crate::ports::free_ports;
 
 /// How long each start-up phase (etcd, kube-apiserver `/readyz`, the first
@@ -76,6 +76,36 @@ echo "[controlplane] $1 (pid $child) exited with status $status"
 exit "$status"
 "#;
 
+/// How the control plane of a test binary differs from the default one. The node suite
+/// ([`crate::node`]) and `make scale` change it. The node suite: its pods reach the apiserver
+/// at the `kubernetes` Service's ClusterIP, and the apiserver reaches their webhook at a pod
+/// IP.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// kube-apiserver's address and port; `None`: 127.0.0.1 and a free port.
+    pub listen: Option<std::net::SocketAddrV4>,
+    /// `--service-cluster-ip-range`; its first address is the `kubernetes` Service's ClusterIP.
+    pub service_cidr: String,
+    /// More kube-apiserver flags (`--name=value`); one replaces a default flag of that name.
+    pub apiserver_args: Vec<String>,
+    /// No kube-controller-manager: no ServiceAccount and ConfigMap are made in each new
+    /// namespace, so a benchmark that creates thousands of namespaces measures only its own
+    /// traffic (`make scale`). Pods cannot be created (the ServiceAccount admission plugin
+    /// waits for the namespace's `default` ServiceAccount).
+    pub without_controller_manager: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            service_cidr: "10.0.0.0/24".to_string(),
+            apiserver_args: Vec::new(),
+            without_controller_manager: false,
+        }
+    }
+}
+
 /// The shared control plane of this test binary.
 pub struct ControlPlane {
     url: String,
@@ -94,6 +124,8 @@ pub struct ControlPlane {
     controller_manager_args: Vec<String>,
     /// Servers stopped on purpose (fault tests), kept like `retired`.
     stopped: Mutex<Vec<Proc>>,
+    /// The CA that signed every certificate, to sign more (a kubelet's client certificate).
+    ca: TestCa,
 }
 
 /// One server under its wrapper. Dropping it closes the wrapper's stdin,
@@ -104,42 +136,25 @@ struct Proc {
     log: PathBuf,
 }
 
-/// How the shared control plane starts, when a test binary needs more than the defaults.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// More kube-apiserver flags (an audit policy, for instance).
-    pub apiserver_args: Vec<String>,
-    /// No kube-controller-manager: no ServiceAccount and ConfigMap are made in each new
-    /// namespace, so a benchmark that creates thousands of namespaces measures only its own
-    /// traffic. Pods cannot be created (the ServiceAccount admission plugin waits for the
-    /// namespace's `default` ServiceAccount).
-    pub without_controller_manager: bool,
-}
-
-static OPTIONS: OnceLock<Options> = OnceLock::new();
-static CP: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
-
-/// [`shared`], started with `options`. Panics when the control plane was started or
-/// configured before: a test binary chooses its options once, before anything uses it.
-pub fn shared_with(options: Options) -> &'static ControlPlane {
-    assert!(
-        CP.get().is_none() && OPTIONS.set(options).is_ok(),
-        "the control plane's options are chosen once, before it starts"
-    );
-    shared()
-}
-
 /// Starts the control plane on first use (blocking, up to a few minutes on a
 /// cold machine) and returns it. Panics, in every test that calls it, if it
 /// could not be started; the message includes the servers' log tails.
 pub fn shared() -> &'static ControlPlane {
+    shared_with(Options::default)
+}
+
+/// [`shared`], started with the given options if it is not running yet (the first caller
+/// in a test binary decides; a binary should always ask with the same options).
+pub fn shared_with(options: impl FnOnce() -> Options) -> &'static ControlPlane {
+    static CP: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
     let started = CP.get_or_init(|| {
         for name in BINARIES {
             binary(name);
         }
+        let options = options();
         // Own thread: the start-up uses a private tokio runtime, which cannot
         // be entered from within the calling test's runtime.
-        std::thread::spawn(start)
+        std::thread::spawn(move || start(&options))
             .join()
             .unwrap_or_else(|panic| Err(panic_message(&*panic)))
     });
@@ -186,9 +201,15 @@ impl ControlPlane {
         &self.kubeconfig
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// `https://127.0.0.1:<port>` (or the address of [`Options::listen`]).
     pub fn apiserver_url(&self) -> &str {
         &self.url
+    }
+
+    /// A client certificate for `common_name` in `organization`, from the control plane's
+    /// CA: the apiserver authenticates it as that user in that group.
+    pub fn client_certificate(&self, common_name: &str, organization: &str) -> CertifiedKey {
+        self.ca.client(common_name, organization)
     }
 
     /// PEM of the CA that signed the apiserver's serving certificate and the
@@ -203,9 +224,15 @@ impl ControlPlane {
     }
 
     /// The last `lines` lines of each server's log, with headers.
-    fn log_tails(&self, lines: usize) -> String {
+    pub fn log_tails(&self, lines: usize) -> String {
         let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
         tails(&procs, lines)
+    }
+
+    /// Fails if a server has exited.
+    pub fn check_running(&self) -> Result<(), String> {
+        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        check_running(&mut procs)
     }
 
     /// A guard that prints the servers' log tails to stderr (shown by the test
@@ -527,8 +554,7 @@ where
 // Start-up
 // ---------------------------------------------------------------------------
 
-fn start() -> Result<ControlPlane, String> {
-    let options = OPTIONS.get().cloned().unwrap_or_default();
+fn start(options: &Options) -> Result<ControlPlane, String> {
     let started_at = Instant::now();
     let bin_dir = bin_dir();
     for name in BINARIES {
@@ -542,7 +568,10 @@ fn start() -> Result<ControlPlane, String> {
         .tempdir()
         .map_err(|e| format!("creating temporary directory: {e}"))?;
     let dir = state.path().to_path_buf();
-    let pki = Pki::generate(&dir)?;
+    let listen_ip = options
+        .listen
+        .map_or_else(|| "127.0.0.1".to_string(), |addr| addr.ip().to_string());
+    let pki = Pki::generate(&dir, &listen_ip)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -599,15 +628,18 @@ fn start() -> Result<ControlPlane, String> {
     let kubeconfig = log_dir.join("kubeconfig");
     let mut started = None;
     for attempt in 1..=2 {
-        let [port] = free_ports();
-        let url = format!("https://127.0.0.1:{port}");
+        let port = match options.listen {
+            Some(addr) => addr.port(),
+            None => free_ports::<1>()[0],
+        };
+        let url = format!("https://{listen_ip}:{port}");
         write_kubeconfig(&kubeconfig, &url, &pki)?;
         let p = |f: &str| pki.dir.join(f).display().to_string();
-        let args = vec![
+        let mut args = vec![
             format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
             format!("--secure-port={port}"),
-            "--bind-address=127.0.0.1".to_string(),
-            "--advertise-address=127.0.0.1".to_string(),
+            format!("--bind-address={listen_ip}"),
+            format!("--advertise-address={listen_ip}"),
             // The endpoints of the `kubernetes` Service may not be loopback
             // addresses: don't maintain them (nothing in the tests uses them).
             "--endpoint-reconciler-type=none".to_string(),
@@ -615,6 +647,9 @@ fn start() -> Result<ControlPlane, String> {
             format!("--tls-cert-file={}", p("apiserver.crt")),
             format!("--tls-private-key-file={}", p("apiserver.key")),
             format!("--client-ca-file={}", p("ca.crt")),
+            // For `logs` and `exec` on a test node's kubelet (crate::node).
+            format!("--kubelet-client-certificate={}", p("admin.crt")),
+            format!("--kubelet-client-key={}", p("admin.key")),
             format!("--service-account-issuer={SA_ISSUER}"),
             format!("--api-audiences={SA_ISSUER}"),
             format!("--service-account-key-file={}", p("sa.pub")),
@@ -623,13 +658,19 @@ fn start() -> Result<ControlPlane, String> {
             // ValidatingAdmissionPolicy is on by default since 1.30; named so that the
             // chart's Secret policy is enforced whatever the defaults become.
             "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy".to_string(),
-            "--service-cluster-ip-range=10.0.0.0/24".to_string(),
+            format!("--service-cluster-ip-range={}", options.service_cidr),
             "--profiling=false".to_string(),
             "--v=1".to_string(),
-        ]
-        .into_iter()
-        .chain(options.apiserver_args.iter().cloned())
-        .collect::<Vec<_>>();
+        ];
+        // Repeating a list flag would add to the default list, not replace it.
+        let flag_name = |arg: &str| arg.split('=').next().unwrap_or_default().to_string();
+        args.retain(|arg| {
+            !options
+                .apiserver_args
+                .iter()
+                .any(|extra| flag_name(extra) == flag_name(arg))
+        });
+        args.extend(options.apiserver_args.iter().cloned());
         spawn(
             &mut procs,
             "kube-apiserver",
@@ -673,6 +714,11 @@ fn start() -> Result<ControlPlane, String> {
             "--bind-address=127.0.0.1".to_string(),
             format!("--secure-port={port}"),
             format!("--cert-dir={}", state_dir.join("kcm-certs").display()),
+            // Its default, /usr/libexec/kubernetes/..., would be created on the machine.
+            format!(
+                "--flex-volume-plugin-dir={}",
+                state_dir.join("flexvolume").display()
+            ),
             "--controllers=*".to_string(),
             format!("--service-account-private-key-file={}", p("sa.key")),
             format!("--root-ca-file={}", p("ca.crt")),
@@ -737,6 +783,7 @@ fn start() -> Result<ControlPlane, String> {
         apiserver_args,
         controller_manager_args,
         stopped: Mutex::new(Vec::new()),
+        ca: pki.ca,
     })
 }
 
@@ -991,23 +1038,26 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 struct Pki {
     dir: PathBuf,
     ca_pem: String,
+    ca: TestCa,
 }
 
 impl Pki {
-    fn generate(dir: &Path) -> Result<Pki, String> {
+    /// `listen_ip`: the apiserver's address, besides the usual names of the `kubernetes` Service.
+    fn generate(dir: &Path, listen_ip: &str) -> Result<Pki, String> {
         let ca = TestCa::new("pullsecret-injector test CA");
-        let apiserver = ca.serving(
-            "kube-apiserver",
-            &[
-                "127.0.0.1",
-                "localhost",
-                "10.0.0.1",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ],
-        );
+        let mut names = vec![
+            "127.0.0.1",
+            "localhost",
+            "10.0.0.1",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ];
+        if !names.contains(&listen_ip) {
+            names.push(listen_ip);
+        }
+        let apiserver = ca.serving("kube-apiserver", &names);
         let admin = ca.client("admin", "system:masters");
         let (sa_key, sa_pub) = pki::signing_key();
         for (file, text) in [
@@ -1024,7 +1074,8 @@ impl Pki {
         }
         Ok(Pki {
             dir: dir.to_path_buf(),
-            ca_pem: ca.cert_pem,
+            ca_pem: ca.cert_pem.clone(),
+            ca,
         })
     }
 }

@@ -6,19 +6,14 @@
 //! let app = images::push_test_image(a, "app", "v1");      // as A's user
 //! app.reference;                                           // "127.0.0.1:PORT/app:v1"
 //! let injector = images::push_injector_image(a, "pullsecret-injector", "test");
-//! let pause = images::pause_archive(a);   // for `ctr -n k8s.io images import`, named PAUSE_IMAGE
 //! ```
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use crate::registry::{Login, Registry, tool};
-
-/// The name the pause (sandbox) image carries in [`pause_archive`]: give it to containerd as
-/// its pinned sandbox image. It is never pulled: import the archive before the kubelet starts.
-pub const PAUSE_IMAGE: &str = "localhost/pullsecret-injector-test/pause:sleeper";
 
 /// A label every test image carries, so a test can tell it from another image.
 pub const TEST_IMAGE_LABEL: &str = "org.opencontainers.image.title=pullsecret-injector test image";
@@ -62,41 +57,6 @@ pub fn push_test_image(registry: &Registry, repository: &str, tag: &str) -> Imag
             &format!("--label={TEST_IMAGE_LABEL}"),
         ],
     )
-}
-
-/// The node's pause image as a docker archive (`ctr -n k8s.io images import FILE`), tagged
-/// [`PAUSE_IMAGE`]: the `sleeper` as entrypoint, which as PID 1 of a sandbox reaps orphans and
-/// exits 0 on SIGTERM. Assembled through `registry` (crane edits configs in a registry), once
-/// per test process.
-pub fn pause_archive(registry: &Registry) -> &'static Path {
-    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
-    ARCHIVE.get_or_init(|| {
-        let layer = sleeper_layer(registry);
-        let staging = registry.image("pause", "build");
-        run(
-            registry
-                .crane(Login::Own)
-                .args(["append", "--oci-empty-base", "--new_layer"])
-                .arg(&layer)
-                .args(["--new_tag", &staging]),
-            "pushing the pause layer",
-        );
-        let archive = registry.scratch_dir().join("pause.tar");
-        run(
-            registry
-                .crane(Login::Own)
-                .args(["mutate", &staging, "--entrypoint=/sleeper"])
-                .args([
-                    "--set-platform=linux/amd64",
-                    "--tag",
-                    PAUSE_IMAGE,
-                    "--output",
-                ])
-                .arg(&archive),
-            "writing the pause archive",
-        );
-        archive
-    })
 }
 
 /// Runs `image/build.sh` (what `make image` runs) to push the injector's image as

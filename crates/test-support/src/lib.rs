@@ -5,6 +5,7 @@
 //! | concept | module |
 //! |---|---|
 //! | a real control plane (etcd, kube-apiserver, kube-controller-manager), namespaces, polling | [`controlplane`] |
+//! | a real node beside it (containerd, runc, the CNI bridge, the kubelet, kube-scheduler) | [`node`] |
 //! | the pinned helm | [`helm`] |
 //! | private registries on loopback (TLS, htpasswd), their logs, containerd's hosts.toml | [`registry`] |
 //! | images without Docker: the test image, the pause archive, the injector's image | [`images`] |
@@ -37,6 +38,7 @@ pub mod injector;
 pub mod logs;
 pub mod matching_cases;
 pub mod metrics;
+pub mod node;
 pub mod pki;
 pub mod pods;
 pub mod ports;
