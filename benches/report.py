@@ -192,10 +192,11 @@ def targets(load, est, api):
     for how, ours, floor in cpu_points:
         if ours["fixture"] in ("typical", "large"):
             r = ours["cpu_us_per_request"] / floor["cpu_us_per_request"]
-            rows.append(f"| CPU per review ≤ 1.5x floor, {ours['fixture']}, {how} "
-                        f"| {ours['cpu_us_per_request']:.1f} vs "
+            # Issue 16: at most 2.0x at the default `info` level, one log line per review.
+            rows.append(f"| CPU per review ≤ 2.0x floor (log level info), {ours['fixture']}, "
+                        f"{how} | {ours['cpu_us_per_request']:.1f} vs "
                         f"{floor['cpu_us_per_request']:.1f} µs = {r:.2f}x "
-                        f"| {verdict(r <= 1.5)} |")
+                        f"| {verdict(r <= 2.0)} |")
     if load and "latency" in load:
         for r in load["latency"]:
             if r["server"] != OURS:

@@ -10,7 +10,8 @@
 #   5. criterion micro-benchmarks (benches/core.rs), pinned to core 0
 #   6. pod-create latency through a real kube-apiserver (benches/apiserver.rs; needs
 #      `make controlplane`, which `make bench` runs first)
-#   7. target/bench/report.md (benches/report.py), printed
+#   7. target/bench/report.md (benches/report.py), printed, and target/bench/latency.png
+#      (benches/plot.py, with the matplotlib of `make plot-tools`)
 #
 # BENCH_QUICK=1 runs every step with short durations and small counts, to check the pipeline.
 # Figures from a quick run are not comparable to a full one.
@@ -67,5 +68,10 @@ fi
 echo "== pod create through kube-apiserver (benches/apiserver.rs)"
 BENCH_CREATES=$creates cargo bench --locked --bench apiserver
 
-echo "== report"
+echo "== report; $(uptime)"
 python3 benches/report.py
+if [[ -x "${PLOT_PYTHON:-}" ]]; then
+    "$PLOT_PYTHON" benches/plot.py latency "$OUT/load.json" "$OUT/latency.png"
+else
+    echo "bench: no plot (PLOT_PYTHON not set: run through make bench, which installs it)"
+fi

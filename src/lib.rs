@@ -64,7 +64,7 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     /// Cluster access, when the config needs it (sources, namespace selectors, self-managed
     /// certificates).
-    pub client: Option<kube::Client>,
+    pub clients: Option<kubernetes::Clients>,
     /// This replica's name in the leader-election Lease.
     pub identity: String,
     /// What the Lease holder runs for entries with a `provider`
@@ -96,7 +96,7 @@ pub async fn run(
         settings,
         certificates,
         metrics,
-        client,
+        clients,
         identity,
         credential_plans,
     } = service;
@@ -105,12 +105,12 @@ pub async fn run(
         CertificateSource::SelfManaged(_) => Arc::new(CertResolver::empty()),
     };
     let tls_config = resolver.server_config()?;
-    if matches!(certificates, CertificateSource::SelfManaged(_)) && client.is_none() {
+    if matches!(certificates, CertificateSource::SelfManaged(_)) && clients.is_none() {
         return Err(RunError::NoCluster);
     }
-    let cluster = client.map(|client| {
+    let cluster = clients.map(|clients| {
         Cluster::start(
-            client,
+            clients,
             Arc::clone(&settings),
             Arc::clone(&metrics),
             shutdown.clone(),

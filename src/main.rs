@@ -12,7 +12,7 @@ const EXIT_UNMATCHED: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format, cli.log_level.as_deref());
+    let logs = telemetry::init(cli.log_format, cli.log_level.as_deref());
     let _ = rustls::crypto::ring::default_provider().install_default();
     let non_empty = |value: String| Some(value).filter(|v| !v.trim().is_empty());
     // Every variable of ours is prefixed; the chart sets these two from the Downward API.
@@ -52,5 +52,7 @@ fn main() -> ExitCode {
         LogFormat::Json => tracing::error!(error = %message, "fatal"),
         LogFormat::Text => eprintln!("error: {message}"),
     }
+    // The last lines out, the fatal one among them.
+    drop(logs);
     code
 }

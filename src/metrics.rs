@@ -4,8 +4,10 @@ mod process;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -105,6 +107,7 @@ pub struct Metrics {
     cache_objects: Family<CacheLabels, Gauge>,
     source_synced: Family<SourceLabels, Gauge>,
     ensured: Family<ResultLabels, Counter>,
+    namespace_syncs: Family<ResultLabels, Counter>,
     leader: Gauge,
     provider_refreshes: Family<ProviderResultLabels, Counter>,
     provider_errors: Family<ProviderReasonLabels, Counter>,
@@ -226,12 +229,19 @@ impl Metrics {
             "Missing copies handled while admitting a pod, by result (created, exists, failed)",
             ensured.clone(),
         );
+        let namespace_syncs = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "namespace_syncs",
+            "Namespaces the leader synced (compared with the caches, and written to if needed), by result (ok, error)",
+            namespace_syncs.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
             "1 while this replica holds the Lease and replicates",
             leader.clone(),
         );
+        registry.register_collector(Box::new(DroppedLogLines));
         // Closed label sets start at zero, so that a rate is defined and a dashboard panel
         // shows 0 rather than "no data" before the first event.
         for reason in ["opted_out", "mirror_pod", "not_pod_create", "no_match"] {
@@ -291,6 +301,7 @@ impl Metrics {
             sync_errors,
             cache_objects,
             ensured,
+            namespace_syncs,
             leader,
             injected,
             duration,
@@ -393,6 +404,12 @@ impl Metrics {
         self.ensured.get_or_create(&ResultLabels { result }).inc();
     }
 
+    pub fn namespace_synced(&self, result: &'static str) {
+        self.namespace_syncs
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }
@@ -455,6 +472,23 @@ impl Metrics {
     }
 }
 
+/// The log pipe's count of dropped lines (`telemetry`), read at each scrape.
+#[derive(Debug)]
+struct DroppedLogLines;
+
+impl Collector for DroppedLogLines {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new(crate::telemetry::dropped_lines());
+        let metric = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines dropped because the log destination was too slow and the buffer full",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,6 +529,7 @@ mod tests {
             "pullsecret_injector_certificate_errors_total{reason=\"forbidden\"} 1",
             "pullsecret_injector_admission_duration_seconds_count 1",
             "pullsecret_injector_open_connections 0",
+            "pullsecret_injector_log_lines_dropped_total ",
             "pullsecret_injector_provider_refreshes_total{secret=\"ecr\",provider=\"ecr-credential-provider\",result=\"success\"} 1",
             "pullsecret_injector_provider_refreshes_total{secret=\"ecr\",provider=\"ecr-credential-provider\",result=\"failure\"} 1",
             "pullsecret_injector_provider_errors_total{secret=\"ecr\",provider=\"ecr-credential-provider\",reason=\"timeout\"} 1",

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::{CommandError, Environment, load_settings};
 use crate::cli::ServeArgs;
 use crate::config::{ServingCertificate, TlsConfig};
+use crate::kubernetes::Clients;
 use crate::metrics::Metrics;
 use crate::tls::CertificateFiles;
 use crate::{CertificateSource, Listeners, Service, run};
@@ -81,11 +82,17 @@ pub fn serve(args: ServeArgs, environment: &Environment) -> Result<(), CommandEr
         );
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        let client = if settings.needs_cluster() {
+        let clients = if settings.needs_cluster() {
             // In-cluster config, or $KUBECONFIG / ~/.kube/config outside a cluster.
-            Some(kube::Client::try_default().await.map_err(CommandError::kube(
-                "connecting to the Kubernetes API (needed for secret sources, namespace selectors and self-managed certificates)",
-            ))?)
+            let why = "connecting to the Kubernetes API (needed for secret sources, namespace selectors and self-managed certificates)";
+            let config = kube::Config::infer()
+                .await
+                .map_err(kube::Error::InferConfig)
+                .map_err(CommandError::kube(why))?;
+            Some(
+                Clients::new(config, settings.replication_rate_limit)
+                    .map_err(CommandError::kube(why))?,
+            )
         } else {
             None
         };
@@ -93,7 +100,7 @@ pub fn serve(args: ServeArgs, environment: &Environment) -> Result<(), CommandEr
             settings,
             certificates,
             metrics: Arc::new(Metrics::new()),
-            client,
+            clients,
             identity: environment.identity(),
             credential_plans,
         };

@@ -14,7 +14,8 @@ use thiserror::Error;
 
 pub use providers::{CredentialProvidersConfig, ProviderConfig};
 pub use schema::{
-    CertificatesConfig, Config, LeaderElectionConfig, Limits, SecretConfig, SourceConfig, TlsConfig,
+    ApiRate, CertificatesConfig, Config, LeaderElectionConfig, Limits, SecretConfig, SourceConfig,
+    TlsConfig,
 };
 pub use selection::{DEFAULT_OPT_IN_LABEL, DEFAULT_OPT_IN_VALUE};
 pub use validate::{SecretSpec, ServingCertificate, Settings, SourceRef};

@@ -41,6 +41,9 @@ pub struct Config {
     pub exclude_namespaces: Vec<String>,
     #[serde(default)]
     pub leader_election: LeaderElectionConfig,
+    /// How fast the leader's replication may call the apiserver.
+    #[serde(default)]
+    pub replication_rate_limit: ApiRate,
     /// Certificates the injector manages itself (the chart's `certs.mode: self`), instead
     /// of `tls` files.
     #[serde(default)]
@@ -98,6 +101,28 @@ impl Default for LeaderElectionConfig {
         Self {
             lease_name: "pullsecret-injector".to_string(),
             lease_duration_seconds: 15,
+        }
+    }
+}
+
+/// A client-side rate limit, as client-go's: `qps` requests a second on average, up to
+/// `burst` at once.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ApiRate {
+    pub qps: f64,
+    pub burst: u32,
+}
+
+/// README, "Replication at scale": why these numbers.
+pub const DEFAULT_REPLICATION_QPS: f64 = 50.0;
+pub const DEFAULT_REPLICATION_BURST: u32 = 100;
+
+impl Default for ApiRate {
+    fn default() -> Self {
+        Self {
+            qps: DEFAULT_REPLICATION_QPS,
+            burst: DEFAULT_REPLICATION_BURST,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use kube::core::Selector;
 
 use super::providers::{self, CredentialProvidersConfig, ProviderConfig};
-use super::schema::{CertificatesConfig, Config, LeaderElectionConfig, Limits, TlsConfig};
+use super::schema::{ApiRate, CertificatesConfig, Config, LeaderElectionConfig, Limits, TlsConfig};
 use super::selection::{DEFAULT_OPT_IN_LABEL, DEFAULT_OPT_IN_VALUE};
 use super::{ConfigError, FieldError};
 use crate::matching::{Keyring, Pattern};
@@ -67,6 +67,7 @@ pub struct Settings {
     pub namespace_selector: Selector,
     pub exclude_namespaces: Vec<String>,
     pub leader_election: LeaderElectionConfig,
+    pub replication_rate_limit: ApiRate,
     pub certificates: Option<CertificatesConfig>,
     pub credential_providers: Option<CredentialProvidersConfig>,
     pub secrets: Vec<SecretSpec>,
@@ -175,6 +176,19 @@ impl Config {
             error(
                 "leaderElection.leaseDurationSeconds".into(),
                 "must be at least 2".into(),
+            );
+        }
+        let rate = self.replication_rate_limit;
+        if !(rate.qps.is_finite() && rate.qps > 0.0) {
+            error(
+                "replicationRateLimit.qps".into(),
+                "must be a number greater than 0".into(),
+            );
+        }
+        if rate.burst == 0 {
+            error(
+                "replicationRateLimit.burst".into(),
+                "must be at least 1".into(),
             );
         }
         let mut secrets = Vec::with_capacity(self.secrets.len());
@@ -288,6 +302,7 @@ impl Config {
                     namespace_selector,
                     exclude_namespaces: self.exclude_namespaces,
                     leader_election: self.leader_election,
+                    replication_rate_limit: self.replication_rate_limit,
                     certificates: self.certificates,
                     credential_providers: self.credential_providers,
                     secrets,
@@ -463,6 +478,31 @@ secrets:
             "{err}"
         );
         settings("limits: {maxBodyBytes: 1000, maxBufferedBodyBytes: 1000}").unwrap();
+    }
+
+    #[test]
+    fn the_replication_rate_limit_is_positive() {
+        let s = settings("secrets: []").unwrap();
+        assert_eq!(
+            (s.replication_rate_limit.qps, s.replication_rate_limit.burst),
+            (
+                super::super::schema::DEFAULT_REPLICATION_QPS,
+                super::super::schema::DEFAULT_REPLICATION_BURST
+            )
+        );
+        let err = settings("replicationRateLimit: {qps: 0, burst: 0}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("replicationRateLimit.qps: must be a number greater than 0"),
+            "{err}"
+        );
+        assert!(
+            err.contains("replicationRateLimit.burst: must be at least 1"),
+            "{err}"
+        );
+        let s = settings("replicationRateLimit: {qps: 2.5}").unwrap();
+        assert_eq!(s.replication_rate_limit.qps, 2.5);
     }
 
     #[test]

@@ -1,30 +1,44 @@
-//! The copy controller: one reconcile per namespace, run only by the Lease holder.
+//! The copy controller: one sync per namespace, run only by the Lease holder.
 //!
-//! Triggers: namespace changes (labels), changes to our copies (someone deleted or edited
-//! one) and source changes (every namespace). A reconcile reads the Secret from the API
-//! before writing, so a stale cache can never make it overwrite a Secret it did not create.
+//! What to sync comes from the caches every replica keeps (`Cluster::namespaces_to_sync`):
+//! namespace changes (labels), copies that someone deleted or edited, source changes (every
+//! namespace). A sync decides from those caches and writes only what differs, so a resync, a
+//! restart or a new leader costs no request at all for a namespace whose copies are current.
+//! Every write is conditional: a create fails when anything has the name, a replace or a
+//! delete carries the resourceVersion (and uid) it was decided on. So a stale cache can never
+//! make it overwrite a Secret it did not create: when such a write fails, the Secret is read
+//! from the API and decided on again.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret};
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, applier};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::dockerconfig;
-use super::{Cluster, ReplicateError, copy_of, is_managed};
+use super::view::{CopyView, NamespaceMeta};
+use super::{Cluster, HASH_ANNOTATION, ReplicateError, copy_of, is_current, is_managed};
 use crate::config::{SecretSpec, SourceRef};
-use crate::kubernetes::{FIELD_MANAGER, watch_backoff};
+use crate::kubernetes::FIELD_MANAGER;
 
-/// A full re-sync now and then, in case a watch missed something.
+/// Every namespace is synced again this often. It costs no request when nothing changed:
+/// it catches what no watch event points at (a labelled Secret made by hand where no copy
+/// belongs).
 const RESYNC: Duration = Duration::from_secs(300);
+/// Namespaces synced at once. The replication client holds their requests to its rate limit
+/// whatever this is; it bounds the connections to the apiserver (HTTP/1.1: one per request
+/// in flight) and keeps a namespace labelled during a long resync from waiting behind
+/// thousands of others.
+const CONCURRENCY: u16 = 16;
+
 struct Context {
     cluster: Arc<Cluster>,
     recorder: Recorder,
@@ -33,9 +47,8 @@ struct Context {
 /// Replicates sources into the namespaces that want them until `stop`: run by the Lease
 /// holder only (see `leader`).
 pub async fn run(cluster: Arc<Cluster>, identity: String, stop: CancellationToken) {
-    let client = cluster.client();
     let recorder = Recorder::new(
-        client.clone(),
+        cluster.replication_client(),
         Reporter {
             controller: FIELD_MANAGER.into(),
             instance: Some(identity),
@@ -46,37 +59,36 @@ pub async fn run(cluster: Arc<Cluster>, identity: String, stop: CancellationToke
         recorder,
     });
     let reporter = tokio::spawn(report_source_problems(Arc::clone(&context), stop.clone()));
-    let source_trigger =
-        futures::stream::unfold(cluster.source_changes(), |mut changes| async move {
-            changes.changed().await.ok()?;
-            Some(((), changes))
-        });
-    let mut controller = Controller::new(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    // A change to one of our copies re-syncs its namespace: one watch per name.
-    for name in cluster.settings().copy_names() {
-        controller = controller.watches(
-            Api::<Secret>::all(client.clone()),
-            super::copies_watch(name),
-            |secret| {
-                secret
-                    .namespace()
-                    .map(|ns| ObjectRef::<Namespace>::new(&ns))
-            },
-        );
+    // The applier waits for the namespace store to list, but the store's readiness wakes
+    // only the last task that waited on it: with the cluster's own waiter also waiting, one
+    // of the two would sleep until polled again. So the store has one waiter, the cluster's,
+    // and this waits on what that one sets; the applier then finds the store ready.
+    tokio::select! {
+        () = cluster.wait_synced() => {}
+        () = stop.cancelled() => {
+            let _ = reporter.await;
+            return;
+        }
     }
-    controller
-        .reconcile_all_on(source_trigger)
-        .trigger_backoff(watch_backoff())
-        .graceful_shutdown_on(stop.cancelled_owned())
-        .run(reconcile, error_policy, context)
-        .for_each(|_| async {})
-        .await;
+    // Ending the queue lets the syncs in flight finish, then ends the applier.
+    let queue = cluster
+        .namespaces_to_sync()
+        .take_until(stop.cancelled_owned())
+        .map(Ok::<_, Infallible>);
+    applier(
+        |namespace, context| -> BoxFuture<'static, Result<Action, ReplicateError>> {
+            Box::pin(reconcile(namespace, context))
+        },
+        error_policy,
+        context,
+        cluster.namespace_store(),
+        queue,
+        controller::Config::default().concurrency(CONCURRENCY),
+    )
+    .for_each(|_| async {})
+    .await;
     let _ = reporter.await;
 }
-
 /// A source that is missing or not a usable pull secret is reported once per change, as a
 /// Warning Event on that source Secret (in its namespace, where its owners look), by the
 /// leader alone.
@@ -167,7 +179,11 @@ fn source_problem(source: Option<&Secret>) -> Option<(&'static str, String)> {
     }
 }
 
-fn error_policy(namespace: Arc<Namespace>, error: &ReplicateError, ctx: Arc<Context>) -> Action {
+fn error_policy(
+    namespace: Arc<NamespaceMeta>,
+    error: &ReplicateError,
+    ctx: Arc<Context>,
+) -> Action {
     ctx.cluster
         .metrics()
         .replication_error(error.metric_label());
@@ -181,16 +197,27 @@ fn error_policy(namespace: Arc<Namespace>, error: &ReplicateError, ctx: Arc<Cont
     ))
 }
 
-async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, ReplicateError> {
+async fn reconcile(
+    namespace: Arc<NamespaceMeta>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReplicateError> {
+    let synced = sync_namespace(&namespace, &ctx).await;
+    let result = if synced.is_ok() { "ok" } else { "error" };
+    ctx.cluster.metrics().namespace_synced(result);
+    synced.map(|()| Action::requeue(RESYNC))
+}
+
+async fn sync_namespace(namespace: &NamespaceMeta, ctx: &Context) -> Result<(), ReplicateError> {
     if namespace.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+        return Ok(());
     }
     let name = namespace.name_any();
     let cluster = &ctx.cluster;
     let settings = cluster.settings();
     let labels = namespace.labels();
-    let api = Api::<Secret>::namespaced(cluster.client(), &name);
+    let api = Api::<Secret>::namespaced(cluster.replication_client(), &name);
     let mut wanted = BTreeSet::new();
+    let mut syncs = Vec::new();
     for spec in &settings.secrets {
         let Some(source_ref) = &spec.source else {
             continue;
@@ -208,7 +235,14 @@ async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Actio
         if !super::is_replicable(&source) {
             continue;
         }
-        sync_copy(&ctx, &api, &namespace, spec, source_ref, &source).await?;
+        syncs.push(sync_copy(ctx, &api, namespace, spec, source_ref, source));
+    }
+    // The copies of one namespace go out together: their waits overlap.
+    let mut first_error = None;
+    for result in futures::future::join_all(syncs).await {
+        if let Err(error) = result {
+            first_error.get_or_insert(error);
+        }
     }
     for copy in cluster.copies_in(&name) {
         // A provider's credentials are kept in our namespace under a copy's name: they are
@@ -219,22 +253,149 @@ async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Actio
                 .is_some_and(|r| r.namespace == name && r.name == copy.name_any())
         });
         if !wanted.contains(copy.name_any().as_str()) && !is_source {
-            delete_copy(&ctx, &api, &copy).await?;
+            delete_copy(ctx, &api, &copy).await?;
         }
     }
-    Ok(Action::requeue(RESYNC))
+    first_error.map_or(Ok(()), Err)
+}
+
+/// What a write decides on: the Secret of the name there now (from a cache or the API), as
+/// far as the decision needs it.
+#[derive(Debug, Clone, PartialEq)]
+struct Existing {
+    /// For an Event about it (kube's reference carries no resourceVersion).
+    reference: ObjectReference,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    type_: Option<String>,
+    /// Ours: our label, and this installation as its owner.
+    ours: bool,
+    /// Already what the write wants.
+    current: bool,
+}
+
+impl Existing {
+    /// A copy from the cache, against the content the sync wants (`wanted`).
+    fn of_copy(copy: &CopyView, wanted: &Wanted<'_>, owner: &str) -> Self {
+        Self {
+            reference: copy.object_ref(&()),
+            uid: copy.uid(),
+            resource_version: copy.resource_version(),
+            type_: copy.type_.clone(),
+            ours: is_managed(copy, owner),
+            current: is_current(copy, wanted.source, wanted.hash),
+        }
+    }
+
+    /// A Secret read from the API, against the whole of `desired`.
+    fn of_secret(secret: &Secret, desired: &Secret, owner: &str) -> Self {
+        Self {
+            reference: secret.object_ref(&()),
+            uid: secret.uid(),
+            resource_version: secret.resource_version(),
+            type_: secret.type_.clone(),
+            ours: is_managed(secret, owner),
+            current: carries(secret, desired),
+        }
+    }
+}
+
+/// What a write does about one Secret, given what is there now.
+#[derive(Debug, PartialEq)]
+enum Plan {
+    Nothing,
+    Create,
+    /// Same type: replace the object with this resourceVersion. `ours`: a Secret of ours put
+    /// back to what it should be, else a user's Secret taken over (`overwriteExisting`).
+    Replace {
+        resource_version: Option<String>,
+        ours: bool,
+    },
+    /// A Secret's type is immutable: delete exactly this object, then create.
+    Recreate {
+        uid: Option<String>,
+        resource_version: Option<String>,
+        ours: bool,
+    },
+    /// A Secret of the name that is not ours, and the entry does not overwrite: reported on
+    /// that Secret.
+    Conflict(Box<ObjectReference>),
+}
+
+/// The copy a sync wants: of `source`, whose content hash is `hash`.
+struct Wanted<'a> {
+    source: &'a SourceRef,
+    hash: &'a str,
+}
+
+/// The decision for one Secret whose wanted type is `type_`, given what is there.
+fn plan(existing: Option<&Existing>, type_: Option<&str>, overwrite: bool) -> Plan {
+    let Some(existing) = existing else {
+        return Plan::Create;
+    };
+    if !existing.ours && !overwrite {
+        return Plan::Conflict(Box::new(existing.reference.clone()));
+    }
+    if existing.ours && existing.current {
+        Plan::Nothing
+    } else if existing.type_.as_deref() == type_ {
+        Plan::Replace {
+            resource_version: existing.resource_version.clone(),
+            ours: existing.ours,
+        }
+    } else {
+        Plan::Recreate {
+            uid: existing.uid.clone(),
+            resource_version: existing.resource_version.clone(),
+            ours: existing.ours,
+        }
+    }
+}
+
+/// Whether `existing` already is `desired`: type, data, and every label and annotation we
+/// set (others', such as kubectl's, may be there too).
+fn carries(existing: &Secret, desired: &Secret) -> bool {
+    let includes = |have: &BTreeMap<String, String>, want: &BTreeMap<String, String>| {
+        want.iter().all(|(k, v)| have.get(k) == Some(v))
+    };
+    existing.type_ == desired.type_
+        && existing.data == desired.data
+        && includes(existing.labels(), desired.labels())
+        && includes(existing.annotations(), desired.annotations())
+}
+
+/// Whether a conditional write found something else than what it was decided on.
+fn is_stale(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if status.is_conflict() || status.is_not_found() || status.is_already_exists())
 }
 
 async fn sync_copy(
     ctx: &Context,
     api: &Api<Secret>,
-    namespace: &Namespace,
+    namespace: &NamespaceMeta,
     spec: &SecretSpec,
     source_ref: &SourceRef,
-    source: &Secret,
+    source: Arc<Secret>,
 ) -> Result<(), ReplicateError> {
     let ns = namespace.name_any();
-    let desired = copy_of(spec, source_ref, source, &ns, ctx.cluster.owner());
+    let owner = ctx.cluster.owner();
+    let desired = copy_of(spec, source_ref, &source, &ns, owner);
+    let hash = desired
+        .annotations()
+        .get(HASH_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    let wanted = Wanted {
+        source: source_ref,
+        hash: &hash,
+    };
+    // Another installation's copy is not ours: decide on it from the API, like a user's.
+    let cached = ctx
+        .cluster
+        .copy(&ns, &spec.name)
+        .filter(|copy| is_managed(copy.as_ref(), owner))
+        .map(|copy| Existing::of_copy(&copy, &wanted, owner));
     let target = Target {
         namespace: &ns,
         api,
@@ -242,7 +403,15 @@ async fn sync_copy(
         from: source_ref.to_string(),
         is_copy: true,
     };
-    write_managed(&ctx.cluster, &ctx.recorder, &target, spec, desired).await?;
+    write(
+        &ctx.cluster,
+        &ctx.recorder,
+        &target,
+        spec,
+        desired,
+        Some(cached),
+    )
+    .await?;
     Ok(())
 }
 
@@ -271,8 +440,7 @@ pub enum Written {
 /// ownership rules every write of ours follows (copies and a provider's credentials alike):
 /// created when missing; replaced when it is ours (our label and owner) or the entry says
 /// `overwriteExisting`; otherwise left alone and reported (log, metric, Event). The Secret
-/// is read from the API first, so a stale cache can never make it overwrite one it did not
-/// create.
+/// is read from the API first; every write is conditional on what was read.
 pub async fn write_managed(
     cluster: &Cluster,
     recorder: &Recorder,
@@ -280,66 +448,104 @@ pub async fn write_managed(
     spec: &SecretSpec,
     desired: Secret,
 ) -> Result<Written, ReplicateError> {
+    write(cluster, recorder, target, spec, desired, None).await
+}
+
+/// [`write_managed`], deciding first from what a cache says when `cached` is given (`Some(None)`:
+/// none of ours there; `None`: no cache, read the API). A write
+/// that finds the cache was behind the API (a conflict, or not found, or already exists)
+/// reads the Secret from the API and decides again, once. So a stale cache can never make
+/// it overwrite a Secret it did not create.
+async fn write(
+    cluster: &Cluster,
+    recorder: &Recorder,
+    target: &Target<'_>,
+    spec: &SecretSpec,
+    desired: Secret,
+    cached: Option<Option<Existing>>,
+) -> Result<Written, ReplicateError> {
+    let type_ = desired.type_.clone();
+    let overwrite = spec.overwrite_existing;
+    if let Some(cached) = cached {
+        let decided = plan(cached.as_ref(), type_.as_deref(), overwrite);
+        match execute(cluster, recorder, target, spec, &desired, decided).await {
+            Err(error) if is_stale(&error) => {}
+            other => return other.map_err(ReplicateError::from),
+        }
+    }
+    let owner = cluster.owner();
+    let existing = target
+        .api
+        .get_opt(&spec.name)
+        .await?
+        .map(|secret| Existing::of_secret(&secret, &desired, owner));
+    let decided = plan(existing.as_ref(), type_.as_deref(), overwrite);
+    match execute(cluster, recorder, target, spec, &desired, decided).await {
+        // Made by someone else an instant ago (the webhook at admission): it exists, and the
+        // next sync decides on it.
+        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(Written::Unchanged),
+        other => other.map_err(ReplicateError::from),
+    }
+}
+
+async fn execute(
+    cluster: &Cluster,
+    recorder: &Recorder,
+    target: &Target<'_>,
+    spec: &SecretSpec,
+    desired: &Secret,
+    plan: Plan,
+) -> Result<Written, kube::Error> {
     let (api, ns) = (target.api, target.namespace);
     let (what, from) = (target.what, target.from.as_str());
-    let owner = cluster.owner();
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
     let metrics = cluster.metrics();
     let synced = || {
         if target.is_copy {
             metrics.source_synced(from);
         }
     };
-    let written = match api.get_opt(&spec.name).await? {
-        None => match api.create(&params, &desired).await {
-            Ok(_) => {
-                metrics.copy_changed("created");
-                synced();
-                tracing::info!(namespace = %ns, secret = %spec.name, source = %from, "{what} created");
-                Written::Created
-            }
-            // Made at admission meanwhile: the next reconcile checks it.
-            Err(kube::Error::Api(status)) if status.is_already_exists() => Written::Unchanged,
-            Err(error) => return Err(error.into()),
-        },
-        Some(existing) if is_managed(&existing, owner) || spec.overwrite_existing => {
-            let ours = is_managed(&existing, owner);
-            // The data too: a Secret edited by hand is put back.
-            if ours && is_current(&existing, &desired) {
-                synced();
-                return Ok(Written::Unchanged);
-            }
-            if existing.type_ == desired.type_ {
-                let mut replacement = desired;
-                replacement.metadata.resource_version = existing.resource_version();
-                api.replace(&spec.name, &params, &replacement).await?;
-            } else {
-                // A Secret's type is immutable: replace it by delete and create, deleting only
-                // the object just read.
-                let delete = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: existing.uid(),
-                        resource_version: existing.resource_version(),
-                    }),
-                    ..Default::default()
-                };
-                api.delete(&spec.name, &delete).await?;
-                api.create(&params, &desired).await?;
-            }
-            let (action, written) = if ours {
-                ("updated", Written::Updated)
-            } else {
-                ("overwritten", Written::Overwritten)
-            };
-            metrics.copy_changed(action);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let ours = match plan {
+        Plan::Nothing => {
             synced();
-            tracing::info!(namespace = %ns, secret = %spec.name, source = %from, action, "{what} updated");
-            written
+            return Ok(Written::Unchanged);
         }
-        Some(existing) => {
+        Plan::Create => {
+            api.create(&params, desired).await?;
+            metrics.copy_changed("created");
+            synced();
+            tracing::info!(namespace = %ns, secret = %spec.name, source = %from, "{what} created");
+            return Ok(Written::Created);
+        }
+        Plan::Replace {
+            resource_version,
+            ours,
+        } => {
+            let mut replacement = desired.clone();
+            replacement.metadata.resource_version = resource_version;
+            api.replace(&spec.name, &params, &replacement).await?;
+            ours
+        }
+        Plan::Recreate {
+            uid,
+            resource_version,
+            ours,
+        } => {
+            let delete = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid,
+                    resource_version,
+                }),
+                ..Default::default()
+            };
+            api.delete(&spec.name, &delete).await?;
+            api.create(&params, desired).await?;
+            ours
+        }
+        Plan::Conflict(reference) => {
             metrics.conflict();
             tracing::warn!(
                 namespace = %ns,
@@ -358,32 +564,27 @@ pub async fn write_managed(
             };
             // On the Secret in the way, in its namespace: where its owner looks. An Event about
             // the (cluster-scoped) Namespace would be filed in `default`.
-            let reference: ObjectReference = existing.object_ref(&());
             if let Err(error) = recorder.publish(&event, &reference).await {
                 tracing::warn!(%error, "cannot publish the conflict event");
             }
-            Written::Conflict
+            return Ok(Written::Conflict);
         }
     };
-    Ok(written)
-}
-
-/// Whether `existing` already is `desired`: type, data, and every label and annotation we
-/// set (others', such as kubectl's, may be there too).
-fn is_current(existing: &Secret, desired: &Secret) -> bool {
-    let includes = |have: &BTreeMap<String, String>, want: &BTreeMap<String, String>| {
-        want.iter().all(|(k, v)| have.get(k) == Some(v))
+    let (action, written) = if ours {
+        ("updated", Written::Updated)
+    } else {
+        ("overwritten", Written::Overwritten)
     };
-    existing.type_ == desired.type_
-        && existing.data == desired.data
-        && includes(existing.labels(), desired.labels())
-        && includes(existing.annotations(), desired.annotations())
+    metrics.copy_changed(action);
+    synced();
+    tracing::info!(namespace = %ns, secret = %spec.name, source = %from, action, "{what} updated");
+    Ok(written)
 }
 
 async fn delete_copy(
     ctx: &Context,
     api: &Api<Secret>,
-    copy: &Secret,
+    copy: &CopyView,
 ) -> Result<(), ReplicateError> {
     // Preconditions: delete exactly the object we saw as ours, never one recreated since.
     let params = DeleteParams {
@@ -401,5 +602,120 @@ async fn delete_copy(
         }
         Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => Ok(()),
         Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+    use crate::kubernetes::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+    use crate::replicate::{OWNER_ANNOTATION, SOURCE_ANNOTATION};
+
+    const OWNER: &str = "infra/pullsecret-injector";
+    const TYPE: &str = "kubernetes.io/dockerconfigjson";
+
+    fn source() -> SourceRef {
+        SourceRef {
+            namespace: "infra".into(),
+            name: "regcred-source".into(),
+        }
+    }
+
+    /// A Secret as a cache or a GET shows it.
+    fn existing(ours: bool, hash_annotation: &str, content_hash: &str, type_: &str) -> CopyView {
+        let mut annotations = BTreeMap::from([
+            (HASH_ANNOTATION.to_string(), hash_annotation.to_string()),
+            (SOURCE_ANNOTATION.to_string(), source().to_string()),
+        ]);
+        let mut labels = BTreeMap::new();
+        if ours {
+            annotations.insert(OWNER_ANNOTATION.to_string(), OWNER.to_string());
+            labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string());
+        }
+        CopyView {
+            metadata: ObjectMeta {
+                name: Some("regcred".into()),
+                namespace: Some("team-a".into()),
+                uid: Some("uid-1".into()),
+                resource_version: Some("7".into()),
+                labels: Some(labels),
+                annotations: Some(annotations),
+                ..ObjectMeta::default()
+            },
+            type_: Some(type_.into()),
+            content_hash: content_hash.into(),
+        }
+    }
+
+    /// The plan for a copy the cache holds (or none), wanting source()'s "sha256:new".
+    fn decide(copy: Option<&CopyView>, owner: &str, overwrite: bool) -> Plan {
+        let source_ref = source();
+        let wanted = Wanted {
+            source: &source_ref,
+            hash: "sha256:new",
+        };
+        let existing = copy.map(|copy| Existing::of_copy(copy, &wanted, owner));
+        plan(existing.as_ref(), Some(TYPE), overwrite)
+    }
+
+    #[test]
+    fn a_current_copy_costs_nothing_and_a_missing_one_is_created() {
+        let current = existing(true, "sha256:new", "sha256:new", TYPE);
+        assert_eq!(decide(Some(&current), OWNER, false), Plan::Nothing);
+        assert_eq!(decide(None, OWNER, false), Plan::Create);
+    }
+
+    #[test]
+    fn a_stale_or_edited_copy_is_replaced_at_the_version_it_was_decided_on() {
+        let replace = Plan::Replace {
+            resource_version: Some("7".into()),
+            ours: true,
+        };
+        let rotated = existing(true, "sha256:old", "sha256:old", TYPE);
+        assert_eq!(decide(Some(&rotated), OWNER, false), replace);
+        // Annotations current, data edited by hand.
+        let edited = existing(true, "sha256:new", "sha256:edited", TYPE);
+        assert_eq!(decide(Some(&edited), OWNER, false), replace);
+        let retyped = existing(true, "sha256:new", "sha256:other", "Opaque");
+        assert_eq!(
+            decide(Some(&retyped), OWNER, false),
+            Plan::Recreate {
+                uid: Some("uid-1".into()),
+                resource_version: Some("7".into()),
+                ours: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_secret_that_is_not_ours_is_a_conflict_unless_the_entry_overwrites() {
+        let users = existing(false, "sha256:new", "sha256:new", TYPE);
+        let Plan::Conflict(reference) = decide(Some(&users), OWNER, false) else {
+            panic!("a user's Secret is not a conflict");
+        };
+        // Reported on the Secret in the way, in its namespace.
+        assert_eq!(reference.kind.as_deref(), Some("Secret"));
+        assert_eq!(reference.namespace.as_deref(), Some("team-a"));
+        assert_eq!(reference.name.as_deref(), Some("regcred"));
+        assert_eq!(
+            decide(Some(&users), OWNER, true),
+            Plan::Replace {
+                resource_version: Some("7".into()),
+                ours: false
+            }
+        );
+        let other_installation = existing(true, "sha256:new", "sha256:new", TYPE);
+        assert!(matches!(
+            decide(
+                Some(&other_installation),
+                "other/pullsecret-injector",
+                false
+            ),
+            Plan::Conflict(_)
+        ));
     }
 }

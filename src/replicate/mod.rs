@@ -5,27 +5,30 @@
 pub mod controller;
 pub mod dockerconfig;
 pub mod keyring;
+pub mod view;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SecretSpec, Settings, SourceRef};
-use crate::kubernetes::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, watch_backoff};
+use crate::kubernetes::{
+    Clients, FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, watch_backoff,
+};
 use crate::matching::Keyring;
 use crate::metrics::Metrics;
+use view::{CopyView, NamespaceMeta};
 
 pub const SOURCE_ANNOTATION: &str = "pullsecret-injector.io/source";
 pub const HASH_ANNOTATION: &str = "pullsecret-injector.io/source-hash";
@@ -51,36 +54,50 @@ impl ReplicateError {
     }
 }
 
+/// What changed in the caches, for the leader's controller: which namespaces to sync.
+#[derive(Debug, Clone)]
+enum Change {
+    Namespace(String),
+    /// A source changed, or a watch listed again (and may have missed deletions).
+    All,
+}
+
+/// How many changes may wait for a slow controller before it is told it fell behind (and
+/// then syncs every namespace).
+const CHANGE_BUFFER: usize = 4096;
+
 /// What every replica knows of the cluster, kept current by watches.
 pub struct Cluster {
-    client: Client,
+    clients: Clients,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
-    namespaces: Store<Namespace>,
+    namespaces: Store<NamespaceMeta>,
     sources: BTreeMap<SourceRef, Store<Secret>>,
     /// Our copies, by name: one watch per name, as RBAC grants Secrets by name only.
-    copies: BTreeMap<String, Store<Secret>>,
+    copies: BTreeMap<String, Store<CopyView>>,
     /// This installation's [`owner`]: copies made by another one are not ours.
     owner: String,
     keyring: RwLock<Arc<Keyring>>,
-    /// Bumped whenever a source changes, so the leader re-syncs every namespace.
+    changes: broadcast::Sender<Change>,
+    /// Bumped whenever a source changes: the leader's reporter of unusable sources waits on it.
     source_changes: watch::Sender<u64>,
-    synced: AtomicBool,
+    synced: watch::Sender<bool>,
 }
 
 impl Cluster {
     /// Starts the watches; they stop when `stop` fires.
     pub fn start(
-        client: Client,
+        clients: Clients,
         settings: Arc<Settings>,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> Arc<Self> {
-        let (namespaces, ns_writer) = reflector::store::<Namespace>();
+        let client = clients.api.clone();
+        let (namespaces, ns_writer) = reflector::store::<NamespaceMeta>();
         let mut copies = BTreeMap::new();
         let mut copy_writers = Vec::new();
         for name in settings.copy_names() {
-            let (store, writer) = reflector::store::<Secret>();
+            let (store, writer) = reflector::store::<CopyView>();
             copies.insert(name.to_string(), store);
             copy_writers.push((name.to_string(), writer));
         }
@@ -98,36 +115,51 @@ impl Cluster {
         }
         let cluster = Arc::new(Self {
             keyring: RwLock::new(Arc::new(settings.keyring.clone())),
-            client: client.clone(),
+            clients,
             owner: owner(&settings),
             settings,
             metrics,
             namespaces,
             sources,
             copies,
+            changes: broadcast::Sender::new(CHANGE_BUFFER),
             source_changes: watch::Sender::new(0),
-            synced: AtomicBool::new(false),
+            synced: watch::Sender::new(false),
         });
 
         let ns_stream = reflector::reflector(
             ns_writer,
+            // Metadata only: the apiserver leaves out spec and status.
             watcher(
-                Api::<Namespace>::all(client.clone()),
+                Api::<NamespaceMeta>::all(client.clone()),
                 watcher::Config::default(),
-            ),
+            )
+            .modify(view::slim_namespace),
         );
         spawn_drive("namespaces", ns_stream, stop.clone(), {
             let cluster = Arc::clone(&cluster);
-            move || cluster.update_cache_gauges()
+            move |event| {
+                cluster.update_cache_gauges();
+                cluster.changed(event, |ns| ns.name_any());
+            }
         });
         for (name, writer) in copy_writers {
             let stream = reflector::reflector(
                 writer,
-                watcher(Api::<Secret>::all(client.clone()), copies_watch(&name)),
+                watcher(Api::<CopyView>::all(client.clone()), copies_watch(&name)),
             );
             spawn_drive("copies", stream, stop.clone(), {
                 let cluster = Arc::clone(&cluster);
-                move || cluster.update_cache_gauges()
+                move |event| {
+                    cluster.update_cache_gauges();
+                    // How the leader's own writes come back: nothing to do about them.
+                    if let watcher::Event::Apply(copy) = event
+                        && !cluster.copy_needs_sync(copy)
+                    {
+                        return;
+                    }
+                    cluster.changed(event, |copy| copy.namespace().unwrap_or_default());
+                }
             });
         }
         for (source, writer) in source_writers {
@@ -137,18 +169,21 @@ impl Cluster {
             let stream = reflector::reflector(writer, watcher(api, config));
             spawn_drive("source", stream, stop.clone(), {
                 let cluster = Arc::clone(&cluster);
-                move || cluster.source_changed()
+                move |_| cluster.source_changed()
             });
         }
         let waiter = Arc::clone(&cluster);
         tokio::spawn(async move {
-            let mut ok = waiter.namespaces.wait_until_ready().await.is_ok();
-            for store in waiter.copies.values().chain(waiter.sources.values()) {
-                ok &= store.wait_until_ready().await.is_ok();
+            let mut ok = listed("namespaces", &waiter.namespaces).await;
+            for (name, store) in &waiter.copies {
+                ok &= listed(&format!("copies {name}"), store).await;
+            }
+            for (source, store) in &waiter.sources {
+                ok &= listed(&format!("source {source}"), store).await;
             }
             if ok {
                 waiter.source_changed();
-                waiter.synced.store(true, Ordering::Relaxed);
+                waiter.synced.send_replace(true);
                 tracing::info!(
                     namespaces = waiter.namespaces.len(),
                     copies = waiter.copies.values().map(Store::len).sum::<usize>(),
@@ -162,11 +197,104 @@ impl Cluster {
 
     /// Ready for `/readyz` once every cache has listed.
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Relaxed)
+        *self.synced.borrow()
     }
 
+    /// Waits until every cache has listed.
+    pub async fn wait_synced(&self) {
+        let mut synced = self.synced.subscribe();
+        let _ = synced.wait_for(|synced| *synced).await;
+    }
+
+    /// The client for watches and for what cannot wait (admission, the Lease, certificates).
     pub fn client(&self) -> Client {
-        self.client.clone()
+        self.clients.api.clone()
+    }
+
+    /// The rate-limited client of the leader's replication.
+    pub fn replication_client(&self) -> Client {
+        self.clients.replication.clone()
+    }
+
+    /// The namespaces to sync, for the leader's controller: every one once the caches have
+    /// synced, then each one a cache reports changed, and every one again when a source
+    /// changes, a watch lists again or the controller fell behind.
+    pub fn namespaces_to_sync(self: &Arc<Self>) -> impl Stream<Item = ObjectRef<NamespaceMeta>> {
+        // Subscribed once synced: what happened while listing is in that first pass.
+        let state = (Arc::clone(self), None, Vec::new());
+        futures::stream::unfold(state, |(cluster, mut changes, mut pending)| async move {
+            loop {
+                if let Some(next) = pending.pop() {
+                    return Some((next, (cluster, changes, pending)));
+                }
+                let everything = match &mut changes {
+                    None => {
+                        cluster.wait_synced().await;
+                        changes = Some(cluster.changes.subscribe());
+                        true
+                    }
+                    Some(receiver) => match receiver.recv().await {
+                        Ok(Change::Namespace(name)) => {
+                            pending.push(ObjectRef::new(&name));
+                            false
+                        }
+                        Ok(Change::All) | Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
+                };
+                if everything {
+                    pending.extend(
+                        cluster
+                            .namespaces
+                            .state()
+                            .iter()
+                            .map(|ns| ObjectRef::from_obj(ns.as_ref())),
+                    );
+                }
+            }
+        })
+    }
+
+    /// The namespace cache, which the leader's controller syncs.
+    pub fn namespace_store(&self) -> Store<NamespaceMeta> {
+        self.namespaces.clone()
+    }
+
+    /// Whether a copy the watch reports calls for a sync of its namespace: not when it is
+    /// ours, current, and wanted where it is.
+    fn copy_needs_sync(&self, copy: &CopyView) -> bool {
+        let name = copy.name_any();
+        let namespace = copy.namespace().unwrap_or_default();
+        let Some(ns) = self.namespaces.get(&ObjectRef::new(&namespace)) else {
+            return true;
+        };
+        let Some(spec) = self.settings.secrets.iter().find(|s| s.name == name) else {
+            return true;
+        };
+        let (Some(source_ref), true) = (
+            &spec.source,
+            self.settings.replicates_into(spec, &namespace, ns.labels()),
+        ) else {
+            return true;
+        };
+        let Some(source) = self.source(source_ref) else {
+            return true;
+        };
+        let hash = dockerconfig::data_hash(source.type_.as_deref(), source.data.as_ref());
+        !(is_managed(copy, &self.owner) && is_current(copy, source_ref, &hash))
+    }
+
+    /// Turns a watch event into the namespaces it concerns; a new listing concerns them all.
+    fn changed<K>(&self, event: &watcher::Event<K>, namespace_of: impl Fn(&K) -> String) {
+        let change = match event {
+            watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
+                Change::Namespace(namespace_of(object))
+            }
+            watcher::Event::InitDone => Change::All,
+            watcher::Event::Init | watcher::Event::InitApply(_) => return,
+        };
+        // No receiver: no controller is running on this replica.
+        let _ = self.changes.send(change);
     }
 
     pub fn settings(&self) -> &Arc<Settings> {
@@ -190,18 +318,18 @@ impl Cluster {
         store.get(&ObjectRef::new(&source.name).within(&source.namespace))
     }
 
-    pub fn copy(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+    pub fn copy(&self, namespace: &str, name: &str) -> Option<Arc<CopyView>> {
         self.copies
             .get(name)?
             .get(&ObjectRef::new(name).within(namespace))
     }
 
     /// This installation's copies in `namespace` (not another installation's).
-    pub fn copies_in(&self, namespace: &str) -> Vec<Arc<Secret>> {
+    pub fn copies_in(&self, namespace: &str) -> Vec<Arc<CopyView>> {
         self.copies
             .iter()
             .filter_map(|(name, store)| store.get(&ObjectRef::new(name).within(namespace)))
-            .filter(|s| is_managed(s, &self.owner))
+            .filter(|s| is_managed(s.as_ref(), &self.owner))
             .collect()
     }
 
@@ -209,17 +337,18 @@ impl Cluster {
         &self.owner
     }
 
+    /// Changes each time a source does.
     pub fn source_changes(&self) -> watch::Receiver<u64> {
         self.source_changes.subscribe()
     }
 
     /// A namespace from the cache, or from the API when the cache has not seen it yet (a
     /// namespace created an instant before its first pod). `None` when it cannot be read.
-    pub async fn namespace(&self, namespace: &str) -> Option<Arc<Namespace>> {
+    pub async fn namespace(&self, namespace: &str) -> Option<Arc<NamespaceMeta>> {
         if let Some(ns) = self.namespaces.get(&ObjectRef::new(namespace)) {
             return Some(ns);
         }
-        let api = Api::<Namespace>::all(self.client.clone());
+        let api = Api::<NamespaceMeta>::all(self.client());
         match tokio::time::timeout(Duration::from_secs(1), api.get_opt(namespace)).await {
             Ok(Ok(found)) => found.map(Arc::new),
             Ok(Err(error)) => {
@@ -248,6 +377,7 @@ impl Cluster {
         self.rebuild_keyring();
         self.update_cache_gauges();
         self.source_changes.send_modify(|n| *n += 1);
+        let _ = self.changes.send(Change::All);
     }
 
     fn rebuild_keyring(&self) {
@@ -329,7 +459,7 @@ impl Cluster {
                 dockerconfig::DOCKERCONFIGJSON_TYPE
             ));
         }
-        let api = Api::<Secret>::namespaced(self.client.clone(), namespace);
+        let api = Api::<Secret>::namespaced(self.client(), namespace);
         let params = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
@@ -354,6 +484,33 @@ impl Cluster {
     }
 }
 
+/// How often a cache that has not listed yet is reported.
+const LISTING_REPORT: Duration = Duration::from_secs(10);
+
+/// Waits until `store` has listed (false if its watch ended first), saying which cache keeps
+/// `/readyz` failing while it has not. The only task that waits on a store's readiness
+/// (kube's wakes only the last waiter): everything else waits for [`Cluster::wait_synced`].
+async fn listed<K>(what: &str, store: &Store<K>) -> bool
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let mut waited = Duration::ZERO;
+    loop {
+        match tokio::time::timeout(LISTING_REPORT, store.wait_until_ready()).await {
+            Ok(result) => return result.is_ok(),
+            Err(_) => {
+                waited += LISTING_REPORT;
+                tracing::warn!(
+                    cache = what,
+                    waited_seconds = waited.as_secs(),
+                    "a cache has not listed yet; not ready"
+                );
+            }
+        }
+    }
+}
+
 /// The watch of our copies named `name`, in every namespace: RBAC allows listing and
 /// watching a Secret by name only when the request selects that name.
 pub fn copies_watch(name: &str) -> watcher::Config {
@@ -367,7 +524,7 @@ fn spawn_drive<S, K>(
     what: &'static str,
     stream: S,
     stop: CancellationToken,
-    on_event: impl Fn() + Send + 'static,
+    on_event: impl Fn(&watcher::Event<K>) + Send + 'static,
 ) where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     K: Send + 'static,
@@ -378,7 +535,7 @@ fn spawn_drive<S, K>(
             tokio::select! {
                 _ = stop.cancelled() => return,
                 next = stream.next() => match next {
-                    Some(Ok(_)) => on_event(),
+                    Some(Ok(event)) => on_event(&event),
                     Some(Err(error)) => tracing::warn!(cache = what, %error, "watch failed; retrying with backoff"),
                     None => return,
                 },
@@ -432,9 +589,18 @@ pub fn owner(settings: &Settings) -> String {
     )
 }
 
+/// A copy that carries its source's content (`hash`, [`dockerconfig::data_hash`]) and says
+/// so in its annotations: nothing to write. Its data too: a copy edited by hand is not current.
+pub fn is_current(copy: &CopyView, source: &SourceRef, hash: &str) -> bool {
+    let annotation = |key: &str| copy.annotations().get(key).map(String::as_str);
+    annotation(HASH_ANNOTATION) == Some(hash)
+        && annotation(SOURCE_ANNOTATION) == Some(source.to_string().as_str())
+        && copy.content_hash == hash
+}
+
 /// A Secret is ours only if it carries our label and names this installation as its owner;
 /// nothing else is ever changed or deleted.
-pub fn is_managed(secret: &Secret, owner: &str) -> bool {
+pub fn is_managed(secret: &impl ResourceExt, owner: &str) -> bool {
     secret.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
         && secret
             .annotations()

@@ -6,6 +6,7 @@
 #      Kyverno and imagepullsecret-patcher into .cache/peers/
 #   3. the comparison against the control plane (benches/peers.rs): the race, latency and
 #      cost, matching; three markdown tables, also in target/bench/peers.{md,json}
+#   4. target/bench/race.png (benches/plot.py, with the matplotlib of `make plot-tools`)
 #
 # PEERS_RACE_RUNS, PEERS_CREATES, PEERS_CONCURRENCY and PEERS_PATCHER_ARRIVAL_MS override
 # the sizes (100, 500, 8, 5000); PEERS_NO_WAIT=1 skips the wait (up to 20 min) for other
@@ -19,3 +20,8 @@ tests/controlplane/build.sh
 tests/peers/build.sh
 echo "== comparison (benches/peers.rs) on $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 cargo bench --locked --bench peers
+if [[ -x "${PLOT_PYTHON:-}" ]]; then
+    "$PLOT_PYTHON" benches/plot.py race target/bench/peers.json target/bench/race.png
+else
+    echo "peers: no plot (PLOT_PYTHON not set: run through make peers, which installs it)"
+fi

@@ -113,6 +113,9 @@ metricsListen: {{ printf "[::]:%d" (.Values.containerPorts.metrics | int) | quot
 {{- with .Values.limits }}
 {{- dict "limits" . | toYaml | nindent 0 }}
 {{- end }}
+{{- with .Values.replicationRateLimit }}
+{{- dict "replicationRateLimit" . | toYaml | nindent 0 }}
+{{- end }}
 {{- if include "pullsecret-injector.credentialProviders" . }}
 {{- dict "credentialProviders" (dict
   "configFile" (include "pullsecret-injector.credentialProvidersPath" .)

@@ -76,9 +76,10 @@ echo "[controlplane] $1 (pid $child) exited with status $status"
 exit "$status"
 "#;
 
-/// How the control plane of a test binary differs from the default one. Only the node
-/// suite ([`crate::node`]) changes it: its pods reach the apiserver at the `kubernetes`
-/// Service's ClusterIP, and the apiserver reaches their webhook at a pod IP.
+/// How the control plane of a test binary differs from the default one. The node suite
+/// ([`crate::node`]) and `make scale` change it. The node suite: its pods reach the apiserver
+/// at the `kubernetes` Service's ClusterIP, and the apiserver reaches their webhook at a pod
+/// IP.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// kube-apiserver's address and port; `None`: 127.0.0.1 and a free port.
@@ -87,6 +88,11 @@ pub struct Options {
     pub service_cidr: String,
     /// More kube-apiserver flags (`--name=value`); one replaces a default flag of that name.
     pub apiserver_args: Vec<String>,
+    /// No kube-controller-manager: no ServiceAccount and ConfigMap are made in each new
+    /// namespace, so a benchmark that creates thousands of namespaces measures only its own
+    /// traffic (`make scale`). Pods cannot be created (the ServiceAccount admission plugin
+    /// waits for the namespace's `default` ServiceAccount).
+    pub without_controller_manager: bool,
 }
 
 impl Default for Options {
@@ -95,6 +101,7 @@ impl Default for Options {
             listen: None,
             service_cidr: "10.0.0.0/24".to_string(),
             apiserver_args: Vec::new(),
+            without_controller_manager: false,
         }
     }
 }
@@ -689,7 +696,12 @@ fn start(options: &Options) -> Result<ControlPlane, String> {
 
     // kube-controller-manager
     let mut controller_manager_args = Vec::new();
-    for attempt in 1..=2 {
+    let attempts = if options.without_controller_manager {
+        0
+    } else {
+        2
+    };
+    for attempt in 1..=attempts {
         let [port] = free_ports();
         let p = |f: &str| pki.dir.join(f).display().to_string();
         let kcfg = kubeconfig.display().to_string();

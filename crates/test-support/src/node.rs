@@ -693,6 +693,7 @@ fn control_plane_options(network: &Network) -> controlplane::Options {
             // `logs` and `exec`: dial the node's IP (its hostname resolves nowhere).
             "--kubelet-preferred-address-types=InternalIP".into(),
         ],
+        ..controlplane::Options::default()
     }
 }
 
