@@ -508,13 +508,14 @@ pub fn decide_pod<'a>(
     if let Some(reason) = skip_reason(settings, pod.annotations) {
         return Outcome::Skipped(reason);
     }
-    let wanted: Vec<&str> = wanted_secrets(settings, view.keyring, images)
-        .into_iter()
-        .map(|i| &settings.secrets[i])
+    let matched = wanted_secrets(settings, view.keyring, images);
+    let mut wanted = matched
+        .iter()
+        .map(|&i| &settings.secrets[i])
         .filter(|secret| view.applies(secret, pod.namespace))
         .map(|secret| secret.name.as_str())
-        .collect();
-    if wanted.is_empty() {
+        .peekable();
+    if wanted.peek().is_none() {
         return Outcome::Skipped(SkipReason::NoMatch);
     }
     // Every wanted secret already referenced: unchanged, not skipped.
