@@ -230,16 +230,10 @@ secrets:
 
     #[test]
     fn the_json_report_says_the_same() {
-        let found = reports(
-            &settings(),
-            &settings().keyring,
-            &[
-                "ghcr.io/acme-labs/x".into(),
-                "nginx".into(),
-                "Nginx".into(),
-                "quay.io/x/y".into(),
-            ],
-        );
+        let images: Vec<String> = ["ghcr.io/acme-labs/x", "nginx", "Nginx", "quay.io/x/y"]
+            .map(String::from)
+            .into();
+        let found = reports(&settings(), &settings().keyring, &images);
         let json = serde_json::to_value(&found).expect("serializes");
         assert_eq!(
             json[0],
@@ -263,16 +257,7 @@ secrets:
         );
         assert_eq!(
             render_text(&found),
-            explain(
-                &settings(),
-                &settings().keyring,
-                &[
-                    "ghcr.io/acme-labs/x".into(),
-                    "nginx".into(),
-                    "Nginx".into(),
-                    "quay.io/x/y".into(),
-                ]
-            )
+            explain(&settings(), &settings().keyring, &images)
         );
     }
 
