@@ -4,7 +4,7 @@
 //! When the pipe is so slow that the buffer fills, lines are dropped and counted
 //! (`pullsecret_injector_log_lines_dropped_total`), and serving goes on.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -45,8 +45,11 @@ pub fn init(format: LogFormat, level: Option<&str>) -> LogPipe {
         Some(level) => EnvFilter::new(level),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    // Colours only for a person at a terminal: escape codes in a log file or a collector's
+    // pipe are noise to read and to parse, and formatting them cost every line.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(io::stderr().is_terminal())
         .with_writer(pipe.writer());
     let _ = match format {
         LogFormat::Text => builder.try_init(),

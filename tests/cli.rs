@@ -410,3 +410,38 @@ fn serve_refuses_unusable_credential_providers_with_exit_2_naming_each_problem()
         assert!(err.contains(expected), "missing {expected:?} in {err}");
     }
 }
+
+#[test]
+fn text_logs_written_to_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    test_support::injector::certificates(dir.path());
+    let config = config_file(&format!(
+        "listen: 127.0.0.1:0\nmetricsListen: 127.0.0.1:0\ntls:\n  certFile: {0}/tls.crt\n  keyFile: {0}/tls.key\nsecrets: []\n",
+        dir.path().display()
+    ));
+    let mut child = Command::new(BIN)
+        .args(["serve", "--log-format", "text", "--config"])
+        .arg(config.path())
+        .env_remove("RUST_LOG")
+        .env_remove("PULLSECRET_INJECTOR_LOG_LEVEL")
+        .env_remove("PULLSECRET_INJECTOR_LOG_FORMAT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let serving = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("serving"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let serving = serving.expect("a `serving` line before the process ended");
+    assert!(
+        serving.contains(" INFO ") && serving.contains("listen=127.0.0.1:"),
+        "{serving:?}"
+    );
+    assert!(!serving.contains('\u{1b}'), "escape codes in {serving:?}");
+}
