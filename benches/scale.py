@@ -59,6 +59,10 @@ def main():
     rate = runs[0]["replication_rate_limit"]
     lines += [f"Replication rate limit: {rate['qps']:g} requests/s, burst {rate['burst']}. "
               f"User-Agents: {', '.join(runs[0]['injector_user_agents'])}.", ""]
+    cpus = runs[0].get("cpus", {})
+    lines += [(f"CPUs: etcd and kube-apiserver on {cpus['control_plane']}, the bench and the "
+               f"injector on {cpus['bench_and_injector']} (SCALE_PIN=0: shared)."
+               if cpus.get("pinned") else "CPUs: every process on every core (not pinned)."), ""]
 
     lines += ["## Convergence: the injector beside the floor", "",
               "| namespaces | copies | floor s (copies/s) | injector s from start | ratio "

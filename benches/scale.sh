@@ -10,7 +10,8 @@
 #
 # FLOOR_CONCURRENCY (32) and ADMISSION_RATE (100 reviews/s) override the sizes of the run;
 # SCALE_PHASES=handover,rotation runs those phases at every size; SCALE_REPLICATION_RATE=<qps>,<burst>
-# sets the injector's replicationRateLimit (default: the binary's).
+# sets the injector's replicationRateLimit (default: the binary's); SCALE_PIN=0 leaves every
+# process on every core (default: the control plane on the last core, the rest on the others).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,9 +26,17 @@ cargo bench --locked --no-run --bench scale
 
 mkdir -p "$OUT"
 rm -f "$OUT"/scale-*.json "$OUT"/report.md "$OUT"/scale.png
+# As in a cluster, the webhook does not share the apiserver's CPUs: the bench and the injector
+# run on all cores but the last, where scale.rs moves etcd and kube-apiserver (SCALE_PIN=0:
+# everything shares every core).
+pin=()
+if [[ "${SCALE_PIN:-1}" == 1 ]] && (($(nproc) >= 2)); then
+    export SCALE_CONTROL_PLANE_CPUS=$(($(nproc) - 1))
+    pin=(taskset --cpu-list "0-$(($(nproc) - 2))")
+fi
 for size in ${SCALE_SIZES:-1000 5000 10000}; do
     echo "== $size namespaces; $(uptime)"
-    SCALE_NAMESPACES=$size cargo bench --locked --bench scale
+    SCALE_NAMESPACES=$size "${pin[@]}" cargo bench --locked --bench scale
 done
 echo "== report; $(uptime)"
 python3 benches/scale.py

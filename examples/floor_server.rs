@@ -1,5 +1,5 @@
 //! The benchmark's floor: the webhook's transport stack (tokio multi-thread runtime with the
-//! default worker count, tokio-rustls with ring, hyper HTTP/1.1 with keep-alive) with no
+//! injector's worker count, tokio-rustls with ring, hyper HTTP/1.1 with keep-alive) with no
 //! work behind it. It reads each POST body and answers a fixed AdmissionReview, so what the
 //! injector costs beyond it is the cost of its decision, routing, metrics and logging.
 //!
@@ -106,8 +106,8 @@ fn main() -> anyhow::Result<()> {
         answer,
         reviews: AtomicU64::new(0),
     });
-    // As the injector's `serve`: multi-thread, one worker per core it may run on.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The injector's `serve` runtime: one worker per core it may run on, at least two.
+    let runtime = pullsecret_injector::commands::serve::runtime_builder()
         .enable_all()
         .build()
         .context("starting the async runtime")?;

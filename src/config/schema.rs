@@ -115,8 +115,8 @@ pub struct ApiRate {
 }
 
 /// README, "Replication at scale": why these numbers.
-pub const DEFAULT_REPLICATION_QPS: f64 = 50.0;
-pub const DEFAULT_REPLICATION_BURST: u32 = 100;
+pub const DEFAULT_REPLICATION_QPS: f64 = 500.0;
+pub const DEFAULT_REPLICATION_BURST: u32 = 1000;
 
 impl Default for ApiRate {
     fn default() -> Self {

@@ -229,6 +229,13 @@ impl ControlPlane {
         tails(&procs, lines)
     }
 
+    /// The running servers' names and pids (etcd, kube-apiserver, and the controller manager
+    /// when there is one): `make scale` pins them to a core of their own.
+    pub fn server_pids(&self) -> Vec<(&'static str, u32)> {
+        let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        procs.iter().map(|p| (p.name, server_pid(p))).collect()
+    }
+
     /// Fails if a server has exited.
     pub fn check_running(&self) -> Result<(), String> {
         let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
