@@ -213,7 +213,7 @@ bench: controlplane plot-tools ## Benchmarks beside a floor server: load, criter
 SCALE_SIZES ?= 1000 5000 10000
 
 .PHONY: scale
-scale: controlplane plot-tools ## Replication at 1,000 / 5,000 / 10,000 namespaces beside a bare client's floor (~25 min; BENCHMARKS.md "At scale")
+scale: controlplane plot-tools ## Replication at 1,000 / 5,000 / 10,000 namespaces beside a bare client's floor (~10 min warm; BENCHMARKS.md "At scale")
 	SCALE_SIZES="$(SCALE_SIZES)" benches/scale.sh
 
 # Adversarial load needs thousands of fds on both ends: the soft limit is raised for the run.

@@ -25,6 +25,12 @@ impl SecretSpec {
 }
 
 impl Settings {
+    /// Whether a pod's decision depends on its namespace's labels: some entry is narrowed
+    /// by a namespace selector.
+    pub fn decides_by_namespace_labels(&self) -> bool {
+        self.secrets.iter().any(|s| s.namespace_selector.is_some())
+    }
+
     /// Whether replicated copies belong in this namespace for `secret`.
     pub fn replicates_into(
         &self,
@@ -46,6 +52,34 @@ impl Settings {
 mod tests {
     use super::*;
     use crate::config::validate::tests::settings;
+
+    #[test]
+    fn only_an_entry_narrowed_by_a_namespace_selector_makes_the_decision_read_labels() {
+        let plain = settings(
+            r#"
+namespaceSelector: {matchLabels: {team: "yes"}}
+excludeNamespaces: [legacy]
+secrets:
+  - name: regcred
+    registries: [ghcr.io]
+    excludeNamespaces: [prod-old]
+"#,
+        )
+        .unwrap();
+        assert!(!plain.decides_by_namespace_labels());
+        let narrowed = settings(
+            r#"
+secrets:
+  - name: regcred
+    registries: [ghcr.io]
+  - name: prod
+    registries: [quay.io]
+    namespaceSelector: {matchLabels: {tier: prod}}
+"#,
+        )
+        .unwrap();
+        assert!(narrowed.decides_by_namespace_labels());
+    }
 
     #[test]
     fn replication_follows_the_opt_in_selector_the_entry_selector_and_exclusions() {

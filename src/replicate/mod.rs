@@ -30,6 +30,9 @@ use crate::matching::Keyring;
 use crate::metrics::Metrics;
 use view::{CopyView, NamespaceMeta};
 
+/// A namespace that cannot be read counts as unlabelled.
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
 pub const SOURCE_ANNOTATION: &str = "pullsecret-injector.io/source";
 pub const HASH_ANNOTATION: &str = "pullsecret-injector.io/source-hash";
 /// Which installation made a copy: its Lease, `<namespace>/<leaseName>` (see [`owner`]).
@@ -342,10 +345,15 @@ impl Cluster {
         self.source_changes.subscribe()
     }
 
+    /// The namespace as the cache has it, without asking the API.
+    pub fn cached_namespace(&self, namespace: &str) -> Option<Arc<NamespaceMeta>> {
+        self.namespaces.get(&ObjectRef::new(namespace))
+    }
+
     /// A namespace from the cache, or from the API when the cache has not seen it yet (a
     /// namespace created an instant before its first pod). `None` when it cannot be read.
     pub async fn namespace(&self, namespace: &str) -> Option<Arc<NamespaceMeta>> {
-        if let Some(ns) = self.namespaces.get(&ObjectRef::new(namespace)) {
+        if let Some(ns) = self.cached_namespace(namespace) {
             return Some(ns);
         }
         let api = Api::<NamespaceMeta>::all(self.client());
@@ -403,22 +411,38 @@ impl Cluster {
 
     /// Makes sure the Secrets a patch references exist in `namespace` before the pod is
     /// admitted: creates missing copies from their sources. Returns a warning per secret
-    /// that could not be made to exist.
+    /// that could not be made to exist. `labels`: the namespace's, or `None` when the caller
+    /// has not read them; they are then read (`namespace`) only if a copy is missing, so an
+    /// admission whose copies are cached asks the API nothing, even before the namespace
+    /// cache has listed.
     pub async fn ensure_copies(
         &self,
         namespace: &str,
-        labels: &BTreeMap<String, String>,
+        labels: Option<&BTreeMap<String, String>>,
         names: &[String],
         budget: Duration,
     ) -> Vec<String> {
         let mut warnings = Vec::new();
+        let mut read = None;
         for name in names {
             let Some(spec) = self.settings.secrets.iter().find(|s| &s.name == name) else {
                 continue;
             };
-            if !self.settings.replicates_into(spec, namespace, labels)
-                || self.copy(namespace, name).is_some()
-            {
+            if self.copy(namespace, name).is_some() {
+                continue;
+            }
+            let labels = match labels {
+                Some(labels) => labels,
+                None => {
+                    if read.is_none() {
+                        read = Some(self.namespace(namespace).await);
+                    }
+                    read.as_ref()
+                        .and_then(Option::as_deref)
+                        .map_or(&NO_LABELS, |meta| meta.labels())
+                }
+            };
+            if !self.settings.replicates_into(spec, namespace, labels) {
                 continue;
             }
             let result = tokio::time::timeout(budget, self.create_copy(spec, namespace)).await;
