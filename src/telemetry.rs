@@ -263,9 +263,17 @@ mod tests {
         let stall = sink.stalled.lock().unwrap();
         let pipe = LogPipe::spawn(sink.clone(), 1000);
         let writer = pipe.writer();
-        // The writer takes the first line and hangs on the destination.
+        // The writer takes the first line and hangs on the destination. Waited for, not
+        // slept on: a writer thread scheduled late would leave the line in the buffer.
         line(&writer, "first\n");
-        std::thread::sleep(Duration::from_millis(50));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !pipe.shared.lock().lines.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never took the first line"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let dropped_before = dropped_lines();
         let started = std::time::Instant::now();
         for _ in 0..200 {
