@@ -799,11 +799,10 @@ impl CopyTracker {
                 };
                 let hash =
                     |s: &Secret| dockerconfig::data_hash(s.type_.as_deref(), s.data.as_ref());
-                let (generation, wanted) = {
-                    let expected = wanted.lock().expect("lock");
-                    (expected.0, expected.1.clone())
-                };
-                let is_current = |(name, hash): &(String, String)| wanted.get(name) == Some(hash);
+                let expected = wanted.lock().expect("lock");
+                let generation = expected.0;
+                let is_current =
+                    |(name, hash): &(String, String)| expected.1.get(name) == Some(hash);
                 if generation != counted_for {
                     current = seen.values().filter(|copy| is_current(copy)).count();
                     counted_for = generation;
@@ -824,6 +823,7 @@ impl CopyTracker {
                 };
                 current += usize::from(added);
                 current -= usize::from(removed.as_ref().is_some_and(is_current));
+                drop(expected);
                 sender.send_replace(Progress {
                     total: seen.len(),
                     current,

@@ -1,7 +1,6 @@
 //! The webhook listener: tokio-rustls accept loop, hyper connections, the axum router,
 //! request limits and the drain on shutdown.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +17,6 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use kube::ResourceExt;
 use rustls::ServerConfig;
 use serde_json::json;
 use thiserror::Error;
@@ -31,7 +29,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::admission::{self, ClusterView};
 use crate::config::{Limits, Settings};
 use crate::metrics::Metrics;
-use crate::replicate::Cluster;
+use crate::replicate::{self, Cluster};
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -354,14 +352,13 @@ async fn review(
         Some(namespace) => cluster.cached_namespace(namespace).map(Some),
         None => None,
     };
-    // A namespace that cannot be read counts as unlabelled: selector-narrowed entries skip it.
-    let no_labels = BTreeMap::new();
+    // `None`: not read, and no entry's decision depends on them.
     let labels = namespace
         .as_ref()
-        .map(|ns| ns.as_deref().map_or(&no_labels, |ns| ns.labels()));
+        .map(|ns| replicate::labels_of(ns.as_deref()));
     let view = ClusterView {
         keyring: &keyring,
-        namespace_labels: Some(labels.unwrap_or(&no_labels)),
+        namespace_labels: Some(labels.unwrap_or(replicate::labels_of(None))),
     };
     let mut reviewed = admission::review(settings, &view, decoded)?;
     if !reviewed.dry_run && !reviewed.outcome.injected().is_empty() {

@@ -493,6 +493,27 @@ async fn set_up() -> Result<Cluster, String> {
 }
 
 impl Cluster {
+    /// A release of a scenario's own, `name` in namespace `psi-<name>` with its own opt-in
+    /// label, so the other scenarios never meet its settings; the guard prints its pods'
+    /// logs if the test fails.
+    async fn own_release(
+        &'static self,
+        name: &str,
+        extra: &[&str],
+    ) -> (Release, LogsOnFailure<'static>) {
+        let namespace = format!("psi-{name}");
+        let logs = LogsOnFailure::new(&format!("{namespace} pods"), {
+            let namespace = namespace.clone();
+            move || self.node.pod_log_tails(&namespace, 40)
+        });
+        let opt_in = format!("pullsecret-injector.test/{name}");
+        let release =
+            Release::install(self.node, self.registries, name, &namespace, &opt_in, extra)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        (release, logs)
+    }
+
     /// The node's and the control plane's log tails, and the default release's pods' logs,
     /// printed if the test fails.
     fn logs_on_failure(&self) -> [LogsOnFailure<'_>; 2] {
@@ -1366,20 +1387,10 @@ async fn the_leader_dies_and_an_upgrade_rolls_without_a_miss() {
     let _turn = HEAVY.write().await;
     let cluster = cluster();
     let _logs = cluster.logs_on_failure();
-    let _release_logs = LogsOnFailure::new("psi-faults pods", || {
-        cluster.node.pod_log_tails("psi-faults", 40)
-    });
+    let (release, _release_logs) = cluster
+        .own_release("faults", &["--set=webhook.failurePolicy=Fail"])
+        .await;
     let client = cluster.node.control_plane().client();
-    let release = Release::install(
-        cluster.node,
-        cluster.registries,
-        "faults",
-        "psi-faults",
-        "pullsecret-injector.test/faults",
-        &["--set=webhook.failurePolicy=Fail"],
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
     let ns = release.opted_in_namespace(&client, "faults").await;
     let image = cluster.registries.a.image("anything", "v1");
     let lag = EndpointLag::watch(&client, &release);
@@ -1480,20 +1491,8 @@ async fn uninstall_leaves_what_the_chart_readme_says() {
     let _turn = HEAVY.read().await;
     let cluster = cluster();
     let _logs = cluster.logs_on_failure();
-    let _release_logs = LogsOnFailure::new("psi-gone pods", || {
-        cluster.node.pod_log_tails("psi-gone", 40)
-    });
+    let (release, _release_logs) = cluster.own_release("gone", &[]).await;
     let client = cluster.node.control_plane().client();
-    let release = Release::install(
-        cluster.node,
-        cluster.registries,
-        "gone",
-        "psi-gone",
-        "pullsecret-injector.test/gone",
-        &[],
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
     let app = images::push_test_image(&cluster.registries.a, "private-g", "v1");
     let ns = release.opted_in_namespace(&client, "gone").await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);

@@ -30,8 +30,12 @@ use crate::matching::Keyring;
 use crate::metrics::Metrics;
 use view::{CopyView, NamespaceMeta};
 
-/// A namespace that cannot be read counts as unlabelled.
-static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+/// The labels of a namespace as admission knows it: one that could not be read counts as
+/// unlabelled, so entries narrowed by a namespace selector skip it.
+pub fn labels_of(namespace: Option<&NamespaceMeta>) -> &BTreeMap<String, String> {
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+    namespace.map_or(&NO_LABELS, |ns| ns.labels())
+}
 
 pub const SOURCE_ANNOTATION: &str = "pullsecret-injector.io/source";
 pub const HASH_ANNOTATION: &str = "pullsecret-injector.io/source-hash";
@@ -437,9 +441,7 @@ impl Cluster {
                     if read.is_none() {
                         read = Some(self.namespace(namespace).await);
                     }
-                    read.as_ref()
-                        .and_then(Option::as_deref)
-                        .map_or(&NO_LABELS, |meta| meta.labels())
+                    labels_of(read.as_ref().and_then(Option::as_deref))
                 }
             };
             if !self.settings.replicates_into(spec, namespace, labels) {
