@@ -60,21 +60,23 @@ def main():
     lines += [f"Replication rate limit: {rate['qps']:g} requests/s, burst {rate['burst']}. "
               f"User-Agents: {', '.join(runs[0]['injector_user_agents'])}.", ""]
     cpus = runs[0].get("cpus", {})
-    lines += [(f"CPUs: etcd and kube-apiserver on {cpus['control_plane']}, the bench and the "
-               f"injector on {cpus['bench_and_injector']} (SCALE_PIN=0: shared)."
+    lines += [(f"CPUs: etcd, kube-apiserver and the bench's copy tracker on "
+               f"{cpus['control_plane']}; the injector, the admission load and the rest of the "
+               f"bench on {cpus['bench_and_injector']} (SCALE_PIN=0: shared)."
                if cpus.get("pinned") else "CPUs: every process on every core (not pinned)."), ""]
 
     lines += ["## Convergence: the injector beside the floor", "",
               "| namespaces | copies | floor s (copies/s) | injector s from start | ratio "
-              "| first copy s | injector CPU s | peak RSS MiB | RSS idle MiB "
+              "| ready s | first copy s | injector CPU s | peak RSS MiB | RSS idle MiB "
               "| admission p99 idle / converging ms | load avg before |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in runs:
         i, f = r["injector"], r["floor"]
         lines.append(
             f"| {r['namespaces']:,} | {r['copies_expected']:,} "
             f"| {f['seconds']:.1f} ({f['per_second']:.0f}) | {i['seconds_from_start']:.1f} "
-            f"| {i['seconds_from_start'] / f['seconds']:.2f}x | {i['first_copy_seconds']:.1f} "
+            f"| {i['seconds_from_start'] / f['seconds']:.2f}x | {i.get('ready_seconds', 0):.2f} "
+            f"| {i['first_copy_seconds']:.1f} "
             f"| {i['cpu_seconds']:.1f} | {mib(i['rss_peak_kib']):.1f} "
             f"| {mib(i['rss_after_idle_kib']):.1f} "
             f"| {p99(i['admission_idle'])} / {p99(i['admission_converging'])} "

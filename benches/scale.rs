@@ -9,7 +9,8 @@
 //! - the injector (the release binary, with the chart's access): time from its start until
 //!   every copy exists, its CPU and memory, its requests by verb as the apiserver's audit log
 //!   records them for our User-Agent, and admission latency (reviews at ADMISSION_RATE a
-//!   second, keep-alive) while it converges and once it is idle;
+//!   second, keep-alive, from when `/readyz` says ready, as a Service's endpoints would send
+//!   them) while it converges and once it is idle;
 //! - with `handover` in SCALE_PHASES (5,000 by default): a second start on the converged
 //!   cluster, then a leader hand-over to a standby replica; each must write nothing;
 //! - with `rotation` (10,000 by default): the 3 sources get new bytes; time until every copy
@@ -145,7 +146,7 @@ fn pin_control_plane(cp: &ControlPlane) -> Value {
         })
         .unwrap_or_default();
     log(&format!(
-        "control plane pinned to CPU {control_plane}; the bench and the injector on {own}"
+        "control plane (and the copy tracker) pinned to CPU {control_plane}; the injector and the admission load on {own}"
     ));
     json!({
         "pinned": true,
@@ -349,8 +350,15 @@ async fn measure(cp: &ControlPlane, namespaces: usize, phases: &str, audit_log: 
         )
         .await;
     }
+    let log_dir = current.dir.clone();
     let status = current.stop();
     report["injector_exit"] = json!(status.to_string());
+    // Kept beside the report: one line per admission, with its duration, to find what a
+    // window's slowest reviews waited for.
+    let _ = std::fs::copy(
+        log_dir.join("injector.log"),
+        audit_log.with_file_name(format!("injector-{namespaces}.log")),
+    );
     report["finished"] = json!(unix_now());
     report
 }
@@ -494,6 +502,9 @@ async fn converge(
     let mark = AuditMark::now(audit_log);
     let loadavg_before = loadavg();
     let sampler = PeakSampler::start(injector.pid());
+    // The apiserver reaches a replica through its Service, whose endpoints list it once
+    // `/readyz` says ready (its caches have synced): the load starts then, as in a cluster.
+    let ready = wait_ready(injector).await;
     let load = admission_load(target, review_namespace);
     let first = copies.wait(|p| p.total > 0, CONVERGE_TIMEOUT).await;
     let all = copies.wait(|p| p.total >= expected, CONVERGE_TIMEOUT).await;
@@ -513,6 +524,7 @@ async fn converge(
     let value = json!({
         "seconds_from_start": seconds(all.at.duration_since(started)),
         "first_copy_seconds": seconds(first.at.duration_since(started)),
+        "ready_seconds": seconds(ready.duration_since(started)),
         "synced_at": logged("caches synced"),
         "leader_at": logged("became the leader; replicating"),
         "started_unix": started_unix,
@@ -531,12 +543,29 @@ async fn converge(
     value
 }
 
+/// Polls `/readyz` until it says ready; when.
+async fn wait_ready(injector: &Injector) -> Instant {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        if injector
+            .admin_get("/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
+        {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "the injector never turned ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Reviews at ADMISSION_RATE a second over 4 keep-alive connections, for a pod in an opted-in
 /// namespace whose image needs the first copy.
 fn admission_load(target: &Target, namespace: &str) -> ValidLoad {
     let rate: f64 = env_or("ADMISSION_RATE", 100.0);
     let review = admission_review("scale-review", namespace, "a.registry.example/app:1");
     let body = Bytes::from(serde_json::to_vec(&review).expect("JSON"));
+    let _on_its_own_thread = load_runtime().enter();
     ValidLoad::start(
         target,
         body,
@@ -546,6 +575,57 @@ fn admission_load(target: &Target, namespace: &str) -> ValidLoad {
             fresh_rate: 0.0,
         },
     )
+}
+
+/// The copy tracker's runtime: one thread, on the control plane's CPUs when scale.sh pins
+/// it there. Decoding every Secret event (15,000 at 10,000 namespaces, each again at a
+/// rotation) is the cluster being watched, not work of the webhook: on the injector's core
+/// it took CPU from the admissions it measures.
+fn observer_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let cpus = std::env::var("SCALE_CONTROL_PLANE_CPUS").ok();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("copy-tracker")
+            .on_thread_start(move || {
+                if let Some(cpus) = &cpus {
+                    pin_this_thread(cpus);
+                }
+            })
+            .enable_all()
+            .build()
+            .expect("the copy tracker's runtime")
+    })
+}
+
+/// Moves the calling thread (only) to `cpus`.
+fn pin_this_thread(cpus: &str) {
+    let tid = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|path| Some(path.file_name()?.to_string_lossy().into_owned()))
+        .expect("/proc/thread-self names this thread");
+    let status = std::process::Command::new("taskset")
+        .args(["--cpu-list", "--pid", cpus, &tid])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run taskset");
+    assert!(status.success(), "taskset thread {tid}: {status}");
+}
+
+/// The admission load's runtime, with a thread of its own: on the bench's runtime (one
+/// worker, on the injector's core) an answer would wait to be read while the copy tracker
+/// decodes a burst of Secret events, and that wait would count as the injector's latency.
+fn load_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("admission-load")
+            .enable_all()
+            .build()
+            .expect("the admission load's runtime")
+    })
 }
 
 fn window(window: &ValidWindow) -> Value {
@@ -778,7 +858,7 @@ impl CopyTracker {
         });
         let expected = Arc::new(Mutex::new((0, HashMap::<String, String>::new())));
         let wanted = Arc::clone(&expected);
-        tokio::spawn(async move {
+        observer_runtime().spawn(async move {
             let config = watcher::Config::default()
                 .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
             let stream = watcher(Api::<Secret>::all(admin), config);

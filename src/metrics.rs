@@ -226,7 +226,7 @@ impl Metrics {
         let ensured = Family::<ResultLabels, Counter>::default();
         registry.register(
             "ensured_at_admission",
-            "Missing copies handled while admitting a pod, by result (created, exists, failed)",
+            "Missing copies handled while admitting a pod, by result (created; exists: found taken; joined: made by another admission, waited for; failed)",
             ensured.clone(),
         );
         let namespace_syncs = Family::<ResultLabels, Counter>::default();
@@ -253,7 +253,7 @@ impl Metrics {
         for result in ["success", "error"] {
             let _ = certificate_reloads.get_or_create(&ResultLabels { result });
         }
-        for result in ["created", "exists", "failed"] {
+        for result in ["created", "exists", "joined", "failed"] {
             let _ = ensured.get_or_create(&ResultLabels { result });
         }
         for reason in ["forbidden", "conflict", "api", "generate"] {

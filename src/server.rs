@@ -320,11 +320,41 @@ async fn mutate_inner(
             );
             axum::Json(reviewed.response).into_response()
         }
-        Err(error) => refuse(
+        Err(Refusal::Review(error)) => refuse(
             StatusCode::BAD_REQUEST,
             error.metric_label(),
             error.to_string(),
         ),
+        Err(Refusal::SourcesNotListed(waited)) => {
+            // Not ready (`/readyz` says so too): the apiserver applies the failurePolicy,
+            // and a pod retried later gets its secrets.
+            let mut response = refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sources_not_listed",
+                format!(
+                    "the source Secrets have not been read yet (waited {} ms): no decision without their registries; retry",
+                    waited.as_millis()
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+    }
+}
+
+/// Why a review got no decision.
+enum Refusal {
+    /// The request itself: not an AdmissionReview of a valid pod.
+    Review(admission::ReviewError),
+    /// The sources had not listed within the budget (how long was waited).
+    SourcesNotListed(Duration),
+}
+
+impl From<admission::ReviewError> for Refusal {
+    fn from(error: admission::ReviewError) -> Self {
+        Self::Review(error)
     }
 }
 
@@ -334,12 +364,24 @@ async fn review(
     state: &AppState,
     transport: &Transport,
     body: &[u8],
-) -> Result<admission::Reviewed, admission::ReviewError> {
+) -> Result<admission::Reviewed, Refusal> {
     let settings = &state.settings;
     let decoded = admission::decode(body)?;
     let Some(cluster) = &state.cluster else {
-        return admission::review(settings, &ClusterView::offline(settings), decoded);
+        return Ok(admission::review(
+            settings,
+            &ClusterView::offline(settings),
+            decoded,
+        )?);
     };
+    // A review that arrives before the sources have listed (a start, before `/readyz`
+    // says ready) waits for them, within the budget the copies would have had: answered
+    // at once, it would be a pod admitted without the secret its image needs.
+    let budget = ensure_budget(transport);
+    let waiting = Instant::now();
+    if !cluster.wait_sources_listed(budget).await {
+        return Err(Refusal::SourcesNotListed(waiting.elapsed()));
+    }
     let keyring = cluster.keyring();
     // The labels decide only entries narrowed by a namespace selector. Without such an entry
     // the cache's answer will do, and the API is asked later only if a copy must be made
@@ -367,7 +409,7 @@ async fn review(
                 &reviewed.namespace,
                 labels,
                 reviewed.outcome.injected(),
-                ensure_budget(transport),
+                budget.saturating_sub(waiting.elapsed()),
             )
             .await;
         if !warnings.is_empty() {

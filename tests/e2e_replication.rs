@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use test_support::access::{self, ChartAccess};
+use test_support::access::{self, ChartAccess, apply_access};
 use test_support::controlplane::{self, NamespaceName, eventually, set_label};
 use test_support::injector::{Injector, Instance, Options};
 use test_support::metrics::{
@@ -493,6 +493,42 @@ async fn pod_created_with_its_namespace_has_its_secret_present_and_referenced_50
             "{metrics}"
         );
         assert_eq!(ensured_metric(&metrics, "failed"), 0.0, "{metrics}");
+
+        // A Deployment's pods at once in a namespace just opted in: one create, and the
+        // other admissions wait for it rather than send their own (refused as conflicts).
+        let burst_ns =
+            controlplane::namespace(&client, "e2e-repl-race-burst", &[(&key, "enabled")]).await;
+        let tls = test_support::client::TlsClient::new(&follower.ca_pem);
+        let body = test_support::pods::admission_review("burst", &burst_ns, IMAGE).to_string();
+        let answers = futures::future::join_all((0..8).map(|_| {
+            tls.post(
+                follower.injector.addr,
+                "/mutate?timeout=10s",
+                "application/json",
+                body.clone(),
+            )
+        }))
+        .await;
+        for answer in &answers {
+            let response = &answer.json()["response"];
+            assert_eq!(answer.status, 200, "{response}");
+            assert!(response["patch"].is_string(), "{response}");
+            assert!(response["warnings"].is_null(), "{response}");
+        }
+        let after = follower.injector.metrics().await;
+        let delta = |result| ensured_metric(&after, result) - ensured_metric(&metrics, result);
+        assert_eq!(delta("created"), 1.0, "{after}");
+        assert_eq!(
+            delta("exists"),
+            0.0,
+            "an admission sent a create of its own: {after}"
+        );
+        assert_eq!(delta("failed"), 0.0, "{after}");
+        assert!(delta("joined") <= 7.0, "{after}");
+        let copy = get_secret(&client, &burst_ns, "regcred")
+            .await
+            .expect("the copy exists once the pods are admitted");
+        check_copy(&copy, &source).expect("the copy carries the source");
     }
 
     // As deployed: the Lease is free, the same injector (same port) restarts and leads.
@@ -964,6 +1000,146 @@ async fn patterns_come_from_the_sources_auths_keys() {
     );
 
     registration.delete().await;
+}
+
+/// Whether the authorizer lets the installation of `access` list its source `regcred-source`
+/// in `namespace`.
+async fn may_list_source(client: &kube::Client, access: &ChartAccess, namespace: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let review = SubjectAccessReview {
+        metadata: ObjectMeta::default(),
+        spec: SubjectAccessReviewSpec {
+            user: Some(access.username()),
+            groups: Some(access.groups()),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(namespace.to_string()),
+                verb: Some("list".into()),
+                resource: Some("secrets".into()),
+                name: Some("regcred-source".into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        status: None,
+    };
+    Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview")
+        .status
+        .is_some_and(|status| status.allowed)
+}
+
+#[tokio::test]
+async fn a_review_before_the_sources_have_listed_waits_for_them_or_is_refused() {
+    let cp = controlplane::shared();
+    let _logs = cp.logs_on_failure();
+    let client = cp.client();
+    let id = "early";
+    let registry = "registry.example.com:5000";
+    let (source_ns, _) = regcred_source(
+        &client,
+        "e2e-repl-early-src",
+        &[Credentials::new(registry, "robot", "s3cret")],
+    )
+    .await;
+    let config = config(id, &source_ns, REGCRED);
+    // The chart's access without its release namespace's RoleBinding: the source (and the
+    // Lease) cannot be read, as while a Role is still on its way or was lost.
+    let state = tempfile::tempdir().expect("tempdir");
+    let access = ChartAccess::for_config(&client, &config, state.path()).await;
+    let bindings =
+        Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), &source_ns);
+    bindings
+        .delete(&access.fullname, &DeleteParams::default())
+        .await
+        .expect("delete the release namespace's RoleBinding");
+    eventually("the source no longer readable", CONVERGE, || async {
+        match may_list_source(&client, &access, &source_ns).await {
+            false => Ok(()),
+            true => Err("still allowed"),
+        }
+    })
+    .await;
+    let ns =
+        controlplane::namespace(&client, "e2e-repl-early", &[(&opt_in_label(id), "enabled")]).await;
+    let replicator = Instance::start(|dir| {
+        Injector::start(Options {
+            kubeconfig: Some(&access.kubeconfig),
+            ..Options::new(&config, dir)
+        })
+    });
+    let _injector_logs = replicator.injector.logs_on_failure();
+    let tls = test_support::client::TlsClient::new(&replicator.ca_pem);
+    let review = || {
+        test_support::pods::admission_review("early", &ns, &format!("{registry}/app:1")).to_string()
+    };
+
+    // Not answered without the source's registries: after half the apiserver's timeout, a
+    // 503 that names why, which the apiserver turns into its failurePolicy.
+    let started = Instant::now();
+    let refused = tls
+        .post(
+            replicator.injector.addr,
+            "/mutate?timeout=2s",
+            "application/json",
+            review(),
+        )
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(
+        refused.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(refused.json()["reason"], "sources_not_listed");
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(2),
+        "refused after {waited:?}, not after the budget of 1 s"
+    );
+    let ready = replicator.injector.admin_get("/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert_eq!(
+        metric(
+            &replicator.injector.metrics().await,
+            "pullsecret_injector_bad_requests_total{reason=\"sources_not_listed\"}"
+        ),
+        1.0
+    );
+
+    // Granted again while a review waits: it is answered once the source has listed, with
+    // the secret its image needs (and the copy made), not as if no registry matched.
+    apply_access(&client, &access.docs).await;
+    let answered = tls
+        .post(
+            replicator.injector.addr,
+            "/mutate?timeout=30s",
+            "application/json",
+            review(),
+        )
+        .await;
+    assert_eq!(
+        answered.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answered.body)
+    );
+    let response = &answered.json()["response"];
+    let patch: k8s_openapi::ByteString =
+        serde_json::from_value(response["patch"].clone()).expect("a base64 patch");
+    let patch: Value = serde_json::from_slice(&patch.0).expect("a JSON patch");
+    assert!(
+        patch.to_string().contains(r#"{"name":"regcred"}"#),
+        "{patch}"
+    );
+    assert!(response["warnings"].is_null(), "{response}");
+    get_secret(&client, &ns, "regcred")
+        .await
+        .expect("the copy exists once the pod is admitted");
 }
 
 #[tokio::test]

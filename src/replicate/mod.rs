@@ -7,9 +7,9 @@ pub mod dockerconfig;
 pub mod keyring;
 pub mod view;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
@@ -19,7 +19,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use thiserror::Error;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{OnceCell, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SecretSpec, Settings, SourceRef};
@@ -69,6 +69,26 @@ enum Change {
     All,
 }
 
+/// How long a copy made at admission is taken as there without the copy cache: its watch
+/// event normally arrives within a second; this bounds what a copy deleted meanwhile costs.
+const MADE_AT_ADMISSION_TTL: Duration = Duration::from_secs(10);
+
+/// A copy that admission is making, or made and the copy cache has not shown yet.
+struct Ensuring {
+    since: Instant,
+    /// The create's outcome (a metric label) or why it failed; set once.
+    outcome: OnceCell<Result<&'static str, String>>,
+}
+
+impl Ensuring {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            outcome: OnceCell::new(),
+        }
+    }
+}
+
 /// How many changes may wait for a slow controller before it is told it fell behind (and
 /// then syncs every namespace).
 const CHANGE_BUFFER: usize = 4096;
@@ -85,9 +105,15 @@ pub struct Cluster {
     /// This installation's [`owner`]: copies made by another one are not ours.
     owner: String,
     keyring: RwLock<Arc<Keyring>>,
+    /// By namespace and name: concurrent admissions that need the same missing copy (a
+    /// Deployment's pods in a namespace just opted in) wait for one create, not send one
+    /// each; the ones after it find it here until the copy cache has it.
+    ensuring: Mutex<HashMap<(String, String), Arc<Ensuring>>>,
     changes: broadcast::Sender<Change>,
     /// Bumped whenever a source changes: the leader's reporter of unusable sources waits on it.
     source_changes: watch::Sender<u64>,
+    /// The sources have listed: the keyring holds their registries (admission waits for it).
+    sources_listed: watch::Sender<bool>,
     synced: watch::Sender<bool>,
 }
 
@@ -122,6 +148,7 @@ impl Cluster {
         }
         let cluster = Arc::new(Self {
             keyring: RwLock::new(Arc::new(settings.keyring.clone())),
+            ensuring: Mutex::default(),
             clients,
             owner: owner(&settings),
             settings,
@@ -131,6 +158,7 @@ impl Cluster {
             copies,
             changes: broadcast::Sender::new(CHANGE_BUFFER),
             source_changes: watch::Sender::new(0),
+            sources_listed: watch::Sender::new(false),
             synced: watch::Sender::new(false),
         });
 
@@ -159,6 +187,7 @@ impl Cluster {
                 let cluster = Arc::clone(&cluster);
                 move |event| {
                     cluster.update_cache_gauges();
+                    cluster.copy_seen(event);
                     // How the leader's own writes come back: nothing to do about them.
                     if let watcher::Event::Apply(copy) = event
                         && !cluster.copy_needs_sync(copy)
@@ -181,15 +210,21 @@ impl Cluster {
         }
         let waiter = Arc::clone(&cluster);
         tokio::spawn(async move {
-            let mut ok = listed("namespaces", &waiter.namespaces).await;
-            for (name, store) in &waiter.copies {
-                ok &= listed(&format!("copies {name}"), store).await;
-            }
+            // Sources first: admission needs only them (their registries), while the other
+            // caches, which admission can do without, go on listing meanwhile.
+            let mut ok = true;
             for (source, store) in &waiter.sources {
                 ok &= listed(&format!("source {source}"), store).await;
             }
             if ok {
                 waiter.source_changed();
+                waiter.sources_listed.send_replace(true);
+            }
+            ok &= listed("namespaces", &waiter.namespaces).await;
+            for (name, store) in &waiter.copies {
+                ok &= listed(&format!("copies {name}"), store).await;
+            }
+            if ok {
                 waiter.synced.send_replace(true);
                 tracing::info!(
                     namespaces = waiter.namespaces.len(),
@@ -205,6 +240,21 @@ impl Cluster {
     /// Ready for `/readyz` once every cache has listed.
     pub fn is_synced(&self) -> bool {
         *self.synced.borrow()
+    }
+
+    /// Waits at most `budget` for the sources to list, and says whether they have: until
+    /// then the keyring lacks their registries, and a pod whose image needs one of them
+    /// would be admitted without it. The namespace and copy caches are not waited for:
+    /// admission reads the API where they have no answer yet.
+    pub async fn wait_sources_listed(&self, budget: Duration) -> bool {
+        if *self.sources_listed.borrow() {
+            return true;
+        }
+        let mut listed = self.sources_listed.subscribe();
+        matches!(
+            tokio::time::timeout(budget, listed.wait_for(|listed| *listed)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Waits until every cache has listed.
@@ -447,9 +497,24 @@ impl Cluster {
             if !self.settings.replicates_into(spec, namespace, labels) {
                 continue;
             }
-            let result = tokio::time::timeout(budget, self.create_copy(spec, namespace)).await;
+            let ensuring = self.ensuring(namespace, name);
+            let mut made_here = false;
+            let result = tokio::time::timeout(
+                budget,
+                ensuring.outcome.get_or_init(|| {
+                    made_here = true;
+                    self.create_copy(spec, namespace)
+                }),
+            )
+            .await;
+            if let Ok(Err(_)) = result {
+                // A failure is not remembered: the next admission tries again.
+                self.forget_ensuring(namespace, name, &ensuring);
+            }
             let outcome = match result {
-                Ok(Ok(outcome)) => outcome,
+                // Made by another admission, which this one waited for (or found done).
+                Ok(Ok("created")) if !made_here => "joined",
+                Ok(Ok(outcome)) => *outcome,
                 Ok(Err(reason)) => {
                     warnings.push(format!(
                         "secret {name} is missing in namespace {namespace}: {reason}"
@@ -466,6 +531,40 @@ impl Cluster {
             self.metrics.ensured_at_admission(outcome);
         }
         warnings
+    }
+
+    /// The one [`Ensuring`] of a copy missing from the cache: a new one when there is none,
+    /// or the last one is older than [`MADE_AT_ADMISSION_TTL`].
+    fn ensuring(&self, namespace: &str, name: &str) -> Arc<Ensuring> {
+        let mut ensuring = self.ensuring.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = ensuring
+            .entry((namespace.to_string(), name.to_string()))
+            .or_insert_with(|| Arc::new(Ensuring::new()));
+        if entry.since.elapsed() > MADE_AT_ADMISSION_TTL {
+            *entry = Arc::new(Ensuring::new());
+        }
+        Arc::clone(entry)
+    }
+
+    fn forget_ensuring(&self, namespace: &str, name: &str, which: &Arc<Ensuring>) {
+        let mut ensuring = self.ensuring.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (namespace.to_string(), name.to_string());
+        if ensuring.get(&key).is_some_and(|e| Arc::ptr_eq(e, which)) {
+            ensuring.remove(&key);
+        }
+    }
+
+    /// The copy cache now knows a copy (or its deletion): admission asks it from now on.
+    fn copy_seen(&self, event: &watcher::Event<CopyView>) {
+        let copy = match event {
+            watcher::Event::Apply(copy) | watcher::Event::Delete(copy) => copy,
+            _ => return,
+        };
+        let mut ensuring = self.ensuring.lock().unwrap_or_else(|e| e.into_inner());
+        if ensuring.is_empty() {
+            return;
+        }
+        ensuring.remove(&(copy.namespace().unwrap_or_default(), copy.name_any()));
     }
 
     async fn create_copy(

@@ -326,14 +326,21 @@ impl Injector {
 
     /// Prometheus text from the plain metrics listener.
     pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await
+    }
+
+    /// The whole HTTP/1.1 answer (status line, headers, body) of the plain admin listener
+    /// to `GET path`.
+    pub async fn admin_get(&self, path: &str) -> String {
         let mut tcp = tokio::net::TcpStream::connect(self.admin)
             .await
             .expect("admin connect");
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .expect("write");
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.expect("write");
         let mut out = String::new();
-        tcp.read_to_string(&mut out).await.expect("read metrics");
+        tcp.read_to_string(&mut out)
+            .await
+            .unwrap_or_else(|e| panic!("read {path}: {e}"));
         out
     }
 }
