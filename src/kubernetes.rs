@@ -13,6 +13,8 @@ use kube::client::ClientBuilder;
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::ExponentialBackoff;
 use tokio::time::{Instant, Sleep};
+use tower::layer::util::{Identity, Stack};
+use tower::limit::ConcurrencyLimitLayer;
 
 use crate::config::ApiRate;
 
@@ -54,10 +56,29 @@ impl Clients {
         };
         let api = with_agent(USER_AGENT_VALUE)?.build();
         let replication = with_agent(REPLICATION_USER_AGENT_VALUE)?
-            .with_layer(&RateLimitLayer { rate })
+            .with_layer(&replication_layers(rate))
             .build();
         Ok(Self { api, replication })
     }
+}
+
+/// Replication requests the apiserver holds at once, at most. An admission that must make a
+/// copy waits inside the apiserver behind whatever we already have in flight there; with 48
+/// (16 namespaces x 3 copies) its create took 50-130 ms while converging at 1,000
+/// namespaces, with 12 at most ~15 ms, and 12 still keep a one-core apiserver busy
+/// (BENCHMARKS.md, "At scale").
+pub const REPLICATION_IN_FLIGHT: usize = 12;
+
+pub type ReplicationLayers =
+    tower::ServiceBuilder<Stack<RateLimitLayer, Stack<ConcurrencyLimitLayer, Identity>>>;
+
+/// The replication client's stack: at most [`REPLICATION_IN_FLIGHT`] requests in flight,
+/// each let through by the rate limit. kube's `Client` drives it from one buffer, so both
+/// bounds hold for the whole client.
+pub fn replication_layers(rate: ApiRate) -> ReplicationLayers {
+    tower::ServiceBuilder::new()
+        .concurrency_limit(REPLICATION_IN_FLIGHT)
+        .layer(RateLimitLayer { rate })
 }
 
 /// client-go's token bucket: `qps` requests a second on average, up to `burst` at once after
@@ -229,6 +250,41 @@ mod tests {
             last >= Duration::from_millis(999) && last <= Duration::from_millis(1010),
             "{last:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replication_never_has_more_than_its_bound_in_flight() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use futures::StreamExt;
+        use tower::ServiceExt;
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let apiserver = {
+            let (now, most) = (Arc::clone(&now), Arc::clone(&most));
+            tower::service_fn(move |_: ()| {
+                let (now, most) = (Arc::clone(&now), Arc::clone(&most));
+                async move {
+                    let in_flight = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(in_flight, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, std::convert::Infallible>(())
+                }
+            })
+        };
+        // A burst large enough that only the in-flight bound holds the 100 requests back.
+        let rate = ApiRate {
+            qps: 10_000.0,
+            burst: 1_000,
+        };
+        let client = tower::Layer::layer(&replication_layers(rate), apiserver);
+        let answered = client
+            .call_all(futures::stream::iter(vec![(); 100]))
+            .collect::<Vec<_>>()
+            .await;
+        assert_eq!(answered.len(), 100);
+        assert_eq!(most.load(Ordering::SeqCst), REPLICATION_IN_FLIGHT);
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub struct Service {
     /// What the Lease holder runs for entries with a `provider`
     /// ([`Settings::credential_plans`]).
     pub credential_plans: Vec<provider::CredentialPlan>,
+    /// Where the cluster's watches, the leader election and the leader's tasks run; `None`:
+    /// beside admission, on the runtime that calls [`run`].
+    pub cluster_runtime: Option<tokio::runtime::Handle>,
 }
 
 #[derive(Debug, Error)]
@@ -99,7 +102,9 @@ pub async fn run(
         clients,
         identity,
         credential_plans,
+        cluster_runtime,
     } = service;
+    let cluster_runtime = cluster_runtime.unwrap_or_else(tokio::runtime::Handle::current);
     let resolver = match &certificates {
         CertificateSource::Files { files, .. } => files.resolver(),
         CertificateSource::SelfManaged(_) => Arc::new(CertResolver::empty()),
@@ -109,6 +114,8 @@ pub async fn run(
         return Err(RunError::NoCluster);
     }
     let cluster = clients.map(|clients| {
+        // Its watches are spawned where it starts.
+        let _on_the_cluster_runtime = cluster_runtime.enter();
         Cluster::start(
             clients,
             Arc::clone(&settings),
@@ -153,7 +160,7 @@ pub async fn run(
             CertificateSource::SelfManaged(config) => Some(config.clone()),
             CertificateSource::Files { .. } => None,
         };
-        tokio::spawn(leader::lead(
+        cluster_runtime.spawn(leader::lead(
             cluster.client(),
             Arc::clone(&settings),
             identity.clone(),

@@ -57,7 +57,10 @@ pub fn serve(args: ServeArgs, environment: &Environment) -> Result<(), CommandEr
         .enable_all()
         .build()
         .map_err(CommandError::io("starting the async runtime"))?;
-    runtime.block_on(async move {
+    let cluster_runtime =
+        cluster_runtime().map_err(CommandError::io("starting the cluster's async runtime"))?;
+    let cluster_handle = cluster_runtime.handle().clone();
+    let served = runtime.block_on(async move {
         let webhook = crate::listen::bind(settings.listen)
             .map_err(CommandError::io(format!(
                 "binding listen address {}",
@@ -103,11 +106,27 @@ pub fn serve(args: ServeArgs, environment: &Environment) -> Result<(), CommandEr
             clients,
             identity: environment.identity(),
             credential_plans,
+            cluster_runtime: Some(cluster_handle),
         };
         run(service, Listeners { webhook, admin }, shutdown).await?;
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    // `run` has joined the leader's tasks; the watches stop with their runtime.
+    cluster_runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    served
+}
+
+/// The runtime of the cluster's watches, the leader election and the leader's replication:
+/// a thread of its own, so that a burst of watch events or of copies to write never holds
+/// an admission behind it in a worker's queue, and the kernel, not tokio, shares the CPU
+/// between the two (admission's threads, mostly asleep, get it as soon as they wake).
+fn cluster_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("cluster")
+        .enable_all()
+        .build()
 }
 
 /// One worker per CPU the process may use, and never fewer than two: with one (a pod limited

@@ -34,8 +34,8 @@ use crate::kubernetes::FIELD_MANAGER;
 /// belongs).
 const RESYNC: Duration = Duration::from_secs(300);
 /// Namespaces synced at once. The replication client holds their requests to its rate limit
-/// whatever this is; it bounds the connections to the apiserver (HTTP/1.1: one per request
-/// in flight) and keeps a namespace labelled during a long resync from waiting behind
+/// and to `REPLICATION_IN_FLIGHT` in the apiserver whatever this is; it keeps enough
+/// decided to fill those, and a namespace labelled during a long resync from waiting behind
 /// thousands of others.
 const CONCURRENCY: u16 = 16;
 
