@@ -24,15 +24,14 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
+use k8s_openapi::api::authorization::v1::ResourceAttributes;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::{ByteString, Resource};
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, ListParams, PostParams};
+use test_support::access::authorizer_allows;
 use test_support::controlplane::{self, eventually};
 use test_support::helm;
 use test_support::pki::TestCa;
@@ -75,34 +74,26 @@ async fn allowed(
     name: Option<&str>,
 ) -> bool {
     let (sa_namespace, sa_name) = service_account;
-    let review = SubjectAccessReview {
-        metadata: ObjectMeta::default(),
-        spec: SubjectAccessReviewSpec {
-            user: Some(format!("system:serviceaccount:{sa_namespace}:{sa_name}")),
-            groups: Some(vec![
-                "system:serviceaccounts".into(),
-                format!("system:serviceaccounts:{sa_namespace}"),
-                "system:authenticated".into(),
-            ]),
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                group: Some(group.into()),
-                resource: Some(resource.into()),
-                namespace: namespace.map(String::from),
-                name: name.map(String::from),
-                ..ResourceAttributes::default()
-            }),
-            ..SubjectAccessReviewSpec::default()
-        },
-        status: None,
+    let attributes = ResourceAttributes {
+        verb: Some(verb.into()),
+        group: Some(group.into()),
+        resource: Some(resource.into()),
+        namespace: namespace.map(String::from),
+        name: name.map(String::from),
+        ..ResourceAttributes::default()
     };
-    Api::<SubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await
-        .expect("SubjectAccessReview")
-        .status
-        .expect("SubjectAccessReview status")
-        .allowed
+    let groups = vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{sa_namespace}"),
+        "system:authenticated".into(),
+    ];
+    authorizer_allows(
+        client,
+        &format!("system:serviceaccount:{sa_namespace}:{sa_name}"),
+        groups,
+        attributes,
+    )
+    .await
 }
 
 /// The (only) webhook of the MutatingWebhookConfiguration `name`.

@@ -17,9 +17,7 @@
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingAdmissionPolicy,
 };
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
+use k8s_openapi::api::authorization::v1::ResourceAttributes;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role};
@@ -390,30 +388,15 @@ async fn may(
     namespace: Option<&str>,
     name: Option<&str>,
 ) -> bool {
-    let review = SubjectAccessReview {
-        metadata: ObjectMeta::default(),
-        spec: SubjectAccessReviewSpec {
-            user: Some(access.username()),
-            groups: Some(access.groups()),
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                resource: Some("secrets".into()),
-                version: Some("v1".into()),
-                namespace: namespace.map(str::to_string),
-                name: name.map(str::to_string),
-                ..ResourceAttributes::default()
-            }),
-            ..SubjectAccessReviewSpec::default()
-        },
-        status: None,
+    let attributes = ResourceAttributes {
+        verb: Some(verb.into()),
+        resource: Some("secrets".into()),
+        version: Some("v1".into()),
+        namespace: namespace.map(str::to_string),
+        name: name.map(str::to_string),
+        ..ResourceAttributes::default()
     };
-    Api::<SubjectAccessReview>::all(admin.clone())
-        .create(&PostParams::default(), &review)
-        .await
-        .expect("SubjectAccessReview")
-        .status
-        .expect("SubjectAccessReview status")
-        .allowed
+    access.allows(admin, attributes).await
 }
 
 /// A Secret for the policy to judge: `type_`, with our label and `owner` when given.

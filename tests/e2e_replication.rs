@@ -1002,36 +1002,6 @@ async fn patterns_come_from_the_sources_auths_keys() {
     registration.delete().await;
 }
 
-/// Whether the authorizer lets the installation of `access` list its source `regcred-source`
-/// in `namespace`.
-async fn may_list_source(client: &kube::Client, access: &ChartAccess, namespace: &str) -> bool {
-    use k8s_openapi::api::authorization::v1::{
-        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-    };
-    let review = SubjectAccessReview {
-        metadata: ObjectMeta::default(),
-        spec: SubjectAccessReviewSpec {
-            user: Some(access.username()),
-            groups: Some(access.groups()),
-            resource_attributes: Some(ResourceAttributes {
-                namespace: Some(namespace.to_string()),
-                verb: Some("list".into()),
-                resource: Some("secrets".into()),
-                name: Some("regcred-source".into()),
-                ..ResourceAttributes::default()
-            }),
-            ..SubjectAccessReviewSpec::default()
-        },
-        status: None,
-    };
-    Api::<SubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await
-        .expect("SubjectAccessReview")
-        .status
-        .is_some_and(|status| status.allowed)
-}
-
 #[tokio::test]
 async fn a_review_before_the_sources_have_listed_waits_for_them_or_is_refused() {
     let cp = controlplane::shared();
@@ -1057,7 +1027,14 @@ async fn a_review_before_the_sources_have_listed_waits_for_them_or_is_refused() 
         .await
         .expect("delete the release namespace's RoleBinding");
     eventually("the source no longer readable", CONVERGE, || async {
-        match may_list_source(&client, &access, &source_ns).await {
+        let list_source = k8s_openapi::api::authorization::v1::ResourceAttributes {
+            namespace: Some(source_ns.clone()),
+            verb: Some("list".into()),
+            resource: Some("secrets".into()),
+            name: Some("regcred-source".into()),
+            ..Default::default()
+        };
+        match access.allows(&client, list_source).await {
             false => Ok(()),
             true => Err("still allowed"),
         }

@@ -227,10 +227,42 @@ impl ChartAccess {
         ]
     }
 
+    /// Whether the apiserver's authorizer lets this installation's ServiceAccount do what
+    /// `attributes` describe.
+    pub async fn allows(&self, admin: &kube::Client, attributes: ResourceAttributes) -> bool {
+        authorizer_allows(admin, &self.username(), self.groups(), attributes).await
+    }
+
     /// The rendered documents of `kind`.
     pub fn of_kind(&self, kind: &str) -> Vec<&Value> {
         self.docs.iter().filter(|d| d["kind"] == kind).collect()
     }
+}
+
+/// The apiserver's authorizer's answer (a SubjectAccessReview) for `user` in `groups`.
+pub async fn authorizer_allows(
+    admin: &kube::Client,
+    user: &str,
+    groups: Vec<String>,
+    attributes: ResourceAttributes,
+) -> bool {
+    let review = SubjectAccessReview {
+        metadata: ObjectMeta::default(),
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.to_string()),
+            groups: Some(groups),
+            resource_attributes: Some(attributes),
+            ..SubjectAccessReviewSpec::default()
+        },
+        status: None,
+    };
+    Api::<SubjectAccessReview>::all(admin.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview")
+        .status
+        .expect("SubjectAccessReview status")
+        .allowed
 }
 
 /// `helm template` of the chart as the documents it renders.
