@@ -33,12 +33,16 @@ pub const REPLICATION_USER_AGENT_VALUE: &str = concat!(
     " (replication)"
 );
 
-/// The two connections to the apiserver, one configuration.
+/// The connections to the apiserver, one configuration.
 #[derive(Clone)]
 pub struct Clients {
-    /// Watches, the Lease, the certificate keeper and what admission needs at once (a
-    /// namespace's labels, a missing copy): never made to wait behind bulk work.
+    /// Watches, the Lease, the certificate keeper: never made to wait behind bulk work.
     pub api: kube::Client,
+    /// What admission needs at once (a namespace's labels, a missing copy), in a connection
+    /// pool of its own that the cluster warms before `/readyz` says ready: kube's client
+    /// speaks HTTP/1.1, a watch holds its connection for good, and a first request that has
+    /// to open one to an apiserver busy with a first sync waited ~45 ms for it.
+    pub admission: kube::Client,
     /// The replication's reads and writes, behind the client-side rate limit: a resync or a
     /// source rotation over thousands of namespaces goes out at `rate`, however many
     /// namespaces are queued.
@@ -55,10 +59,15 @@ impl Clients {
             ClientBuilder::try_from(config)
         };
         let api = with_agent(USER_AGENT_VALUE)?.build();
+        let admission = with_agent(USER_AGENT_VALUE)?.build();
         let replication = with_agent(REPLICATION_USER_AGENT_VALUE)?
             .with_layer(&replication_layers(rate))
             .build();
-        Ok(Self { api, replication })
+        Ok(Self {
+            api,
+            admission,
+            replication,
+        })
     }
 }
 

@@ -210,6 +210,15 @@ impl Cluster {
         }
         let waiter = Arc::clone(&cluster);
         tokio::spawn(async move {
+            // A connection for admission's first request, opened while the caches list.
+            let warmed = tokio::time::timeout(
+                Duration::from_secs(5),
+                waiter.clients.admission.apiserver_version(),
+            )
+            .await;
+            if !matches!(warmed, Ok(Ok(_))) {
+                tracing::debug!("no connection warmed for admission; it opens one when needed");
+            }
             // Sources first: admission needs only them (their registries), while the other
             // caches, which admission can do without, go on listing meanwhile.
             let mut ok = true;
@@ -410,7 +419,7 @@ impl Cluster {
         if let Some(ns) = self.cached_namespace(namespace) {
             return Some(ns);
         }
-        let api = Api::<NamespaceMeta>::all(self.client());
+        let api = Api::<NamespaceMeta>::all(self.clients.admission.clone());
         match tokio::time::timeout(Duration::from_secs(1), api.get_opt(namespace)).await {
             Ok(Ok(found)) => found.map(Arc::new),
             Ok(Err(error)) => {
@@ -584,7 +593,7 @@ impl Cluster {
                 dockerconfig::DOCKERCONFIGJSON_TYPE
             ));
         }
-        let api = Api::<Secret>::namespaced(self.client(), namespace);
+        let api = Api::<Secret>::namespaced(self.clients.admission.clone(), namespace);
         let params = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
