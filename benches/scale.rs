@@ -123,19 +123,8 @@ fn pin_control_plane(cp: &ControlPlane) -> Value {
     let Ok(control_plane) = std::env::var("SCALE_CONTROL_PLANE_CPUS") else {
         return json!({"pinned": false});
     };
-    for (name, pid) in cp.server_pids() {
-        let status = std::process::Command::new("taskset")
-            .args([
-                "--all-tasks",
-                "--cpu-list",
-                "--pid",
-                &control_plane,
-                &pid.to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("run taskset");
-        assert!(status.success(), "taskset {name} ({pid}): {status}");
+    for (_, pid) in cp.server_pids() {
+        taskset(&control_plane, &pid.to_string(), true);
     }
     let own = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -584,33 +573,11 @@ fn admission_load(target: &Target, namespace: &str) -> ValidLoad {
 fn observer_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
-        let cpus = std::env::var("SCALE_CONTROL_PLANE_CPUS").ok();
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("copy-tracker")
-            .on_thread_start(move || {
-                if let Some(cpus) = &cpus {
-                    pin_this_thread(cpus);
-                }
-            })
-            .enable_all()
-            .build()
-            .expect("the copy tracker's runtime")
+        one_thread_runtime(
+            "copy-tracker",
+            std::env::var("SCALE_CONTROL_PLANE_CPUS").ok(),
+        )
     })
-}
-
-/// Moves the calling thread (only) to `cpus`.
-fn pin_this_thread(cpus: &str) {
-    let tid = std::fs::read_link("/proc/thread-self")
-        .ok()
-        .and_then(|path| Some(path.file_name()?.to_string_lossy().into_owned()))
-        .expect("/proc/thread-self names this thread");
-    let status = std::process::Command::new("taskset")
-        .args(["--cpu-list", "--pid", cpus, &tid])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("run taskset");
-    assert!(status.success(), "taskset thread {tid}: {status}");
 }
 
 /// The admission load's runtime, with a thread of its own: on the bench's runtime (one
@@ -618,14 +585,42 @@ fn pin_this_thread(cpus: &str) {
 /// decodes a burst of Secret events, and that wait would count as the injector's latency.
 fn load_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("admission-load")
-            .enable_all()
-            .build()
-            .expect("the admission load's runtime")
-    })
+    RUNTIME.get_or_init(|| one_thread_runtime("admission-load", None))
+}
+
+/// A runtime with one worker thread named `name`, moved to `cpus` when given.
+fn one_thread_runtime(name: &str, cpus: Option<String>) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .on_thread_start(move || {
+            if let Some(cpus) = &cpus {
+                // This thread only: its id, from /proc/thread-self -> <pid>/task/<tid>.
+                let tid = std::fs::read_link("/proc/thread-self")
+                    .ok()
+                    .and_then(|path| Some(path.file_name()?.to_string_lossy().into_owned()))
+                    .expect("/proc/thread-self names this thread");
+                taskset(cpus, &tid, false);
+            }
+        })
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("the {name} runtime: {e}"))
+}
+
+/// `taskset` moves process or thread `id` (with `all_tasks`, every thread of process `id`)
+/// to `cpus`.
+fn taskset(cpus: &str, id: &str, all_tasks: bool) {
+    let mut command = std::process::Command::new("taskset");
+    if all_tasks {
+        command.arg("--all-tasks");
+    }
+    let status = command
+        .args(["--cpu-list", "--pid", cpus, id])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run taskset");
+    assert!(status.success(), "taskset {id}: {status}");
 }
 
 fn window(window: &ValidWindow) -> Value {

@@ -39,7 +39,7 @@ pub struct Clients {
     /// Watches, the Lease, the certificate keeper: never made to wait behind bulk work.
     pub api: kube::Client,
     /// What admission needs at once (a namespace's labels, a missing copy), in a connection
-    /// pool of its own that the cluster warms before `/readyz` says ready: kube's client
+    /// pool of its own that the cluster warms while its caches list: kube's client
     /// speaks HTTP/1.1, a watch holds its connection for good, and a first request that has
     /// to open one to an apiserver busy with a first sync waited ~45 ms for it.
     pub admission: kube::Client,

@@ -70,9 +70,9 @@ pub struct Service {
     /// What the Lease holder runs for entries with a `provider`
     /// ([`Settings::credential_plans`]).
     pub credential_plans: Vec<provider::CredentialPlan>,
-    /// Where the cluster's watches, the leader election and the leader's tasks run; `None`:
-    /// beside admission, on the runtime that calls [`run`].
-    pub cluster_runtime: Option<tokio::runtime::Handle>,
+    /// Where the cluster's watches, the leader election and the leader's tasks run (a
+    /// runtime of their own in `serve`; `Handle::current()` keeps them beside admission).
+    pub cluster_runtime: tokio::runtime::Handle,
 }
 
 #[derive(Debug, Error)]
@@ -104,7 +104,6 @@ pub async fn run(
         credential_plans,
         cluster_runtime,
     } = service;
-    let cluster_runtime = cluster_runtime.unwrap_or_else(tokio::runtime::Handle::current);
     let resolver = match &certificates {
         CertificateSource::Files { files, .. } => files.resolver(),
         CertificateSource::SelfManaged(_) => Arc::new(CertResolver::empty()),

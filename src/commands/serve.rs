@@ -106,7 +106,7 @@ pub fn serve(args: ServeArgs, environment: &Environment) -> Result<(), CommandEr
             clients,
             identity: environment.identity(),
             credential_plans,
-            cluster_runtime: Some(cluster_handle),
+            cluster_runtime: cluster_handle,
         };
         run(service, Listeners { webhook, admin }, shutdown).await?;
         tracing::info!("stopped");

@@ -208,17 +208,18 @@ impl Cluster {
                 move |_| cluster.source_changed()
             });
         }
-        let waiter = Arc::clone(&cluster);
+        // A connection for admission's first request, opened while the caches list (and
+        // beside them: a slow answer must not hold their readiness back).
+        let admission = cluster.clients.admission.clone();
         tokio::spawn(async move {
-            // A connection for admission's first request, opened while the caches list.
-            let warmed = tokio::time::timeout(
-                Duration::from_secs(5),
-                waiter.clients.admission.apiserver_version(),
-            )
-            .await;
+            let warmed =
+                tokio::time::timeout(Duration::from_secs(5), admission.apiserver_version()).await;
             if !matches!(warmed, Ok(Ok(_))) {
                 tracing::debug!("no connection warmed for admission; it opens one when needed");
             }
+        });
+        let waiter = Arc::clone(&cluster);
+        tokio::spawn(async move {
             // Sources first: admission needs only them (their registries), while the other
             // caches, which admission can do without, go on listing meanwhile.
             let mut ok = true;
