@@ -152,20 +152,20 @@ struct Transport {
     timeout: Option<String>,
 }
 
-async fn mutate(
-    State(state): State<AppState>,
-    version: axum::http::Version,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let timeout = uri.query().and_then(|q| {
+// The request whole, not the `HeaderMap` and `Uri` extractors: those clone what the
+// request already owns, on every review.
+async fn mutate(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let timeout = parts.uri.query().and_then(|q| {
         q.split('&')
             .find_map(|pair| pair.strip_prefix("timeout="))
             .map(str::to_string)
     });
-    let transport = Transport { version, timeout };
-    let mut response = mutate_inner(&state, &transport, &headers, body).await;
+    let transport = Transport {
+        version: parts.version,
+        timeout,
+    };
+    let mut response = mutate_inner(&state, &transport, &parts.headers, body).await;
     if state.draining.load(Ordering::Relaxed) {
         // The apiserver keeps pooled connections to a terminating pod unless told to close.
         response

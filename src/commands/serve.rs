@@ -125,8 +125,28 @@ fn cluster_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("cluster")
+        .on_thread_start(lower_this_threads_priority)
         .enable_all()
         .build()
+}
+
+/// How much nicer than admission's threads the cluster's are. On a CPU both want, a woken
+/// admission worker preempts a converging replication at once and gets about ten times its
+/// share (nice 0 against 10), so a pod's review never waits behind a first sync; when
+/// admission sleeps, which is nearly always, replication has the CPU to itself.
+pub(crate) const CLUSTER_NICENESS: i32 = 10;
+
+/// Linux keeps a nice value per thread (setpriority(2) with a thread id), so this lowers the
+/// calling thread only. Lowering one's own priority needs no privilege; if it fails anyway
+/// (a seccomp profile), replication runs at admission's priority, as it did before.
+fn lower_this_threads_priority() {
+    let thread = rustix::thread::gettid();
+    let lowered = rustix::process::getpriority_process(Some(thread)).and_then(|nice| {
+        rustix::process::setpriority_process(Some(thread), (nice + CLUSTER_NICENESS).min(19))
+    });
+    if let Err(error) = lowered {
+        tracing::warn!(%error, "could not lower the cluster thread's CPU priority");
+    }
 }
 
 /// One worker per CPU the process may use, and never fewer than two: with one (a pod limited
@@ -176,5 +196,28 @@ mod tests {
         let runtime = super::runtime_builder().build().unwrap();
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         assert_eq!(runtime.metrics().num_workers(), cpus.max(2));
+    }
+
+    #[test]
+    fn the_cluster_threads_yield_the_cpu_to_admission() {
+        let ours = rustix::process::getpriority_process(None).unwrap();
+        let runtime = super::cluster_runtime().unwrap();
+        let (theirs, blocking) = runtime.block_on(async {
+            let worker = tokio::spawn(async {
+                rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+            });
+            let blocking = tokio::task::spawn_blocking(|| {
+                rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+            });
+            (worker.await.unwrap(), blocking.await.unwrap())
+        });
+        let expected = (ours + super::CLUSTER_NICENESS).min(19);
+        assert_eq!(theirs, expected, "the cluster runtime's worker");
+        assert_eq!(blocking, expected, "its blocking threads");
+        // Only those threads: the test's own (admission's, in the server) is untouched.
+        assert_eq!(
+            rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap(),
+            ours
+        );
     }
 }
