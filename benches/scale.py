@@ -85,14 +85,16 @@ def main():
 
     lines += ["## Cost per namespace", "",
               "| namespaces | injector s / 1,000 ns | floor s / 1,000 ns | CPU ms / ns "
+              "| of which replication ms / ns "
               "| requests / opted-in ns | Secret writes / opted-in ns | RSS KiB / ns (peak) |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         i, f = r["injector"], r["floor"]
         n, opted = r["namespaces"], r["opted_in"]
         lines.append(
             f"| {n:,} | {1000 * i['seconds_from_start'] / n:.2f} | {1000 * f['seconds'] / n:.2f} "
-            f"| {1000 * i['cpu_seconds'] / n:.2f} | {i['requests']['total'] / opted:.2f} "
+            f"| {1000 * i['cpu_seconds'] / n:.2f} | {1000 * i['cluster_cpu_seconds'] / n:.2f} "
+            f"| {i['requests']['total'] / opted:.2f} "
             f"| {secret_writes(i['requests']) / opted:.2f} | {i['rss_peak_kib'] / n:.2f} |")
     lines.append("")
 
@@ -154,9 +156,11 @@ def main():
                      f"{busy / idle if idle else float('inf'):.2f}x "
                      f"| {verdict(ok and busy <= 2 * idle)} |")
     per = [r["injector"]["seconds_from_start"] / r["namespaces"] for r in runs]
-    cpu = [r["injector"]["cpu_seconds"] / r["namespaces"] for r in runs]
+    # Replication's CPU (the cluster thread): the whole process's also counts the admission
+    # load's reviews, 100 a second for as long as convergence lasts, whatever the size.
+    cpu = [r["injector"]["cluster_cpu_seconds"] / r["namespaces"] for r in runs]
     req = [r["injector"]["requests"]["total"] / r["opted_in"] for r in runs]
-    for label, values, unit in (("time", per, "ms/ns"), ("CPU", cpu, "ms/ns"),
+    for label, values, unit in (("time", per, "ms/ns"), ("replication CPU", cpu, "ms/ns"),
                                 ("requests", req, "/opted-in ns")):
         scale = 1000 if unit == "ms/ns" else 1
         spread = max(values) / min(values) if min(values) > 0 else float("inf")

@@ -499,6 +499,7 @@ async fn converge(
     let all = copies.wait(|p| p.total >= expected, CONVERGE_TIMEOUT).await;
     let during = load.take();
     let cpu_converged = cpu_seconds(injector.pid());
+    let cluster_cpu_converged = threads_cpu_seconds(injector.pid(), "cluster");
     let peak_converging = sampler.stop().await;
     let requests = mark.counts_injector();
     tokio::time::sleep(IDLE_WINDOW).await;
@@ -519,6 +520,7 @@ async fn converge(
         "started_unix": started_unix,
         "copies": all.total,
         "cpu_seconds": cpu_converged,
+        "cluster_cpu_seconds": cluster_cpu_converged,
         "rss_peak_kib": peak_converging.hwm_kib.max(peak_converging.rss_kib),
         "rss_after_idle_kib": after_idle.rss_kib,
         "hwm_after_idle_kib": after_idle.hwm_kib,
@@ -635,7 +637,30 @@ fn window(window: &ValidWindow) -> Value {
 }
 
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// The CPU of `pid`'s threads named `name`: for "cluster", the watches, the leader election
+/// and replication (the injector's cluster runtime), without admission's workers, whose CPU
+/// follows the admission load's 100 reviews a second for as long as convergence lasts, not
+/// the number of namespaces. A thread that has exited is not counted (the runtime's one
+/// worker lives as long as the process).
+fn threads_cpu_seconds(pid: u32, name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .map(|task| stat_cpu_seconds(&task.path().join("stat").to_string_lossy()))
+        .sum()
+}
+
+/// utime + stime of a `/proc/.../stat` file.
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
