@@ -11,8 +11,9 @@ const EXIT_USAGE: u8 = 2;
 /// `match`: an image matches no secret.
 const EXIT_UNMATCHED: u8 = 1;
 
-/// A review allocates and frees some sixty small objects (the decoded request, the answer,
-/// the log line): with glibc's malloc that was a tenth of a review's CPU (BENCHMARKS.md).
+/// A review allocates and frees dozens of small objects (the decoded request, the answer,
+/// the log line): with glibc's malloc that was a tenth of a review's CPU (BENCHMARKS.md,
+/// "Issue 16, third pass").
 #[global_allocator]
 static ALLOCATOR: MiMalloc = MiMalloc;
 
