@@ -597,12 +597,9 @@ fn one_thread_runtime(name: &str, cpus: Option<String>) -> tokio::runtime::Runti
         .thread_name(name)
         .on_thread_start(move || {
             if let Some(cpus) = &cpus {
-                // This thread only: its id, from /proc/thread-self -> <pid>/task/<tid>.
-                let tid = std::fs::read_link("/proc/thread-self")
-                    .ok()
-                    .and_then(|path| Some(path.file_name()?.to_string_lossy().into_owned()))
-                    .expect("/proc/thread-self names this thread");
-                taskset(cpus, &tid, false);
+                // This thread only.
+                let tid = rustix::thread::gettid().as_raw_nonzero();
+                taskset(cpus, &tid.to_string(), false);
             }
         })
         .enable_all()

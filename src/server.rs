@@ -146,21 +146,20 @@ fn error_response(status: StatusCode, reason: &str, message: String) -> Response
 }
 
 /// How the request reached us, for the admission log line.
-struct Transport {
+struct Transport<'a> {
     version: axum::http::Version,
     /// The apiserver's `?timeout=Ns`: its remaining budget for us.
-    timeout: Option<String>,
+    timeout: Option<&'a str>,
 }
 
 // The request whole, not the `HeaderMap` and `Uri` extractors: those clone what the
-// request already owns, on every review.
+// request already owns, on every review (and the query's timeout is borrowed from it).
 async fn mutate(State(state): State<AppState>, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
-    let timeout = parts.uri.query().and_then(|q| {
-        q.split('&')
-            .find_map(|pair| pair.strip_prefix("timeout="))
-            .map(str::to_string)
-    });
+    let timeout = parts
+        .uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("timeout=")));
     let transport = Transport {
         version: parts.version,
         timeout,
@@ -177,7 +176,7 @@ async fn mutate(State(state): State<AppState>, request: axum::extract::Request) 
 
 async fn mutate_inner(
     state: &AppState,
-    transport: &Transport,
+    transport: &Transport<'_>,
     headers: &HeaderMap,
     mut body: Body,
 ) -> Response {
@@ -315,7 +314,7 @@ async fn mutate_inner(
                 injected = %reviewed.outcome.injected().join(","),
                 duration_us = elapsed.as_micros() as u64,
                 http_version = ?transport.version,
-                timeout = transport.timeout.as_deref().unwrap_or(""),
+                timeout = transport.timeout.unwrap_or(""),
                 "admission reviewed"
             );
             axum::Json(reviewed.response).into_response()
@@ -362,7 +361,7 @@ impl From<admission::ReviewError> for Refusal {
 /// exist before answering (not for dry runs: `sideEffects: NoneOnDryRun`).
 async fn review(
     state: &AppState,
-    transport: &Transport,
+    transport: &Transport<'_>,
     body: &[u8],
 ) -> Result<admission::Reviewed, Refusal> {
     let settings = &state.settings;
@@ -420,10 +419,9 @@ async fn review(
 }
 
 /// Half of what the apiserver allows us (`?timeout=Ns`), so the answer always arrives.
-fn ensure_budget(transport: &Transport) -> Duration {
+fn ensure_budget(transport: &Transport<'_>) -> Duration {
     let allowed = transport
         .timeout
-        .as_deref()
         .and_then(|t| t.strip_suffix('s'))
         .and_then(|t| t.parse::<u64>().ok())
         .map_or(Duration::from_secs(4), Duration::from_secs);

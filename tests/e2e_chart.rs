@@ -31,7 +31,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::{ByteString, Resource};
 use kube::api::{Api, ListParams, PostParams};
-use test_support::access::authorizer_allows;
+use test_support::access::service_account_allows;
 use test_support::controlplane::{self, eventually};
 use test_support::helm;
 use test_support::pki::TestCa;
@@ -82,18 +82,7 @@ async fn allowed(
         name: name.map(String::from),
         ..ResourceAttributes::default()
     };
-    let groups = vec![
-        "system:serviceaccounts".into(),
-        format!("system:serviceaccounts:{sa_namespace}"),
-        "system:authenticated".into(),
-    ];
-    authorizer_allows(
-        client,
-        &format!("system:serviceaccount:{sa_namespace}:{sa_name}"),
-        groups,
-        attributes,
-    )
-    .await
+    service_account_allows(client, sa_namespace, sa_name, attributes).await
 }
 
 /// The (only) webhook of the MutatingWebhookConfiguration `name`.

@@ -14,7 +14,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec, SubjectAccessReviewStatus,
 };
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::Value;
@@ -91,26 +91,19 @@ impl ChartAccess {
                     name: first("resourceNames"),
                     ..ResourceAttributes::default()
                 };
-                let review = SubjectAccessReview {
-                    metadata: ObjectMeta::default(),
-                    spec: SubjectAccessReviewSpec {
-                        user: Some(self.username()),
-                        groups: Some(self.groups()),
-                        resource_attributes: Some(attributes.clone()),
-                        ..SubjectAccessReviewSpec::default()
-                    },
-                    status: None,
-                };
-                let reviews = Api::<SubjectAccessReview>::all(admin.clone());
                 eventually(
                     &format!("RBAC in force: {attributes:?}"),
                     Duration::from_secs(30),
                     || async {
-                        let answer = reviews
-                            .create(&PostParams::default(), &review)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        match answer.status {
+                        let review = service_account_review(
+                            admin,
+                            &self.namespace,
+                            &self.fullname,
+                            attributes.clone(),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                        match review {
                             Some(status) if status.allowed => Ok(()),
                             other => Err(format!("{other:?}")),
                         }
@@ -213,24 +206,10 @@ impl ChartAccess {
         Self::grant(admin, namespace, fullname, &args, dir).await
     }
 
-    /// `system:serviceaccount:<namespace>:<fullname>`.
-    pub fn username(&self) -> String {
-        format!("system:serviceaccount:{}:{}", self.namespace, self.fullname)
-    }
-
-    /// The groups the apiserver gives that ServiceAccount's tokens.
-    pub fn groups(&self) -> Vec<String> {
-        vec![
-            "system:serviceaccounts".to_string(),
-            format!("system:serviceaccounts:{}", self.namespace),
-            "system:authenticated".to_string(),
-        ]
-    }
-
     /// Whether the apiserver's authorizer lets this installation's ServiceAccount do what
     /// `attributes` describe.
     pub async fn allows(&self, admin: &kube::Client, attributes: ResourceAttributes) -> bool {
-        authorizer_allows(admin, &self.username(), self.groups(), attributes).await
+        service_account_allows(admin, &self.namespace, &self.fullname, attributes).await
     }
 
     /// The rendered documents of `kind`.
@@ -239,30 +218,57 @@ impl ChartAccess {
     }
 }
 
-/// The apiserver's authorizer's answer (a SubjectAccessReview) for `user` in `groups`.
-pub async fn authorizer_allows(
+/// The user name of ServiceAccount `namespace/name`'s tokens.
+fn service_account_username(namespace: &str, name: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{name}")
+}
+
+/// The groups the apiserver gives the tokens of a ServiceAccount in `namespace`.
+fn service_account_groups(namespace: &str) -> Vec<String> {
+    vec![
+        "system:serviceaccounts".to_string(),
+        format!("system:serviceaccounts:{namespace}"),
+        "system:authenticated".to_string(),
+    ]
+}
+
+/// Whether the apiserver's authorizer lets ServiceAccount `namespace/name` do what
+/// `attributes` describe.
+pub async fn service_account_allows(
     admin: &kube::Client,
-    user: &str,
-    groups: Vec<String>,
+    namespace: &str,
+    name: &str,
     attributes: ResourceAttributes,
 ) -> bool {
+    service_account_review(admin, namespace, name, attributes)
+        .await
+        .expect("SubjectAccessReview")
+        .expect("SubjectAccessReview status")
+        .allowed
+}
+
+/// The apiserver's authorizer's answer (a SubjectAccessReview's status) for ServiceAccount
+/// `namespace/name`.
+async fn service_account_review(
+    admin: &kube::Client,
+    namespace: &str,
+    name: &str,
+    attributes: ResourceAttributes,
+) -> kube::Result<Option<SubjectAccessReviewStatus>> {
     let review = SubjectAccessReview {
         metadata: ObjectMeta::default(),
         spec: SubjectAccessReviewSpec {
-            user: Some(user.to_string()),
-            groups: Some(groups),
+            user: Some(service_account_username(namespace, name)),
+            groups: Some(service_account_groups(namespace)),
             resource_attributes: Some(attributes),
             ..SubjectAccessReviewSpec::default()
         },
         status: None,
     };
-    Api::<SubjectAccessReview>::all(admin.clone())
+    Ok(Api::<SubjectAccessReview>::all(admin.clone())
         .create(&PostParams::default(), &review)
-        .await
-        .expect("SubjectAccessReview")
-        .status
-        .expect("SubjectAccessReview status")
-        .allowed
+        .await?
+        .status)
 }
 
 /// `helm template` of the chart as the documents it renders.
